@@ -1,0 +1,147 @@
+"""SentenceMIMConfig: every hyper-parameter of a sentence latent variable model, saved as config.json.
+
+One config covers both architectures (GRU, Transformer) and the three objectives (sentenceMIM, text VAE, AE), so a
+comparison between objectives changes one field and nothing else.
+"""
+
+from transformers import PreTrainedConfig
+
+ARCHITECTURES = ("gru", "transformer")
+OBJECTIVES = ("mim", "vae", "ae")
+KL_SCHEDULES = ("constant", "linear", "logistic", "cyclical")
+POSITION_EMBEDDINGS = ("learned", "sinusoidal")
+
+
+class SentenceMIMConfig(PreTrainedConfig):
+    r"""
+    Args:
+        vocab_size: number of tokens, specials included.
+        architecture: `"gru"` (the sentenceMIM paper's model) or `"transformer"`.
+        objective: `"mim"` (sentenceMIM), `"vae"` (text VAE) or `"ae"` (deterministic auto-encoder).
+        embedding_size: token embedding width, shared by encoder and decoder.
+        hidden_size: GRU state size, or the Transformer's model width.
+        num_layers: GRU layers, or Transformer blocks, in each of encoder and decoder.
+        latent_size: dimension of z.
+        num_attention_heads, intermediate_size: Transformer only (`intermediate_size` defaults to 4 x hidden).
+        max_position_embeddings: longest sentence (BOS and EOS included) the Transformer can position.
+        position_embedding_type: `"learned"` or `"sinusoidal"` (Transformer only).
+        num_memory_slots: the Transformer decoder cross-attends to z projected to this many memory vectors.
+        reverse_input: the GRU encoder reads each sentence backwards (a common seq2seq trick).
+        dropout: dropout on embeddings and decoder outputs (and inside Transformer blocks).
+        tie_word_embeddings: tie the output layer to the token embedding (adds a hidden -> embedding projection).
+        logvar_min: floor on log-variance; the MIM entropy term is unbounded without it.
+        kl_schedule, kl_weight, kl_anneal_steps, kl_logistic_k, kl_logistic_x0, kl_cycle_steps, kl_cycle_ratio:
+            the VAE's beta schedule (see `sentmim.objectives.kl_weight`). Ignored by MIM and AE.
+        free_bits: per-dimension KL floor in nats for the VAE (0 disables it).
+    """
+
+    model_type = "sentmim"
+
+    def __init__(
+        self,
+        vocab_size: int = 10000,
+        architecture: str = "gru",
+        objective: str = "mim",
+        embedding_size: int = 300,
+        hidden_size: int = 512,
+        num_layers: int = 1,
+        latent_size: int = 128,
+        num_attention_heads: int = 4,
+        intermediate_size: int | None = None,
+        max_position_embeddings: int = 256,
+        position_embedding_type: str = "learned",
+        num_memory_slots: int = 4,
+        reverse_input: bool = False,
+        dropout: float = 0.0,
+        tie_word_embeddings: bool = False,
+        logvar_min: float = -10.0,
+        kl_schedule: str = "constant",
+        kl_weight: float = 1.0,
+        kl_anneal_steps: int = 10000,
+        kl_logistic_k: float = 0.0025,
+        kl_logistic_x0: int = 2500,
+        kl_cycle_steps: int = 10000,
+        kl_cycle_ratio: float = 0.5,
+        free_bits: float = 0.0,
+        initializer_range: float = 0.02,
+        pad_token_id: int = 0,
+        unk_token_id: int = 1,
+        bos_token_id: int = 2,
+        eos_token_id: int = 3,
+        decoder_start_token_id: int | None = None,
+        is_encoder_decoder: bool = True,
+        **kwargs,
+    ):
+        self.vocab_size = vocab_size
+        self.architecture = architecture
+        self.objective = objective
+        self.embedding_size = embedding_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.latent_size = latent_size
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size if intermediate_size is not None else 4 * hidden_size
+        self.max_position_embeddings = max_position_embeddings
+        self.position_embedding_type = position_embedding_type
+        self.num_memory_slots = num_memory_slots
+        self.reverse_input = reverse_input
+        self.dropout = dropout
+        self.tie_word_embeddings = tie_word_embeddings
+        self.logvar_min = logvar_min
+        self.kl_schedule = kl_schedule
+        self.kl_weight = kl_weight
+        self.kl_anneal_steps = kl_anneal_steps
+        self.kl_logistic_k = kl_logistic_k
+        self.kl_logistic_x0 = kl_logistic_x0
+        self.kl_cycle_steps = kl_cycle_steps
+        self.kl_cycle_ratio = kl_cycle_ratio
+        self.free_bits = free_bits
+        self.initializer_range = initializer_range
+        self.unk_token_id = unk_token_id
+        super().__init__(
+            pad_token_id=pad_token_id,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            decoder_start_token_id=bos_token_id if decoder_start_token_id is None else decoder_start_token_id,
+            is_encoder_decoder=is_encoder_decoder,
+            **kwargs,
+        )
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise a ValueError naming the first invalid field (called on construction and on load)."""
+
+        def fail(field: str, problem: str) -> None:
+            raise ValueError(f"SentenceMIMConfig.{field}={getattr(self, field)!r}: {problem}")
+
+        for field, choices in (
+            ("architecture", ARCHITECTURES),
+            ("objective", OBJECTIVES),
+            ("kl_schedule", KL_SCHEDULES),
+            ("position_embedding_type", POSITION_EMBEDDINGS),
+        ):
+            if getattr(self, field) not in choices:
+                fail(field, f"must be one of {', '.join(choices)}")
+        for field in ("vocab_size", "embedding_size", "hidden_size", "num_layers", "latent_size",
+                      "num_attention_heads", "intermediate_size", "max_position_embeddings", "num_memory_slots"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                fail(field, "must be an integer >= 1")
+        if self.architecture == "transformer" and self.hidden_size % self.num_attention_heads:
+            fail("hidden_size", f"must be divisible by num_attention_heads={self.num_attention_heads}")
+        for field in ("pad_token_id", "unk_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or not 0 <= value < self.vocab_size:
+                fail(field, f"must be a token id in [0, vocab_size={self.vocab_size})")
+        if len({self.pad_token_id, self.bos_token_id, self.eos_token_id}) < 3:
+            fail("pad_token_id", "pad, bos and eos token ids must all differ")
+        if not 0.0 <= self.dropout < 1.0:
+            fail("dropout", "must be in [0, 1)")
+        for field in ("kl_weight", "free_bits", "kl_logistic_k"):
+            if getattr(self, field) < 0:
+                fail(field, "must be >= 0")
+        for field in ("kl_anneal_steps", "kl_cycle_steps"):
+            if getattr(self, field) < 1:
+                fail(field, "must be >= 1")
+        if not 0.0 < self.kl_cycle_ratio <= 1.0:
+            fail("kl_cycle_ratio", "must be in (0, 1]")

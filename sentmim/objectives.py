@@ -1,0 +1,95 @@
+"""The training objectives and the VAE's KL schedules, as pure functions of tensors (natural logs, per sentence).
+
+Each loss function returns one value per sentence; the model's `loss` is their batch mean.
+
+- MIM (sentenceMIM, asymmetric MIM; Livne et al. 2020):
+      loss(x) = -log p(x|z) - 1/2 [ log q(z|x) + log N(z; 0, I) ],   z ~ q(z|x)
+  No weight and no annealing: the objective has no hyper-parameters.
+- VAE: loss(x) = -log p(x|z) + beta_t KL(q(z|x) || N(0, I)), optionally with free bits.
+- AE:  loss(x) = -log p(x|z), with z = mean (no sampling).
+"""
+
+import math
+
+import torch
+
+from .metrics import log_normal, log_standard_normal
+
+
+def mim_loss(log_likelihood: torch.Tensor, z: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """sentenceMIM loss per sentence; `z` must be the reparameterised sample drawn from N(mean, exp(logvar))."""
+    return -log_likelihood - 0.5 * (log_normal(z, mean, logvar) + log_standard_normal(z))
+
+
+def kl_per_dimension(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Closed-form KL(N(mean, exp(logvar)) || N(0, 1)) for each latent dimension: [B, latent]."""
+    return 0.5 * (mean.pow(2) + logvar.exp() - logvar - 1.0)
+
+
+def vae_loss(
+    log_likelihood: torch.Tensor,
+    mean: torch.Tensor,
+    logvar: torch.Tensor,
+    beta: float = 1.0,
+    free_bits: float = 0.0,
+) -> torch.Tensor:
+    """Text-VAE loss per sentence: -log p(x|z) + beta * KL.
+
+    Free bits (Kingma et al. 2016) floor the KL of each latent dimension at `free_bits` nats, measured on the batch
+    average: the batch mean of the returned KL term is sum_d max(free_bits, mean_x KL_d(x)). A dimension whose
+    batch-average KL is below the floor contributes the constant floor, so the optimiser stops pushing it to zero.
+    """
+    kl = kl_per_dimension(mean, logvar)
+    if free_bits > 0:
+        below_floor = kl.mean(dim=0, keepdim=True) < free_bits
+        kl = torch.where(below_floor, torch.full_like(kl, free_bits), kl)
+    return -log_likelihood + beta * kl.sum(dim=-1)
+
+
+def ae_loss(log_likelihood: torch.Tensor) -> torch.Tensor:
+    """Auto-encoder loss per sentence: -log p(x|z) with z the posterior mean."""
+    return -log_likelihood
+
+
+def kl_weight(
+    step: int,
+    schedule: str = "constant",
+    max_weight: float = 1.0,
+    anneal_steps: int = 10000,
+    logistic_k: float = 0.0025,
+    logistic_x0: int = 2500,
+    cycle_steps: int = 10000,
+    cycle_ratio: float = 0.5,
+) -> float:
+    """beta_t of the VAE objective at optimisation step `step` (0-based).
+
+    - constant: max_weight.
+    - linear: rises from 0 to max_weight over `anneal_steps`, then stays (Bowman et al. 2016).
+    - logistic: max_weight / (1 + exp(-k (step - x0))) (Bowman et al.; the sentenceMIM demo uses k=0.0025, x0=2500).
+    - cyclical: each cycle of `cycle_steps` rises linearly over its first `cycle_ratio` fraction, then holds at
+      max_weight (Fu et al. 2019).
+    """
+    if schedule == "constant":
+        return max_weight
+    if schedule == "linear":
+        return max_weight * min(1.0, step / anneal_steps)
+    if schedule == "logistic":
+        return max_weight / (1.0 + math.exp(-logistic_k * (step - logistic_x0)))
+    if schedule == "cyclical":
+        position = (step % cycle_steps) / cycle_steps
+        return max_weight * min(1.0, position / cycle_ratio)
+    raise ValueError(f"kl schedule {schedule!r}: must be one of constant, linear, logistic, cyclical")
+
+
+def kl_weight_from_config(config, step: int) -> float:
+    """beta_t from a SentenceMIMConfig's kl_* fields."""
+    return kl_weight(
+        step,
+        schedule=config.kl_schedule,
+        max_weight=config.kl_weight,
+        anneal_steps=config.kl_anneal_steps,
+        logistic_k=config.kl_logistic_k,
+        logistic_x0=config.kl_logistic_x0,
+        cycle_steps=config.kl_cycle_steps,
+        cycle_ratio=config.kl_cycle_ratio,
+    )

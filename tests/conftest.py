@@ -1,0 +1,43 @@
+"""Hermetic test environment: no Hub access, a throw-away HF cache. Set before transformers/datasets import."""
+
+import os
+import tempfile
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="sentmim-hf-home-"))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+import torch
+
+# Test models are tiny: one thread avoids oversubscribing CI's two cores (10x faster under load).
+torch.set_num_threads(1)
+
+
+@pytest.fixture
+def tiny_config():
+    """A config small enough for exact checks in milliseconds; pass overrides as keyword arguments."""
+    from sentmim import SentenceMIMConfig
+
+    def make(**overrides):
+        settings = dict(
+            vocab_size=23, embedding_size=8, hidden_size=16, latent_size=4, num_layers=1,
+            num_attention_heads=2, max_position_embeddings=32, num_memory_slots=2,
+        )
+        settings.update(overrides)
+        return SentenceMIMConfig(**settings)
+
+    return make
+
+
+@pytest.fixture
+def batch():
+    """Three right-padded sentences: BOS=2 ... EOS=3, pad=0."""
+    input_ids = torch.tensor(
+        [
+            [2, 5, 6, 7, 8, 9, 3],
+            [2, 10, 11, 3, 0, 0, 0],
+            [2, 12, 3, 0, 0, 0, 0],
+        ]
+    )
+    return input_ids, (input_ids != 0).long()
