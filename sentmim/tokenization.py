@@ -1,0 +1,180 @@
+"""Train a tokenizer with `tokenizers` and wrap it as a `transformers` fast tokenizer.
+
+Three kinds are supported:
+
+* ``"word"``: a word-level vocabulary over whitespace-separated tokens (the sentenceMIM setting for PTB). Splitting
+  is on whitespace only, so PTB tokens such as ``<unk>``, ``n't`` and ``'s`` stay single tokens and decoding is a
+  space join, which is what reconstruction BLEU with ``tokenize='none'`` expects.
+* ``"bpe"``: byte-level BPE (no unknown tokens at all), for raw text.
+* ``"unigram"``: a SentencePiece-style unigram model with the Metaspace pre-tokenizer.
+
+Special tokens always come first, so their ids are fixed for every kind: ``<pad>`` = 0, ``<unk>`` = 1, ``<s>`` = 2,
+``</s>`` = 3. The post-processor adds ``<s>`` and ``</s>`` around every sentence.
+
+    >>> tok = train_tokenizer(["the cat sat .", "the dog ran ."], kind="word")
+    >>> tok("the cat ran .")["input_ids"]  # doctest: +SKIP
+    [2, 4, 7, 9, 5, 3]
+    >>> tok.save_pretrained("my-model")  # next to the model weights; reload with load_tokenizer("my-model")
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+PAD_TOKEN, UNK_TOKEN, BOS_TOKEN, EOS_TOKEN = "<pad>", "<unk>", "<s>", "</s>"
+SPECIAL_TOKENS = [PAD_TOKEN, UNK_TOKEN, BOS_TOKEN, EOS_TOKEN]  # this order fixes the ids 0, 1, 2, 3
+TOKENIZER_KINDS = ("word", "bpe", "unigram")
+
+
+def _build_backend(kind: str, vocab_size: int, min_frequency: int) -> tuple[Tokenizer, trainers.Trainer]:
+    """An untrained `tokenizers.Tokenizer` of the given kind and the trainer that fills its vocabulary."""
+    if kind == "word":
+        tokenizer = Tokenizer(models.WordLevel(unk_token=UNK_TOKEN))
+        tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        # No decoder: decoding joins tokens with single spaces, the PTB convention.
+        trainer = trainers.WordLevelTrainer(
+            vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL_TOKENS
+        )
+    elif kind == "bpe":
+        tokenizer = Tokenizer(models.BPE(unk_token=UNK_TOKEN))
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=SPECIAL_TOKENS,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all 256 bytes: nothing is ever unknown
+        )
+    elif kind == "unigram":
+        tokenizer = Tokenizer(models.Unigram())
+        tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+        tokenizer.decoder = decoders.Metaspace()
+        trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, unk_token=UNK_TOKEN)
+    else:
+        raise ValueError(f"unknown tokenizer kind {kind!r}: use one of {', '.join(TOKENIZER_KINDS)}")
+    return tokenizer, trainer
+
+
+def _iterate(texts: Iterable[str], chunk_size: int = 10_000) -> Iterator[str]:
+    """Iterate over texts; sequences (a list, a `datasets` column) are read in slices, which is much faster for a
+    `datasets` column than iterating it row by row."""
+    if hasattr(texts, "__len__") and hasattr(texts, "__getitem__") and not isinstance(texts, str):
+        for start in range(0, len(texts), chunk_size):
+            yield from texts[start : start + chunk_size]
+    else:
+        yield from texts
+
+
+def _without_special_tokens(texts: Iterable[str]) -> Iterator[str]:
+    """The training texts with special-token strings blanked out.
+
+    PTB already contains the literal word "<unk>". Left in, the trainer would count it as an ordinary word and give
+    it a second id, and out-of-vocabulary words would then map to that id instead of 1. At encoding time the
+    special tokens are matched before pre-tokenization, so blanking them here changes nothing else.
+    """
+    for text in _iterate(texts):
+        if "<" in text:  # cheap test first: almost no line contains a special token
+            for token in SPECIAL_TOKENS:
+                text = text.replace(token, " ")
+        yield text
+
+
+def train_tokenizer(
+    texts: Iterable[str],
+    kind: str = "word",
+    vocab_size: int = 10000,
+    min_frequency: int = 1,
+    lowercase: bool = False,
+    model_max_length: int = 128,
+) -> PreTrainedTokenizerFast:
+    """Train a tokenizer on `texts` and return it as a `transformers` fast tokenizer.
+
+    Args:
+        texts: training sentences (any iterable of str; a `datasets` column works).
+        kind: "word", "bpe" or "unigram" (see the module docstring).
+        vocab_size: the largest vocabulary, special tokens included.
+        min_frequency: words (or merges) seen fewer times are left out ("word" and "bpe" only).
+        lowercase: lowercase text before anything else, at training and at encoding time.
+        model_max_length: the longest sequence, BOS and EOS included, that the model is meant to see.
+    """
+    tokenizer, trainer = _build_backend(kind, vocab_size, min_frequency)
+    if lowercase:
+        tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.train_from_iterator(_without_special_tokens(texts), trainer=trainer)
+    ids = {token: tokenizer.token_to_id(token) for token in SPECIAL_TOKENS}
+    if list(ids.values()) != list(range(len(SPECIAL_TOKENS))):  # a guard: the model relies on pad id 0
+        raise RuntimeError(f"special token ids came out as {ids}, expected 0..3")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{BOS_TOKEN} $A {EOS_TOKEN}",
+        pair=f"{BOS_TOKEN} $A {EOS_TOKEN} $B:1 {EOS_TOKEN}:1",
+        special_tokens=[(BOS_TOKEN, ids[BOS_TOKEN]), (EOS_TOKEN, ids[EOS_TOKEN])],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token=PAD_TOKEN,
+        unk_token=UNK_TOKEN,
+        bos_token=BOS_TOKEN,
+        eos_token=EOS_TOKEN,
+        model_max_length=model_max_length,
+        padding_side="right",
+        # transformers would otherwise glue PTB tokens back together ("did n't" -> "didn't", "cat ." -> "cat.").
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerFast:
+    """Load a tokenizer saved with `save_pretrained` (for example next to a trained model)."""
+    path = os.fspath(path)
+    if not os.path.isfile(os.path.join(path, "tokenizer.json")):
+        where = "folder does not exist" if not os.path.isdir(path) else "folder has no tokenizer.json"
+        raise ValueError(
+            f"no tokenizer in {path!r} ({where}): train one with sentmim.tokenization.train_tokenizer(...) "
+            f"and save it with tokenizer.save_pretrained({path!r})"
+        )
+    return AutoTokenizer.from_pretrained(path)
+
+
+def decode_keep_unknown(tokenizer: PreTrainedTokenizerFast, ids) -> list[str]:
+    """Decode a batch of id sequences, stopping at the first EOS, dropping <pad> and <s> but keeping <unk>.
+
+    `tokenizer.batch_decode(ids, skip_special_tokens=True)` also removes <unk>, because it is a special token. For
+    PTB, whose references contain the word "<unk>", reconstruction BLEU should see it, so use this function there.
+    `ids` may be a LongTensor [B, T] or a list of lists.
+    """
+    rows = ids.tolist() if hasattr(ids, "tolist") else [list(row) for row in ids]
+    dropped = {tokenizer.pad_token_id, tokenizer.bos_token_id}
+    texts = []
+    for row in rows:
+        if tokenizer.eos_token_id in row:
+            row = row[: row.index(tokenizer.eos_token_id)]
+        texts.append(tokenizer.decode([i for i in row if i not in dropped], skip_special_tokens=False))
+    return texts
+
+
+def unknown_token_rate(tokenizer: PreTrainedTokenizerFast, texts: Iterable[str], batch_size: int = 1000):
+    """(number of unknown tokens, number of tokens) over `texts`, BOS and EOS not counted.
+
+    Use it before fine-tuning on new data: a high rate means the saved vocabulary does not fit that data.
+    """
+    unk_id = tokenizer.unk_token_id
+    num_unknown = num_tokens = 0
+    batch: list[str] = []
+
+    def count(batch: list[str]) -> None:
+        nonlocal num_unknown, num_tokens
+        for ids in tokenizer(batch, add_special_tokens=False, verbose=False)["input_ids"]:
+            num_tokens += len(ids)
+            num_unknown += ids.count(unk_id)
+
+    for text in _iterate(texts):
+        batch.append(text)
+        if len(batch) == batch_size:
+            count(batch)
+            batch = []
+    if batch:
+        count(batch)
+    return num_unknown, num_tokens
