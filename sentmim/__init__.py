@@ -9,10 +9,13 @@ from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM
 from . import metrics, objectives
 from .configuration import SentenceMIMConfig
 from .modeling import SentenceMIMModel, SentenceMIMOutput
+from .pipeline import SentenceMIMPipeline
 
 AutoConfig.register(SentenceMIMConfig.model_type, SentenceMIMConfig, exist_ok=True)
 AutoModel.register(SentenceMIMConfig, SentenceMIMModel, exist_ok=True)
 AutoModelForSeq2SeqLM.register(SentenceMIMConfig, SentenceMIMModel, exist_ok=True)
 
 __version__ = "0.1.0"
-__all__ = ["SentenceMIMConfig", "SentenceMIMModel", "SentenceMIMOutput", "metrics", "objectives"]
+__all__ = [
+    "SentenceMIMConfig", "SentenceMIMModel", "SentenceMIMOutput", "SentenceMIMPipeline", "metrics", "objectives",
+]

@@ -1,0 +1,169 @@
+"""SentenceMIMPipeline: the text-level API (sentences in, vectors or sentences out).
+
+    pipe = SentenceMIMPipeline.from_pretrained("path/to/model")   # model + the tokenizer saved beside it
+    pipe.encode(["a sentence"])            # posterior means, [N, latent]
+    pipe.decode(z)                         # greedy by default; any `SentenceMIMModel.decode` option
+    pipe.reconstruct(["a sentence"])       # decode(encode(x)); also from a posterior sample or a perturbed mean
+    pipe.interpolate("first", "second", steps=8)   # steps + 2 sentences, endpoints included
+    pipe.sample(n=10, temperature=1.0)     # z from the prior N(0, I)
+
+Sentences longer than the model's maximum length are truncated (the EOS is kept) and a warning says how many.
+An empty string is a valid sentence: it encodes as BOS EOS. Unknown words become the unknown token.
+"""
+
+import logging
+import math
+from pathlib import Path
+
+import torch
+
+from .modeling import SentenceMIMModel
+from .tokenization import decode_keep_unknown, load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+
+def slerp(start: torch.Tensor, end: torch.Tensor, fractions: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation (constant angular speed); falls back to linear when the vectors are parallel."""
+    cosine = torch.dot(start, end) / (start.norm() * end.norm()).clamp(min=1e-12)
+    angle = torch.acos(cosine.clamp(-1.0, 1.0))
+    if angle.item() < 1e-6:
+        return torch.lerp(start[None], end[None], fractions[:, None])
+    weights_start = torch.sin((1 - fractions) * angle) / torch.sin(angle)
+    weights_end = torch.sin(fractions * angle) / torch.sin(angle)
+    return weights_start[:, None] * start[None] + weights_end[:, None] * end[None]
+
+
+class SentenceMIMPipeline:
+    def __init__(self, model: SentenceMIMModel, tokenizer, batch_size: int = 256, max_length: int | None = None):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.tokenizer.padding_side = "right"
+        self.batch_size = batch_size
+        self.max_length = max_length or self._default_max_length()
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device | None = None, **kwargs):
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise ValueError(
+                f"{path}: no config.json here; pass a folder written by `sentmim train` or save_pretrained"
+            )
+        tokenizer = load_tokenizer(path)
+        model = SentenceMIMModel.from_pretrained(path)
+        if device is not None:
+            model = model.to(device)
+        return cls(model, tokenizer, **kwargs)
+
+    def save_pretrained(self, path: str | Path) -> None:
+        self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+
+    def _default_max_length(self) -> int:
+        limit = self.model.config.max_position_embeddings
+        tokenizer_limit = getattr(self.tokenizer, "model_max_length", None)
+        if tokenizer_limit and tokenizer_limit < 1_000_000:
+            limit = min(limit, tokenizer_limit)
+        return limit
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    # -- sentences <-> token ids -------------------------------------------------------------------------------
+
+    def _tokenize(self, sentences: list[str]) -> dict[str, torch.Tensor]:
+        if isinstance(sentences, str):
+            raise TypeError("pass a list of sentences, e.g. pipe.encode([sentence])")
+        full = self.tokenizer(list(sentences), add_special_tokens=True)["input_ids"]
+        too_long = sum(len(ids) > self.max_length for ids in full)
+        if too_long:
+            logger.warning(
+                "%d of %d sentences exceed %d tokens and were truncated", too_long, len(full), self.max_length
+            )
+        batch = self.tokenizer(
+            list(sentences), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        return {name: batch[name].to(self.device) for name in ("input_ids", "attention_mask")}
+
+    def _to_text(self, token_ids: torch.Tensor) -> list[str]:
+        # Keep <unk>: it is a word of the output (PTB references contain it), not markup.
+        return [text.strip() for text in decode_keep_unknown(self.tokenizer, token_ids)]
+
+    # -- the API -----------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode_posterior(self, sentences: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, logvar) of q(z|x) for each sentence, each [N, latent]."""
+        means, logvars = [], []
+        for start in range(0, len(sentences), self.batch_size):
+            batch = self._tokenize(sentences[start : start + self.batch_size])
+            mean, logvar = self.model.encode(batch["input_ids"], batch["attention_mask"])
+            means.append(mean)
+            logvars.append(logvar)
+        if not means:
+            size = self.model.config.latent_size
+            return torch.empty(0, size, device=self.device), torch.empty(0, size, device=self.device)
+        return torch.cat(means), torch.cat(logvars)
+
+    def encode(self, sentences: list[str]) -> torch.Tensor:
+        """Posterior means [N, latent]: the sentence vectors."""
+        return self.encode_posterior(sentences)[0]
+
+    def decode(self, z: torch.Tensor, **decode_kwargs) -> list[str]:
+        """Sentences for latent codes [N, latent]; keyword arguments go to `SentenceMIMModel.decode`."""
+        z = torch.as_tensor(z, dtype=self.model.dtype, device=self.device)
+        if z.dim() == 1:
+            z = z[None]
+        if z.dim() != 2 or z.size(1) != self.model.config.latent_size:
+            raise ValueError(f"z must be [N, {self.model.config.latent_size}], got shape {tuple(z.shape)}")
+        decode_kwargs.setdefault("max_length", self.max_length - 1)
+        texts = []
+        for start in range(0, z.size(0), self.batch_size):
+            texts += self._to_text(self.model.decode(z[start : start + self.batch_size], **decode_kwargs))
+        return texts
+
+    def reconstruct(self, sentences: list[str], mode: str = "mean", noise: float = 0.1, **decode_kwargs) -> list[str]:
+        """decode(encode(x)). mode: "mean" (posterior mean), "sample" (z ~ q(z|x)) or "perturb" (mean plus
+        isotropic Gaussian noise of standard deviation `noise`, to probe the latent neighbourhood)."""
+        mean, logvar = self.encode_posterior(sentences)
+        if mode == "mean":
+            z = mean
+        elif mode == "sample":
+            z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
+        elif mode == "perturb":
+            z = mean + noise * torch.randn_like(mean)
+        else:
+            raise ValueError(f"mode={mode!r}: must be one of mean, sample, perturb")
+        return self.decode(z, **decode_kwargs)
+
+    def interpolation_latents(self, first: str, second: str, steps: int = 8, method: str = "linear") -> torch.Tensor:
+        if not isinstance(steps, int) or steps < 0:
+            raise ValueError(f"steps={steps!r}: must be an integer >= 0 (the number of points between the endpoints)")
+        start, end = self.encode([first, second])
+        fractions = torch.linspace(0.0, 1.0, steps + 2, device=self.device)
+        if method == "linear":
+            return torch.lerp(start[None], end[None], fractions[:, None])
+        if method == "slerp":
+            return slerp(start, end, fractions)
+        raise ValueError(f"method={method!r}: must be linear or slerp")
+
+    def interpolate(self, first: str, second: str, steps: int = 8, method: str = "linear", **decode_kwargs):
+        """steps + 2 sentences decoded along the path between the posterior means; the endpoints are the two
+        reconstructions."""
+        return self.decode(self.interpolation_latents(first, second, steps, method), **decode_kwargs)
+
+    def sample(self, n: int = 10, temperature: float = 1.0, latent_temperature: float = 1.0, seed: int | None = None):
+        """n sentences from the prior: z ~ N(0, latent_temperature^2 I), decoded by sampling tokens at
+        `temperature` (temperature=0 decodes greedily)."""
+        if n < 1:
+            raise ValueError(f"n={n}: must be >= 1")
+        if temperature < 0 or latent_temperature < 0 or math.isnan(temperature):
+            raise ValueError("temperature and latent_temperature must be >= 0")
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(seed if seed is not None else torch.seed())
+        z = torch.randn(n, self.model.config.latent_size, generator=generator, device=self.device)
+        z = z * latent_temperature
+        if temperature == 0:
+            return self.decode(z)
+        return self.decode(z, do_sample=True, temperature=temperature, generator=generator)
