@@ -1,0 +1,275 @@
+"""The `sentmim` console script.
+
+    sentmim demo                                           train a small MIM and VAE on the built-in corpus, compare
+    sentmim train --dataset ../shared/data/ptb --output-dir runs/ptb-mim --max-steps 20000
+    sentmim evaluate runs/ptb-mim --dataset ../shared/data/ptb --split test
+    sentmim reconstruct runs/ptb-mim "the market fell sharply ."
+    sentmim interpolate runs/ptb-mim "first sentence" "second sentence" --steps 8
+    sentmim sample runs/ptb-mim -n 10 --temperature 0.5
+    sentmim encode runs/ptb-mim --input sentences.txt --output latents.npy
+
+Options are spelled with dashes (`--output-dir`); the underscore spelling of the HF example scripts
+(`--output_dir`) is accepted too. Under several processes, launch `sentmim train` with `accelerate launch` or
+`torchrun` (on CPU with ACCELERATE_USE_CPU=1). Every user error ends with one line on stderr and exit status 2.
+"""
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .checkpointing import CheckpointError
+from .training import TrainingArguments, TrainingDiverged
+
+logger = logging.getLogger("sentmim")
+
+
+def add(parser, name: str, **kwargs) -> None:
+    """Add `--some-option`, also accepted as `--some_option`."""
+    flags = [name] if not name.startswith("--") else [name, name.replace("-", "_").replace("__", "--", 1)]
+    parser.add_argument(*dict.fromkeys(flags), **kwargs)
+
+
+# -- train --------------------------------------------------------------------------------------------------------
+
+
+def add_data_options(parser, split_default: str | None) -> None:
+    add(parser, "--dataset", default="builtin", help="'builtin', a Hub id, a file, a folder of files, a saved dataset")
+    add(parser, "--dataset-config", default=None, help="Hub configuration name")
+    add(parser, "--split", default=split_default, help="split or slice, e.g. 'train[:10%%]'")
+    add(parser, "--text-column", default=None, help="column holding the text (default: 'text' or the only string one)")
+    add(parser, "--lowercase", action="store_true")
+
+
+def add_train_parser(commands) -> None:
+    parser = commands.add_parser("train", help="train or fine-tune a model on a dataset")
+    add_data_options(parser, split_default=None)
+    add(parser, "--max-length", type=int, default=64, help="longest sentence in tokens, BOS and EOS included")
+    add(parser, "--overlong", choices=["drop", "truncate"], default="drop", help="what to do with longer sentences")
+    add(parser, "--validation-fraction", type=float, default=0.05, help="carved off train when there is no validation")
+    add(parser, "--tokenizer", choices=["word", "bpe", "unigram"], default="word")
+    add(parser, "--vocab-size", type=int, default=10000)
+    add(parser, "--min-frequency", type=int, default=1)
+    add(parser, "--init-from", default=None, help="fine-tune this trained model folder (keeps its tokenizer)")
+    add(parser, "--objective", choices=["mim", "vae", "ae"], default=None, help="default: mim")
+    add(parser, "--architecture", choices=["gru", "transformer"], default=None, help="default: gru")
+    for name, help_text in [
+        ("--latent-size", "default 128"), ("--hidden-size", "default 512"), ("--embedding-size", "default 300"),
+        ("--num-layers", "default 1"), ("--num-attention-heads", "Transformer, default 4"),
+    ]:
+        add(parser, name, type=int, default=None, help=help_text)
+    add(parser, "--dropout", type=float, default=None)
+    add(parser, "--kl-schedule", choices=["constant", "linear", "logistic", "cyclical"], default=None)
+    add(parser, "--kl-anneal-steps", type=int, default=None)
+    add(parser, "--kl-cycle-steps", type=int, default=None)
+    add(parser, "--free-bits", type=float, default=None, help="VAE per-dimension KL floor (nats)")
+    add(parser, "--output-dir", required=True)
+    add(parser, "--overwrite", action="store_true", help="replace whatever output-dir holds")
+    add(parser, "--resume", action="store_true", help="continue the run in output-dir from its last checkpoint")
+    add(parser, "--batch-size", type=int, default=32, help="per process")
+    add(parser, "--eval-batch-size", type=int, default=128)
+    add(parser, "--max-steps", type=int, default=None, help="optimizer steps (overrides --epochs)")
+    add(parser, "--epochs", type=float, default=1.0)
+    add(parser, "--learning-rate", type=float, default=1e-3)
+    add(parser, "--optimizer", choices=["adam", "adamw"], default="adam")
+    add(parser, "--weight-decay", type=float, default=0.0)
+    add(parser, "--max-grad-norm", type=float, default=5.0)
+    add(parser, "--lr-scheduler", choices=["constant", "cosine", "plateau"], default="constant")
+    add(parser, "--warmup-steps", type=int, default=0)
+    add(parser, "--gradient-accumulation-steps", type=int, default=1)
+    add(parser, "--mixed-precision", choices=["no", "bf16", "fp16"], default="no")
+    add(parser, "--eval-steps", type=int, default=500)
+    add(parser, "--save-steps", type=int, default=None, help="checkpoint every N steps (default: --eval-steps)")
+    add(parser, "--logging-steps", type=int, default=50)
+    add(parser, "--early-stopping-patience", type=int, default=0, help="evaluations without improvement; 0: never")
+    add(parser, "--report-to", choices=["none", "tensorboard"], default="none")
+    add(parser, "--seed", type=int, default=0)
+    add(parser, "--cpu", action="store_true", help="train on CPU even when a GPU is present")
+    parser.set_defaults(handler=run_train)
+
+
+MODEL_OPTIONS = ("objective", "architecture", "latent_size", "hidden_size", "embedding_size", "num_layers",
+                 "num_attention_heads", "dropout", "kl_schedule", "kl_anneal_steps", "kl_cycle_steps", "free_bits")
+
+
+def run_train(args) -> None:
+    from .experiment import RunOptions, run_training
+
+    options = RunOptions(
+        dataset=args.dataset, dataset_config=args.dataset_config, split=args.split, text_column=args.text_column,
+        lowercase=args.lowercase, max_length=args.max_length, overlong=args.overlong,
+        validation_fraction=args.validation_fraction, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
+        min_frequency=args.min_frequency, init_from=args.init_from,
+        model={name: getattr(args, name) for name in MODEL_OPTIONS if getattr(args, name) is not None},
+    )
+    training_args = TrainingArguments(
+        output_dir=args.output_dir, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
+        max_steps=args.max_steps, epochs=args.epochs, learning_rate=args.learning_rate, optimizer=args.optimizer,
+        weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm, lr_scheduler=args.lr_scheduler,
+        warmup_steps=args.warmup_steps, gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision, eval_steps=args.eval_steps, save_steps=args.save_steps,
+        logging_steps=args.logging_steps, early_stopping_patience=args.early_stopping_patience,
+        seed=args.seed, resume=args.resume, overwrite=args.overwrite, report_to=args.report_to, cpu=args.cpu,
+    )
+    _, _, results = run_training(options, training_args)
+    print(f"trained {results['step']} steps; best validation loss {results['best_val_loss']}; "
+          f"model in {args.output_dir}")
+
+
+# -- evaluation and text tools ------------------------------------------------------------------------------------
+
+
+def add_evaluate_parser(commands) -> None:
+    parser = commands.add_parser("evaluate", help="every metric of a model on a split (IW-NLL, ELBO, MI, BLEU, ...)")
+    parser.add_argument("model_dir")
+    add_data_options(parser, split_default="test")
+    add(parser, "--batch-size", type=int, default=64)
+    add(parser, "--iw-samples", type=int, default=500, help="importance samples for IW-NLL (0 skips it)")
+    add(parser, "--max-sentences", type=int, default=None)
+    add(parser, "--plots", default=None, metavar="DIR", help="write PNG plots to DIR")
+    add(parser, "--seed", type=int, default=0)
+    parser.set_defaults(handler=run_evaluate)
+
+
+def run_evaluate(args) -> None:
+    from .evaluation import evaluate_folder, format_results
+
+    results = evaluate_folder(
+        args.model_dir, args.dataset, dataset_config=args.dataset_config, split=args.split,
+        text_column=args.text_column, batch_size=args.batch_size, iw_samples=args.iw_samples,
+        max_sentences=args.max_sentences, seed=args.seed, plots_dir=args.plots,
+    )
+    print(format_results(results))
+
+
+def read_sentences(args) -> list[str]:
+    sentences = list(args.sentences or [])
+    if args.input:
+        path = Path(args.input)
+        if not path.is_file():
+            raise ValueError(f"--input {path}: no such file")
+        try:
+            sentences += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except UnicodeDecodeError as error:
+            raise ValueError(f"--input {path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    if not sentences:
+        raise ValueError("no sentences: give them as arguments or with --input FILE (one per line)")
+    return sentences
+
+
+def load_pipeline(model_dir: str):
+    from .pipeline import SentenceMIMPipeline
+
+    return SentenceMIMPipeline.from_pretrained(model_dir)
+
+
+def add_text_parsers(commands) -> None:
+    parser = commands.add_parser("reconstruct", help="encode sentences and decode them back")
+    parser.add_argument("model_dir")
+    parser.add_argument("sentences", nargs="*")
+    add(parser, "--input", default=None, help="file with one sentence per line")
+    add(parser, "--mode", choices=["mean", "sample", "perturb"], default="mean")
+    add(parser, "--num-beams", type=int, default=1)
+    parser.set_defaults(handler=run_reconstruct)
+
+    parser = commands.add_parser("interpolate", help="decode points on the path between two sentences")
+    parser.add_argument("model_dir")
+    parser.add_argument("first")
+    parser.add_argument("second")
+    add(parser, "--steps", type=int, default=8, help="points between the two endpoints")
+    add(parser, "--method", choices=["linear", "slerp"], default="linear")
+    parser.set_defaults(handler=run_interpolate)
+
+    parser = commands.add_parser("sample", help="decode sentences from the prior")
+    parser.add_argument("model_dir")
+    parser.add_argument("-n", "--num-samples", type=int, default=10)
+    add(parser, "--temperature", type=float, default=1.0, help="token sampling temperature (0 = greedy)")
+    add(parser, "--seed", type=int, default=None)
+    parser.set_defaults(handler=run_sample)
+
+    parser = commands.add_parser("encode", help="write posterior means of sentences to a .npy file")
+    parser.add_argument("model_dir")
+    parser.add_argument("sentences", nargs="*")
+    add(parser, "--input", default=None, help="file with one sentence per line")
+    add(parser, "--output", required=True, help="where to write the [N, latent] float32 array (.npy)")
+    parser.set_defaults(handler=run_encode)
+
+
+def run_reconstruct(args) -> None:
+    sentences = read_sentences(args)
+    outputs = load_pipeline(args.model_dir).reconstruct(sentences, mode=args.mode, num_beams=args.num_beams)
+    for source, output in zip(sentences, outputs, strict=True):
+        print(f"input:  {source}\noutput: {output}\n")
+
+
+def run_interpolate(args) -> None:
+    sentences = load_pipeline(args.model_dir).interpolate(args.first, args.second, args.steps, args.method)
+    for index, sentence in enumerate(sentences):
+        print(f"{index:3d}  {sentence}")
+
+
+def run_sample(args) -> None:
+    pipe = load_pipeline(args.model_dir)
+    for sentence in pipe.sample(args.num_samples, temperature=args.temperature, seed=args.seed):
+        print(sentence)
+
+
+def run_encode(args) -> None:
+    import numpy as np
+
+    latents = load_pipeline(args.model_dir).encode(read_sentences(args)).cpu().numpy().astype("float32")
+    np.save(args.output, latents)
+    print(f"wrote {latents.shape[0]} x {latents.shape[1]} posterior means to {args.output}")
+
+
+# -- demo -----------------------------------------------------------------------------------------------------------
+
+
+def add_demo_parser(commands) -> None:
+    parser = commands.add_parser("demo", help="MIM vs VAE on the built-in corpus, in a few minutes on a CPU")
+    add(parser, "--output-dir", default="runs/demo")
+    add(parser, "--max-steps", type=int, default=1500)
+    add(parser, "--seed", type=int, default=0)
+    parser.set_defaults(handler=run_demo)
+
+
+def run_demo(args) -> None:
+    from .demo import run_demo as demo
+
+    demo(output_dir=args.output_dir, max_steps=args.max_steps, seed=args.seed)
+
+
+# -- entry point ----------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sentmim", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--verbose", action="store_true", help="log at INFO level")
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_demo_parser(commands)
+    add_train_parser(commands)
+    add_evaluate_parser(commands)
+    add_text_parsers(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        level=logging.INFO if args.verbose or args.command in ("train", "demo") else logging.WARNING,
+    )
+    try:
+        args.handler(args)
+    except (ValueError, CheckpointError, TrainingDiverged, OSError, ImportError) as error:  # OSError: files, disk
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"sentmim {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"sentmim {args.command}: interrupted; a training run continues with --resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""Assemble a training run from plain options: data -> tokenizer -> model -> `training.train`.
+
+Shared by `sentmim train`, `sentmim demo` and recipes/train.py, so every entry point treats data, vocabulary and
+fine-tuning the same way:
+
+- a new run trains a tokenizer on the training split and builds a model from the options;
+- `init_from=DIR` fine-tunes a trained model: its tokenizer and architecture are kept (words it does not know
+  become <unk>; the rate is logged) and only the objective / KL settings given may change;
+- `resume=True` rebuilds the model and tokenizer saved in output_dir/checkpoints/run and continues.
+"""
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .configuration import SentenceMIMConfig
+from .data import clean_dataset, load_text_dataset, tokenize_dataset
+from .modeling import SentenceMIMModel
+from .tokenization import SPECIAL_TOKENS, load_tokenizer, train_tokenizer, unknown_token_rate
+from .training import RUN_FOLDER, TrainingArguments, prepare_output_dir, train
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RunOptions:
+    dataset: str = "builtin"
+    dataset_config: str | None = None
+    split: str | None = None
+    text_column: str | None = None
+    lowercase: bool = False
+    max_length: int = 64  # tokens, BOS and EOS included
+    overlong: str = "drop"  # drop | truncate
+    validation_fraction: float = 0.05
+    tokenizer: str = "word"  # word | bpe | unigram
+    vocab_size: int = 10000
+    min_frequency: int = 1
+    init_from: str | None = None
+    model: dict = field(default_factory=dict)  # SentenceMIMConfig fields (architecture, objective, sizes, ...)
+
+
+def load_splits(options: RunOptions, seed: int):
+    raw = load_text_dataset(
+        options.dataset, options.dataset_config, options.split, options.text_column,
+        validation_fraction=options.validation_fraction, seed=seed,
+    )
+    if "train" not in raw:
+        raise ValueError(f"{options.dataset}: no train split (found {', '.join(raw)}); pass --split train or a file")
+    return clean_dataset(raw, lowercase=options.lowercase)
+
+
+def prepare_tokenizer(options: RunOptions, train_texts, output_dir: Path, resume: bool):
+    if resume:
+        return load_tokenizer(output_dir / RUN_FOLDER)
+    if options.init_from:
+        tokenizer = load_tokenizer(options.init_from)
+        unknown, total = unknown_token_rate(tokenizer, train_texts)
+        logger.info(
+            "fine-tuning with the vocabulary of %s: %d of %d training tokens (%.2f%%) are unknown to it and map to %s",
+            options.init_from, unknown, total, 100 * unknown / max(total, 1), tokenizer.unk_token,
+        )
+        return tokenizer
+    if options.vocab_size <= len(SPECIAL_TOKENS):
+        raise ValueError(f"--vocab-size {options.vocab_size}: must exceed the {len(SPECIAL_TOKENS)} special tokens")
+    try:
+        return train_tokenizer(
+            train_texts, kind=options.tokenizer, vocab_size=options.vocab_size, min_frequency=options.min_frequency,
+            lowercase=options.lowercase, model_max_length=options.max_length,
+        )
+    except Exception as error:  # `tokenizers` raises bare Exception / ZeroDivisionError for a too small vocabulary
+        reason = (str(error).strip().splitlines() or [""])[0]
+        raise ValueError(
+            f"--vocab-size {options.vocab_size}: cannot train a {options.tokenizer} tokenizer on {options.dataset} "
+            f"({type(error).__name__}: {reason}); use a larger vocabulary (byte-level BPE needs more than 260)"
+        ) from error
+
+
+def prepare_model(options: RunOptions, tokenizer, output_dir: Path, resume: bool) -> SentenceMIMModel:
+    if resume:
+        return SentenceMIMModel(SentenceMIMConfig.from_pretrained(output_dir / RUN_FOLDER))
+    if options.init_from:
+        model = SentenceMIMModel.from_pretrained(options.init_from)
+        changeable = {"objective", "dropout", "logvar_min", "free_bits"} | {
+            name for name in options.model if name.startswith("kl_")
+        }
+        for name, value in options.model.items():
+            if name in changeable:
+                setattr(model.config, name, value)
+            elif getattr(model.config, name, value) != value:
+                raise ValueError(
+                    f"--{name.replace('_', '-')}={value}: {options.init_from} was trained with "
+                    f"{name}={getattr(model.config, name)}; fine-tuning keeps the architecture (drop the option)"
+                )
+        model.config.validate()
+        return model
+    config = SentenceMIMConfig(
+        vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, unk_token_id=tokenizer.unk_token_id,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        max_position_embeddings=max(options.max_length, options.model.pop("max_position_embeddings", 0)),
+        **options.model,
+    )
+    return SentenceMIMModel(config)
+
+
+def run_training(options: RunOptions, args: TrainingArguments) -> tuple[SentenceMIMModel, object, dict]:
+    """Load data, build or load tokenizer and model, train. Returns (model, tokenizer, train results)."""
+    output_dir = prepare_output_dir(args)  # refuse a used folder before spending time on data
+    splits = load_splits(options, args.seed)
+    tokenizer = prepare_tokenizer(options, splits["train"]["text"], output_dir, args.resume)
+    model = prepare_model(options, tokenizer, output_dir, args.resume)
+    tokenized, stats = tokenize_dataset(splits, tokenizer, max_length=options.max_length, overlong=options.overlong)
+    for split, counts in stats.items():
+        logger.info("%s: %s", split, counts)
+        everything_dropped = counts["num_sentences"] and counts["num_dropped"] == counts["num_sentences"]
+        if split in ("train", "validation") and everything_dropped:
+            raise ValueError(  # caught here, not as a division by zero at the first evaluation
+                f"all {counts['num_sentences']} {split} sentences are longer than --max-length {options.max_length} "
+                "tokens: raise --max-length or pass --overlong truncate"
+            )
+    results = train(model, tokenizer, tokenized, args)
+    return model, tokenizer, results

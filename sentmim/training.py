@@ -1,0 +1,383 @@
+"""The training loop: one function, `train`, on accelerate (one CPU, one GPU, many GPUs or machines).
+
+    model = SentenceMIMModel(config)
+    train(model, tokenizer, tokenized_splits, TrainingArguments(output_dir="runs/ptb-mim", max_steps=20000))
+
+Launch the same code on several processes with `accelerate launch` or `torchrun` (on CPU add ACCELERATE_USE_CPU=1).
+
+What a run leaves in output_dir:
+    config.json, model.safetensors, tokenizer files   the model with the best validation loss (or the last one when
+                                                       there is no validation split): load it with
+                                                       SentenceMIMPipeline / AutoModel.from_pretrained
+    checkpoints/step_N/, checkpoints/latest            resumable states (see sentmim.checkpointing)
+    checkpoints/run/                                   the run's tokenizer and config (resume rebuilds from them)
+    log.jsonl                                          one JSON object per logging / evaluation event
+    training_args.json, train_results.json
+
+Resume (`resume=True`) continues exactly where the last checkpoint stopped: same weights, optimizer, learning-rate
+and KL schedules, random state and position in the (seeded, length-bucketed) batch order, so an interrupted run
+ends with the same parameters as an uninterrupted one.
+"""
+
+import dataclasses
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import broadcast, set_seed
+from tqdm.auto import tqdm
+
+from . import checkpointing, metrics
+from .data import make_dataloader
+from .objectives import kl_weight_from_config
+
+logger = logging.getLogger(__name__)
+RUN_FOLDER = "checkpoints/run"  # the run's tokenizer and config, saved before the first step so resume can rebuild it
+
+
+@dataclass
+class TrainingArguments:
+    output_dir: str
+    batch_size: int = 32  # per process
+    eval_batch_size: int = 128
+    max_steps: int | None = None  # optimizer steps; overrides epochs
+    epochs: float = 1.0
+    learning_rate: float = 1e-3
+    optimizer: str = "adam"  # adam | adamw
+    weight_decay: float = 0.0
+    max_grad_norm: float = 5.0
+    lr_scheduler: str = "constant"  # constant | cosine | plateau (x plateau_factor when validation stalls)
+    warmup_steps: int = 0
+    plateau_factor: float = 0.25
+    plateau_patience: int = 2  # evaluations without improvement before the learning rate drops
+    gradient_accumulation_steps: int = 1
+    mixed_precision: str = "no"  # no | bf16 | fp16
+    eval_steps: int = 500
+    save_steps: int | None = None  # default: eval_steps
+    logging_steps: int = 50
+    early_stopping_patience: int = 0  # evaluations without improvement before stopping; 0 never stops
+    save_total_limit: int = 2
+    seed: int = 0
+    resume: bool = False
+    overwrite: bool = False
+    report_to: str = "none"  # none | tensorboard
+    cpu: bool = False
+    progress: bool = True
+
+    def __post_init__(self):
+        checks = {
+            "batch_size": self.batch_size >= 1,
+            "eval_batch_size": self.eval_batch_size >= 1,
+            "max_steps": self.max_steps is None or self.max_steps >= 1,
+            "epochs": self.epochs > 0,
+            "learning_rate": self.learning_rate > 0,
+            "optimizer": self.optimizer in ("adam", "adamw"),
+            "lr_scheduler": self.lr_scheduler in ("constant", "cosine", "plateau"),
+            "gradient_accumulation_steps": self.gradient_accumulation_steps >= 1,
+            "mixed_precision": self.mixed_precision in ("no", "bf16", "fp16"),
+            "eval_steps": self.eval_steps >= 1,
+            "logging_steps": self.logging_steps >= 1,
+            "save_total_limit": self.save_total_limit >= 1,
+            "report_to": self.report_to in ("none", "tensorboard"),
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"training argument {name}={getattr(self, name)!r} is invalid")
+        if self.resume and self.overwrite:
+            raise ValueError("resume and overwrite exclude each other: resume continues a run, overwrite deletes it")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the message names the last good checkpoint."""
+
+
+class LearningRateSchedule:
+    """Linear warmup, then constant or cosine decay, times a factor that drops when validation stalls (plateau)."""
+
+    def __init__(self, args: TrainingArguments, total_steps: int):
+        self.kind, self.warmup, self.total = args.lr_scheduler, args.warmup_steps, total_steps
+        self.factor, self.patience = args.plateau_factor, args.plateau_patience
+        self.scale, self.best, self.stalled = 1.0, math.inf, 0
+
+    def multiplier(self, step: int) -> float:
+        warm = min(1.0, (step + 1) / self.warmup) if self.warmup else 1.0
+        if self.kind == "cosine":
+            progress = min(1.0, max(0, step - self.warmup) / max(1, self.total - self.warmup))
+            warm *= 0.5 * (1.0 + math.cos(math.pi * progress))
+        return warm * self.scale
+
+    def report(self, validation_loss: float) -> None:
+        if validation_loss < self.best:
+            self.best, self.stalled = validation_loss, 0
+            return
+        self.stalled += 1
+        if self.kind == "plateau" and self.stalled >= self.patience:
+            self.scale *= self.factor
+            self.stalled = 0
+            logger.info("validation loss stalled: learning rate x%s", self.factor)
+
+    def state_dict(self) -> dict:
+        return {"scale": self.scale, "best": self.best if math.isfinite(self.best) else None, "stalled": self.stalled}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scale, self.stalled = state["scale"], state["stalled"]
+        self.best = math.inf if state["best"] is None else state["best"]
+
+
+def prepare_output_dir(args: TrainingArguments) -> Path:
+    """Refuse to mix two runs in one folder: a used folder needs resume (continue) or overwrite (replace)."""
+    output_dir = Path(args.output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"output dir {output_dir} is a file: pass a folder path")
+    used = output_dir.is_dir() and any(output_dir.iterdir())
+    checkpoints = output_dir / "checkpoints"
+    if args.resume:
+        if checkpointing.latest_checkpoint(checkpoints) is None:
+            raise ValueError(f"--resume: no checkpoint in {checkpoints}; start the run without --resume")
+    elif used and not args.overwrite:
+        raise ValueError(
+            f"output dir {output_dir} already holds files (another run?): pass --overwrite to replace it or "
+            "--resume to continue it"
+        )
+    return output_dir
+
+
+@torch.no_grad()
+def validation_metrics(model, loader, kl_weight: float = 1.0, seed: int = 0) -> dict:
+    """Validation loss terms per sentence, KL, whole-split MI (He et al.) and active units, in eval mode.
+
+    Its z samples come from a forked, seeded random state: validation numbers are reproducible, and how often a run
+    validates never changes its training trajectory."""
+    with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        return _validation_metrics(model, loader, kl_weight)
+
+
+def _validation_metrics(model, loader, kl_weight: float) -> dict:
+    model.eval()
+    totals = {"loss": 0.0, "recon_nll": 0.0, "kl": 0.0}
+    means, logvars, samples = [], [], []
+    count, targets = 0, 0
+    for batch in loader:
+        batch = {name: tensor.to(model.device) for name, tensor in batch.items()}
+        out = model(**batch, kl_weight=kl_weight, return_logits=False)
+        size = batch["input_ids"].size(0)
+        totals["loss"] += out.loss.item() * size
+        totals["recon_nll"] += -out.log_likelihood.sum().item()
+        totals["kl"] += out.kl.sum().item()
+        targets += int(metrics.num_targets(batch["input_ids"], batch["attention_mask"]).sum())
+        means.append(out.mean.float().cpu())
+        logvars.append(out.logvar.float().cpu())
+        samples.append(out.z.float().cpu() if model.config.objective != "ae" else None)
+        count += size
+    model.train()
+    result = {f"val_{name}": value / count for name, value in totals.items()}
+    mean, logvar = torch.cat(means), torch.cat(logvars)
+    z = None if samples[0] is None else torch.cat(samples)
+    result["val_recon_ppl"] = math.exp(totals["recon_nll"] / targets)
+    result["val_mi_whole_split"] = metrics.mutual_information(mean, logvar, z=z)
+    result["val_active_units"] = metrics.active_units(mean)
+    return result
+
+
+class JsonlLog:
+    """Appends one JSON object per event; on resume drops the events logged after the checkpoint's step."""
+
+    def __init__(self, path: Path, keep_until_step: int | None):
+        self.path = path
+        if keep_until_step is not None and path.is_file():
+            lines = path.read_text().splitlines()
+            kept = [line for line in lines if json.loads(line).get("step", 0) <= keep_until_step]
+            checkpointing.write_text_atomic(path, "".join(line + "\n" for line in kept))
+
+    def write(self, record: dict) -> None:
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+def build_optimizer(model, args: TrainingArguments, fused: bool) -> torch.optim.Optimizer:
+    options = {"lr": args.learning_rate, "weight_decay": args.weight_decay}
+    if fused:
+        options["fused"] = True
+    optimizer_class = torch.optim.AdamW if args.optimizer == "adamw" else torch.optim.Adam
+    return optimizer_class(model.parameters(), **options)
+
+
+def train(model, tokenizer, splits, args: TrainingArguments) -> dict:
+    """Train `model` on splits["train"] (tokenized: an "input_ids" column), validating on splits["validation"]
+    when present. Returns the final metrics; the best model and tokenizer are saved in args.output_dir."""
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        cpu=args.cpu,
+        log_with="tensorboard" if args.report_to == "tensorboard" else None,
+        project_dir=args.output_dir,
+    )
+    # Every process checks the folder before any of them writes to it: otherwise a slower process would find the
+    # main process's first files and refuse the folder as "another run".
+    output_dir = prepare_output_dir(args)
+    accelerator.wait_for_everyone()
+    main = accelerator.is_main_process
+    if main:
+        if args.overwrite and output_dir.exists():
+            shutil.rmtree(output_dir)
+        (output_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        if not args.resume:
+            tokenizer.save_pretrained(output_dir / RUN_FOLDER)
+            model.config.save_pretrained(output_dir / RUN_FOLDER)
+        (output_dir / "training_args.json").write_text(json.dumps(dataclasses.asdict(args), indent=2))
+    accelerator.wait_for_everyone()
+    set_seed(args.seed)
+    logger.info("%s", accelerator.state)
+
+    config = model.config
+    train_loader = make_dataloader(splits["train"], args.batch_size, config.pad_token_id, shuffle=True, seed=args.seed)
+    # Batch order comes from the seeded bucket sampler; a private generator keeps iterator creation from consuming
+    # the global random state, which must only feed the model's noise and dropout (exact resume).
+    train_loader.generator = torch.Generator().manual_seed(args.seed)
+    bucket_sampler = train_loader.batch_sampler
+    validation_loader = None
+    if "validation" in splits:
+        validation_loader = make_dataloader(
+            splits["validation"], args.eval_batch_size, config.pad_token_id, shuffle=False
+        )
+    fused = accelerator.device.type == "cuda"
+    optimizer = build_optimizer(model, args, fused=fused)
+    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    unwrapped = accelerator.unwrap_model(model)
+
+    batches_per_epoch = len(train_loader)
+    steps_per_epoch = math.ceil(batches_per_epoch / args.gradient_accumulation_steps)
+    total_steps = args.max_steps or math.ceil(args.epochs * steps_per_epoch)
+    schedule = LearningRateSchedule(args, total_steps)
+    state = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "best_val_loss": None, "evals_without_improvement": 0,
+             "running": {"loss": 0.0, "recon_nll": 0.0, "kl": 0.0, "count": 0}}  # sums since the last log line
+    checkpoints_dir = output_dir / "checkpoints"
+    if args.resume:
+        folder = checkpointing.latest_checkpoint(checkpoints_dir)
+        state = checkpointing.load_checkpoint(folder, unwrapped, optimizer, accelerator.process_index)
+        schedule.load_state_dict(state.pop("schedule"))
+        logger.info("resumed from %s at step %d", folder, state["step"])
+    log = JsonlLog(output_dir / "log.jsonl", state["step"] if args.resume else None) if main else None
+    if args.report_to == "tensorboard":
+        accelerator.init_trackers("sentmim", config={k: str(v) for k, v in dataclasses.asdict(args).items()})
+
+    def save_checkpoint() -> None:
+        staging = checkpointing.staging_dir(checkpoints_dir, state["step"])
+        if main:
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        checkpointing.save_rng_state(staging, accelerator.process_index)
+        if main:
+            trainer_state = {**state, "schedule": schedule.state_dict()}
+            checkpointing.save_main_state(staging, unwrapped.state_dict(), optimizer, trainer_state)
+        accelerator.wait_for_everyone()
+        if main:
+            checkpointing.publish(checkpoints_dir, state["step"], args.save_total_limit)
+
+    def save_model(folder: Path) -> None:
+        """save_pretrained into a staging folder, then swap it in, so the model folder is never half written."""
+        staging = folder.parent / f"{checkpointing.TMP_PREFIX}{folder.name}-model"
+        shutil.rmtree(staging, ignore_errors=True)
+        unwrapped.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        for item in staging.iterdir():
+            item.replace(folder / item.name)
+        staging.rmdir()
+
+    progress = tqdm(total=total_steps, initial=state["step"], disable=not (main and args.progress), desc="train")
+    stop, started = False, time.time()
+    model.train()
+    while state["step"] < total_steps and not stop:
+        epoch_loader = train_loader
+        if state["batches_in_epoch"]:
+            epoch_loader = accelerator.skip_first_batches(train_loader, state["batches_in_epoch"])
+        # accelerate's loader re-sets the sampler's epoch from its own iteration counter, which a resumed process
+        # has not advanced: set both (with several processes the sampler is wrapped and only the first call reaches it)
+        bucket_sampler.set_epoch(state["epoch"])
+        epoch_loader.set_epoch(state["epoch"])
+        for batch in epoch_loader:
+            with accelerator.accumulate(model):
+                beta = kl_weight_from_config(config, state["step"])
+                out = model(**batch, kl_weight=beta, return_logits=False)
+                finite = accelerator.gather(torch.isfinite(out.loss.detach()).reshape(1)).all()
+                if not bool(finite):
+                    last = checkpointing.latest_checkpoint(checkpoints_dir)
+                    raise TrainingDiverged(
+                        f"loss is {out.loss.item()} at step {state['step']}; the last good checkpoint is "
+                        f"{last or 'none'}; lower --learning-rate or --max-grad-norm and resume"
+                    )
+                accelerator.backward(out.loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                for group in optimizer.param_groups:
+                    group["lr"] = args.learning_rate * schedule.multiplier(state["step"])
+                optimizer.step()
+                optimizer.zero_grad()
+            state["batches_in_epoch"] += 1
+            running = state["running"]
+            running["loss"] += out.loss.item()
+            running["recon_nll"] += -out.log_likelihood.mean().item()
+            running["kl"] += out.kl.mean().item()
+            running["count"] += 1
+            if not accelerator.sync_gradients:
+                continue
+            state["step"] += 1
+            step = state["step"]
+            progress.update(1)
+            if step % args.logging_steps == 0 or step == total_steps:
+                record = {"step": step, "epoch": state["epoch"], "kl_weight": beta,
+                          "lr": optimizer.param_groups[0]["lr"], "elapsed_s": round(time.time() - started, 1)}
+                record.update({f"train_{k}": v / running["count"] for k, v in running.items() if k != "count"})
+                state["running"] = dict.fromkeys(running, 0.0) | {"count": 0}
+                progress.set_postfix(loss=f"{record['train_loss']:.2f}", kl=f"{record['train_kl']:.2f}")
+                if main:
+                    log.write(record)
+                accelerator.log(record, step=step)
+            if validation_loader is not None and (step % args.eval_steps == 0 or step == total_steps):
+                if main:
+                    record = {"step": step, **validation_metrics(unwrapped, validation_loader, seed=args.seed)}
+                    log.write(record)
+                    logger.info("step %d: %s", step, {k: round(v, 4) for k, v in record.items()})
+                    improved = state["best_val_loss"] is None or record["val_loss"] < state["best_val_loss"]
+                    if improved:
+                        state["best_val_loss"], state["evals_without_improvement"] = record["val_loss"], 0
+                        save_model(output_dir)
+                    else:
+                        state["evals_without_improvement"] += 1
+                    schedule.report(record["val_loss"])
+                    accelerator.log(record, step=step)
+                if accelerator.num_processes > 1:  # only the main process evaluated: share its decisions
+                    shared = torch.tensor(
+                        [schedule.scale, state["evals_without_improvement"]], device=accelerator.device,
+                        dtype=torch.float64,
+                    )
+                    shared = broadcast(shared, from_process=0)
+                    schedule.scale, state["evals_without_improvement"] = float(shared[0]), int(shared[1])
+                patience = args.early_stopping_patience
+                stop = patience > 0 and state["evals_without_improvement"] >= patience
+            if step % (args.save_steps or args.eval_steps) == 0 or step == total_steps or stop:
+                save_checkpoint()
+            if step >= total_steps or stop:
+                break
+        else:
+            state["epoch"] += 1
+            state["batches_in_epoch"] = 0
+    progress.close()
+    accelerator.wait_for_everyone()
+    if main:
+        if validation_loader is None or state["best_val_loss"] is None:
+            save_model(output_dir)
+        results = {"step": state["step"], "epoch": state["epoch"], "best_val_loss": state["best_val_loss"],
+                   "stopped_early": stop, "train_seconds": round(time.time() - started, 1)}
+        (output_dir / "train_results.json").write_text(json.dumps(results, indent=2))
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return {"step": state["step"], "best_val_loss": state["best_val_loss"], "stopped_early": stop}
