@@ -217,7 +217,8 @@ def run_sample(args) -> None:
 def run_encode(args) -> None:
     import numpy as np
 
-    latents = load_pipeline(args.model_dir).encode(read_sentences(args)).cpu().numpy().astype("float32")
+    sentences = read_sentences(args)  # a bad --input fails before the model loads
+    latents = load_pipeline(args.model_dir).encode(sentences).cpu().numpy().astype("float32")
     np.save(args.output, latents)
     print(f"wrote {latents.shape[0]} x {latents.shape[1]} posterior means to {args.output}")
 
@@ -228,7 +229,7 @@ def run_encode(args) -> None:
 def add_demo_parser(commands) -> None:
     parser = commands.add_parser("demo", help="MIM vs VAE on the built-in corpus, in a few minutes on a CPU")
     add(parser, "--output-dir", default="runs/demo")
-    add(parser, "--max-steps", type=int, default=1500)
+    add(parser, "--max-steps", type=int, default=3000)
     add(parser, "--seed", type=int, default=0)
     parser.set_defaults(handler=run_demo)
 

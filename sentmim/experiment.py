@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .configuration import SentenceMIMConfig
-from .data import clean_dataset, load_text_dataset, tokenize_dataset
+from .data import DataError, clean_dataset, load_text_dataset, tokenize_dataset
 from .modeling import SentenceMIMModel
 from .tokenization import SPECIAL_TOKENS, load_tokenizer, train_tokenizer, unknown_token_rate
 from .training import RUN_FOLDER, TrainingArguments, prepare_output_dir, train
@@ -46,7 +46,10 @@ def load_splits(options: RunOptions, seed: int):
     )
     if "train" not in raw:
         raise ValueError(f"{options.dataset}: no train split (found {', '.join(raw)}); pass --split train or a file")
-    return clean_dataset(raw, lowercase=options.lowercase)
+    try:
+        return clean_dataset(raw, lowercase=options.lowercase)
+    except DataError as error:  # its message names the split, not the dataset
+        raise DataError(f"{options.dataset}: {error}") from None
 
 
 def prepare_tokenizer(options: RunOptions, train_texts, output_dir: Path, resume: bool):
