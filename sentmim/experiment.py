@@ -13,6 +13,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from accelerate.utils import set_seed
+
 from .configuration import SentenceMIMConfig
 from .data import DataError, clean_dataset, load_text_dataset, tokenize_dataset
 from .modeling import SentenceMIMModel
@@ -110,6 +112,7 @@ def run_training(options: RunOptions, args: TrainingArguments) -> tuple[Sentence
     output_dir = prepare_output_dir(args)  # refuse a used folder before spending time on data
     splits = load_splits(options, args.seed)
     tokenizer = prepare_tokenizer(options, splits["train"]["text"], output_dir, args.resume)
+    set_seed(args.seed)  # the initial weights too come from --seed (torch seeds itself randomly at start-up)
     model = prepare_model(options, tokenizer, output_dir, args.resume)
     tokenized, stats = tokenize_dataset(splits, tokenizer, max_length=options.max_length, overlong=options.overlong)
     for split, counts in stats.items():

@@ -212,6 +212,9 @@ def build_optimizer(model, args: TrainingArguments, fused: bool) -> torch.optim.
 def train(model, tokenizer, splits, args: TrainingArguments) -> dict:
     """Train `model` on splits["train"] (tokenized: an "input_ids" column), validating on splits["validation"]
     when present. Returns the final metrics; the best model and tokenizer are saved in args.output_dir."""
+    for name in ("train", "validation"):  # an empty train split would loop forever over empty epochs
+        if name in splits and hasattr(splits[name], "__len__") and len(splits[name]) == 0:
+            raise ValueError(f"the {name} split has no sentences (all dropped as too long?)")
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from safetensors.torch import load_file
 
 from sentmim.cli import main
 from sentmim.corpus import builtin_sentences
@@ -43,7 +44,7 @@ def run(capsys, *argv):
 
 def error_line(capsys, *argv) -> str:
     """Run a command that must fail: exit status 2 and exactly one line on stderr, which is returned."""
-    status, out, err = run(capsys, *argv)
+    status, _, err = run(capsys, *argv)
     lines = err.strip().splitlines()
     assert status == 2, err
     assert len(lines) == 1, err
@@ -109,6 +110,16 @@ def test_train_from_other_formats(source, extra, data_dir, tmp_path, capsys):
     assert SentenceMIMPipeline.from_pretrained(tmp_path / "out").encode(["a sentence ."]).shape == (1, 8)
 
 
+def test_same_seed_same_model(data_dir, tmp_path, capsys):
+    for name, state in (("a", 1), ("b", 2)):
+        torch.manual_seed(state)  # whatever random state the process happens to be in: --seed decides
+        status, _, err = run(capsys, "train", "--dataset", data_dir / "corpus.txt", "--output-dir", tmp_path / name,
+                             "--seed", "3", *TINY)
+        assert status == 0, err
+    a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
+
+
 def test_resume_continues_to_more_steps(trained, data_dir, tmp_path, capsys):
     run_dir = copy_run(trained, tmp_path)
     more = [arg if arg != "3" else "5" for arg in TINY]  # --max-steps 5
@@ -124,7 +135,7 @@ def test_resume_continues_to_more_steps(trained, data_dir, tmp_path, capsys):
 
 def test_fine_tune_keeps_the_tokenizer_and_logs_unknown_words(trained, data_dir, tmp_path, capsys, caplog):
     caplog.set_level(logging.INFO, logger="sentmim")
-    status, out, err = run(capsys, "train", "--dataset", data_dir / "other.txt", "--init-from", trained,
+    status, _, err = run(capsys, "train", "--dataset", data_dir / "other.txt", "--init-from", trained,
                            "--output-dir", tmp_path / "ft", "--objective", "ae", *TINY)
     assert status == 0, err
     unknown = [r.getMessage() for r in caplog.records if "unknown to it" in r.getMessage()]
@@ -134,8 +145,8 @@ def test_fine_tune_keeps_the_tokenizer_and_logs_unknown_words(trained, data_dir,
     original = SentenceMIMPipeline.from_pretrained(trained)
     assert fine_tuned.tokenizer.get_vocab() == original.tokenizer.get_vocab()
     assert fine_tuned.model.config.objective == "ae"  # objective settings may change
-    changed = [not torch.equal(a, b) for a, b in zip(fine_tuned.model.parameters(), original.model.parameters())]
-    assert any(changed)
+    pairs = zip(fine_tuned.model.parameters(), original.model.parameters(), strict=True)
+    assert any(not torch.equal(a, b) for a, b in pairs)
 
 
 def test_fine_tune_refuses_another_architecture(trained, data_dir, tmp_path, capsys):
@@ -159,7 +170,7 @@ def test_overlong_line_is_dropped_and_counted(data_dir, tmp_path, capsys, caplog
     caplog.set_level(logging.INFO, logger="sentmim")
     path = tmp_path / "long.txt"
     path.write_text("\n".join(SENTENCES) + "\n" + "word " * 20_000 + "\n" + "x" * 100_000 + "\n")
-    status, out, err = run(capsys, "train", "--dataset", path, "--output-dir", tmp_path / "out", *TINY)
+    status, _, err = run(capsys, "train", "--dataset", path, "--output-dir", tmp_path / "out", *TINY)
     assert status == 0, err
     dropped = [int(match.group(1)) for record in caplog.records
                if (match := re.search(r"(\d+) longer than 24 tokens dropped", record.getMessage()))]
@@ -257,18 +268,31 @@ def test_reconstruct(trained, capsys):
     status, out, err = run(capsys, "reconstruct", trained, FIRST, SECOND)
     assert status == 0, err
     expected = SentenceMIMPipeline.from_pretrained(trained).reconstruct([FIRST, SECOND])
-    assert re.findall(r"^input:  (.*)$", out, re.M) == [FIRST, SECOND]
-    assert re.findall(r"^output: ?(.*)$", out, re.M) == expected
+    assert re.findall(r"^input:  (.*)$", out, re.MULTILINE) == [FIRST, SECOND]
+    assert re.findall(r"^output: ?(.*)$", out, re.MULTILINE) == expected
 
 
 def test_interpolate(trained, capsys):
-    status, out, err = run(capsys, "interpolate", trained, FIRST, SECOND, "--steps", "4")
+    # Two sentences whose reconstructions differ (a barely trained model maps many sentences to the same output),
+    # so that endpoints in the wrong order would show.
+    pipe = SentenceMIMPipeline.from_pretrained(trained)
+    reconstructions = dict(zip(SENTENCES[:20], pipe.reconstruct(SENTENCES[:20]), strict=True))
+    first = SENTENCES[0]
+    second = next(s for s in SENTENCES[1:20] if reconstructions[s] != reconstructions[first])
+    status, out, err = run(capsys, "interpolate", trained, first, second, "--steps", "4")
     assert status == 0, err
     lines = out.splitlines()
     assert len(lines) == 6
     assert [int(line.split()[0]) for line in lines] == list(range(6))
     sentences = [line[5:] for line in lines]
-    assert [sentences[0], sentences[-1]] == SentenceMIMPipeline.from_pretrained(trained).reconstruct([FIRST, SECOND])
+    assert [sentences[0], sentences[-1]] == [reconstructions[first], reconstructions[second]]
+    assert sentences == pipe.interpolate(first, second, steps=4)
+
+
+def test_interpolate_without_steps_between(trained, capsys):
+    status, out, err = run(capsys, "interpolate", trained, FIRST, SECOND, "--steps", "0", "--method", "slerp")
+    assert status == 0, err
+    assert len(out.splitlines()) == 2
 
 
 def test_interpolate_negative_steps(trained, capsys):
@@ -286,7 +310,7 @@ def test_sample_is_reproducible_with_a_seed(trained, capsys):
 def test_encode_writes_posterior_means(trained, tmp_path, capsys):
     source = tmp_path / "sentences.txt"
     source.write_text("\n".join(SENTENCES[:5]) + "\n\n")
-    status, out, err = run(capsys, "encode", trained, "--input", source, "--output", tmp_path / "z.npy")
+    status, _, err = run(capsys, "encode", trained, "--input", source, "--output", tmp_path / "z.npy")
     assert status == 0, err
     latents = np.load(tmp_path / "z.npy")
     assert latents.shape == (5, 8) and latents.dtype == np.float32

@@ -121,6 +121,24 @@ def test_interrupted_and_resumed_run_equals_uninterrupted_run(where, data, unint
     assert without_timing(read_log(tmp_path)) == without_timing(reference_log)
 
 
+def test_resume_is_exact_with_gradient_accumulation(data, tmp_path, monkeypatch):
+    """3 batches per optimizer step; an epoch of 13 batches ends with a 1-batch step (step 5)."""
+    tokenizer, splits = data
+    assert batches_per_epoch(splits) == 13
+    settings = dict(gradient_accumulation_steps=3, max_steps=9, save_steps=1)
+    reference = make_model(tokenizer)
+    train(reference, tokenizer, splits, arguments(tmp_path / "reference", **settings))
+    for kill_at in (5, 7):
+        interrupt_after_checkpoint(monkeypatch, kill_at)
+        with pytest.raises(KeyboardInterrupt):
+            train(make_model(tokenizer), tokenizer, splits, arguments(tmp_path / f"{kill_at}", **settings))
+        monkeypatch.undo()
+        resumed = make_model(tokenizer)
+        train(resumed, tokenizer, splits, arguments(tmp_path / f"{kill_at}", resume=True, **settings))
+        assert all(torch.equal(a, b) for a, b in zip(resumed.parameters(), reference.parameters(), strict=True))
+        assert without_timing(read_log(tmp_path / f"{kill_at}")) == without_timing(read_log(tmp_path / "reference"))
+
+
 def test_resumed_run_saves_the_same_best_model(data, uninterrupted, tmp_path, monkeypatch):
     tokenizer, splits = data
     _, _, reference_dir = uninterrupted
@@ -277,6 +295,29 @@ def test_unrelated_files_also_count_as_a_used_folder(data, tmp_path):
 def test_resume_and_overwrite_exclude_each_other(tmp_path):
     with pytest.raises(ValueError, match="exclude"):
         TrainingArguments(output_dir=str(tmp_path), resume=True, overwrite=True)
+
+
+@pytest.mark.parametrize("split", ["train", "validation"])
+def test_empty_split_is_refused_at_once(split, data, tmp_path):
+    """An empty train split used to loop forever over empty epochs; an empty validation split divided by zero."""
+    import signal
+
+    tokenizer, splits = data
+    emptied = dict(splits)
+    emptied[split] = splits[split].select([])
+
+    def too_slow(*_):
+        raise TimeoutError("train() did not return")
+
+    previous = signal.signal(signal.SIGALRM, too_slow)
+    signal.alarm(30)
+    try:
+        with pytest.raises(ValueError, match=f"the {split} split has no sentences"):
+            train(make_model(tokenizer), tokenizer, emptied, arguments(tmp_path / "out", max_steps=3))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert not (tmp_path / "out").exists()  # refused before writing anything
 
 
 # -- divergence -----------------------------------------------------------------------------------------------------
