@@ -479,6 +479,13 @@ def _clean_split(ds: AnyDataset, key: str, lowercase: bool, max_chars: int | Non
 # =====================================================================================================================
 
 
+def truncate_keeping_eos(ids: list[int], max_length: int, eos_token_id: int) -> list[int]:
+    """Cut a token sequence to max_length, keeping its final EOS: the decoder must still learn where sentences end."""
+    if len(ids) <= max_length:
+        return ids
+    return ids[: max_length - 1] + ids[-1:] if ids[-1] == eos_token_id else ids[:max_length]
+
+
 class _Tokenize:
     """Batched map function: text -> input_ids (BOS ... EOS) and length, applying the overlong policy.
 
@@ -504,8 +511,8 @@ class _Tokenize:
             if num_tokens > self.max_length:
                 if self.drop_inline:
                     continue
-                if self.truncate:  # keep the EOS: the decoder must still learn where sentences end
-                    ids = ids[: self.max_length - 1] + ids[-1:] if ids[-1] == eos else ids[: self.max_length]
+                if self.truncate:
+                    ids = truncate_keeping_eos(ids, self.max_length, eos)
             original.append(num_tokens)
             input_ids.append(ids)
             lengths.append(len(ids))

@@ -36,14 +36,12 @@ def run_demo(output_dir: str = "runs/demo", max_steps: int = 3000, seed: int = 0
     torch.set_num_threads(1)
     root = Path(output_dir)
     pipes = {objective: train_one(objective, root / objective, max_steps, seed) for objective in ("mim", "vae")}
-    test_texts = load_splits(RunOptions(dataset="builtin"), seed)["test"]["text"][:500]
+    test_split = load_splits(RunOptions(dataset="builtin"), seed)["test"].select(range(500))
+    test_texts = test_split["text"]
 
     results = {}
-    for name, pipe in pipes.items():
-        tokenized, _ = tokenize_dataset(
-            load_splits(RunOptions(dataset="builtin"), seed)["test"].select(range(500)), pipe.tokenizer,
-            max_length=32, overlong="truncate",
-        )
+    for name, pipe in pipes.items():  # each run trained its own tokenizer
+        tokenized, _ = tokenize_dataset(test_split, pipe.tokenizer, max_length=32, overlong="truncate")
         batches = make_dataloader(tokenized, 100, pipe.tokenizer.pad_token_id, shuffle=False)
         results[name] = evaluate(pipe.model, batches, pipe.tokenizer, iw_samples=50, seed=seed, progress=False)
 

@@ -363,7 +363,10 @@ class SentenceMIMModel(SentenceMIMPreTrainedModel, GenerationMixin):
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
         """Posterior parameters (mean, logvar), each [B, latent]; logvar is floored at config.logvar_min."""
-        attention_mask = self._check_attention_mask(input_ids, attention_mask)
+        return self._encode(input_ids, self._check_attention_mask(input_ids, attention_mask))
+
+    def _encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        """encode() without re-validating a mask the caller has already checked."""
         mean, logvar = self.encoder(self.dropout(self.embed_tokens(input_ids)), attention_mask)
         return mean, logvar.clamp(min=self.config.logvar_min)
 
@@ -469,7 +472,7 @@ class SentenceMIMModel(SentenceMIMPreTrainedModel, GenerationMixin):
         if input_ids is None:
             raise ValueError("forward needs input_ids (or encoder_outputs with decoder_input_ids, as in generate())")
         attention_mask = self._check_attention_mask(input_ids, attention_mask)
-        mean, logvar = self.encode(input_ids, attention_mask)
+        mean, logvar = self._encode(input_ids, attention_mask)
         z = self.sample_latent(mean, logvar)
         log_likelihood, logits = self._log_likelihood(input_ids, z, attention_mask, return_logits)
         objective = self.config.objective

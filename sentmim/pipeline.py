@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from .data import collate_batch, truncate_keeping_eos
 from .modeling import SentenceMIMModel
 from .tokenization import decode_keep_unknown, load_tokenizer
 
@@ -75,16 +76,16 @@ class SentenceMIMPipeline:
     def _tokenize(self, sentences: list[str]) -> dict[str, torch.Tensor]:
         if isinstance(sentences, str):
             raise TypeError("pass a list of sentences, e.g. pipe.encode([sentence])")
-        full = self.tokenizer(list(sentences), add_special_tokens=True)["input_ids"]
-        too_long = sum(len(ids) > self.max_length for ids in full)
+        encoded = self.tokenizer(list(sentences), add_special_tokens=True, verbose=False)["input_ids"]
+        too_long = sum(len(ids) > self.max_length for ids in encoded)
         if too_long:
             logger.warning(
-                "%d of %d sentences exceed %d tokens and were truncated", too_long, len(full), self.max_length
+                "%d of %d sentences exceed %d tokens and were truncated", too_long, len(encoded), self.max_length
             )
-        batch = self.tokenizer(
-            list(sentences), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-        )
-        return {name: batch[name].to(self.device) for name in ("input_ids", "attention_mask")}
+        eos = self.tokenizer.eos_token_id
+        examples = [{"input_ids": truncate_keeping_eos(ids, self.max_length, eos)} for ids in encoded]
+        batch = collate_batch(examples, self.tokenizer.pad_token_id)
+        return {name: tensor.to(self.device) for name, tensor in batch.items()}
 
     def _to_text(self, token_ids: torch.Tensor) -> list[str]:
         # Keep <unk>: it is a word of the output (PTB references contain it), not markup.
