@@ -116,6 +116,12 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s")
     logging.getLogger("sentmim").setLevel(logging.INFO)  # data counts, unknown-word rate, validation results
+    if args.disable_tqdm:  # also the bars that `datasets` and `transformers` draw themselves
+        import datasets
+        import transformers
+
+        datasets.disable_progress_bars()
+        transformers.utils.logging.disable_progress_bar()
 
     # 1. What to train on and what to train: data, tokenizer and model options (None = the library default).
     options = RunOptions(

@@ -46,6 +46,7 @@ def add_train_parser(commands) -> None:
     add_data_options(parser, split_default=None)
     add(parser, "--max-length", type=int, default=64, help="longest sentence in tokens, BOS and EOS included")
     add(parser, "--overlong", choices=["drop", "truncate"], default="drop", help="what to do with longer sentences")
+    add(parser, "--streaming", action="store_true", help="read lazily (corpora larger than memory); needs --max-steps")
     add(parser, "--validation-fraction", type=float, default=0.05, help="carved off train when there is no validation")
     add(parser, "--tokenizer", choices=["word", "bpe", "unigram"], default="word")
     add(parser, "--vocab-size", type=int, default=10000)
@@ -99,7 +100,7 @@ def run_train(args) -> None:
         dataset=args.dataset, dataset_config=args.dataset_config, split=args.split, text_column=args.text_column,
         lowercase=args.lowercase, max_length=args.max_length, overlong=args.overlong,
         validation_fraction=args.validation_fraction, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
-        min_frequency=args.min_frequency, init_from=args.init_from,
+        min_frequency=args.min_frequency, init_from=args.init_from, streaming=args.streaming,
         model={name: getattr(args, name) for name in MODEL_OPTIONS if getattr(args, name) is not None},
     )
     training_args = TrainingArguments(

@@ -23,6 +23,7 @@ sentence, ELBO-NLL - MELBO-NLL = KL - log N exactly), whether or not IW-NLL is c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -37,6 +38,10 @@ from tqdm.auto import tqdm
 from . import metrics
 from .tokenization import decode_keep_unknown
 
+AE_WARNING = (
+    "    objective=ae: q(z|x)'s variance is never trained (an AE decodes the posterior mean), so IW-NLL, ELBO-NLL,\n"
+    "    their PPLs and the KL below describe an arbitrary q, not the model: do not compare them"
+)
 IW_SEED_OFFSET = 0  # generator seed of the IW-NLL samples: seed + 0
 SAMPLE_SEED_OFFSET = 1  # generator seed of the single posterior sample z: seed + 1
 COLLAPSE_MI_NATS = 0.05  # below this whole-split MI the latent carries (almost) nothing about the sentence
@@ -223,6 +228,9 @@ def _summarize(model, per_sentence, hypotheses, references, melbo_n, iw_samples,
         "bleu_signature": None,
         "bleu1_sentence_mean": None,
         "collapsed": active == 0 or mi_whole_split < COLLAPSE_MI_NATS,
+        # An AE decodes z = posterior mean, so its posterior variance (and with it q's density) is never trained:
+        # IW-NLL, ELBO-NLL and KL then describe an arbitrary q, not the model.
+        "likelihoods_meaningful": model.config.objective != "ae",
     }
     if hypotheses:
         results["bleu4_corpus"] = metrics.corpus_bleu(hypotheses, references)
@@ -316,6 +324,7 @@ def format_results(results: dict) -> str:
         "    MELBO is NOT a likelihood bound; not comparable with IW-NLL or ELBO",
         line("Reconstruction -log p(x|z), z = posterior mean", r["recon_nll_mean_z"]),
         line("Reconstruction -log p(x|z), one z ~ q(z|x)", r["recon_nll_sample_z"]),
+        *([AE_WARNING] if not r.get("likelihoods_meaningful", True) else []),
         "Latent space",
         line("KL(q(z|x) || N(0, I)) (closed form, mean per sentence)", r["kl"]),
         line(f"MI whole-split (He et al. estimator, cap log N = {r['log_num_sentences']:.3f})", r["mi_whole_split"]),
@@ -361,6 +370,29 @@ def save_results(results: dict, path: str | os.PathLike) -> Path:
 # ---------------------------------------------------------------------------------------------------------------------
 # From a saved folder and any dataset
 # ---------------------------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def library_progress_bars(enabled: bool):
+    """`datasets` (load, map, filter) and `transformers` (loading weights) draw their own progress bars:
+    progress=False must silence those too. The global switches are restored on exit."""
+    import datasets
+    from transformers.utils import logging as transformers_logging
+
+    switches = [
+        (datasets.are_progress_bars_disabled, datasets.disable_progress_bars, datasets.enable_progress_bars),
+        (lambda: not transformers_logging.is_progress_bar_enabled(), transformers_logging.disable_progress_bar,
+         transformers_logging.enable_progress_bar),
+    ]
+    restore = [enable for is_disabled, _, enable in switches if not is_disabled()]
+    if not enabled:
+        for _, disable, _ in switches:
+            disable()
+    try:
+        yield
+    finally:
+        for enable in restore:
+            enable()
 
 
 def load_split_texts(dataset, dataset_config=None, split: str = "test", text_column=None, max_sentences=None):
@@ -431,9 +463,10 @@ def evaluate_folder(
     from .pipeline import SentenceMIMPipeline
 
     model_dir = Path(model_dir)
-    pipe = SentenceMIMPipeline.from_pretrained(model_dir, device=device)  # says so when the tokenizer is missing
-    texts = load_split_texts(dataset, dataset_config, split, text_column, max_sentences)
-    loader, stats = load_eval_batches(pipe.tokenizer, texts, batch_size, max_length=pipe.max_length)
+    with library_progress_bars(progress):
+        pipe = SentenceMIMPipeline.from_pretrained(model_dir, device=device)  # says so when the tokenizer is missing
+        texts = load_split_texts(dataset, dataset_config, split, text_column, max_sentences)
+        loader, stats = load_eval_batches(pipe.tokenizer, texts, batch_size, max_length=pipe.max_length)
     results = evaluate(pipe.model, loader, pipe.tokenizer, iw_samples=iw_samples, seed=seed, progress=progress)
     results.update(
         model_dir=str(model_dir), dataset=str(dataset), dataset_config=dataset_config, split=split,

@@ -38,16 +38,21 @@ class RunOptions:
     vocab_size: int = 10000
     min_frequency: int = 1
     init_from: str | None = None
+    streaming: bool = False  # read the corpus lazily (larger than memory); training then needs max_steps
+    max_validation_sentences: int = 5000  # streams only: the first this many carved-off sentences validate
     model: dict = field(default_factory=dict)  # SentenceMIMConfig fields (architecture, objective, sizes, ...)
 
 
 def load_splits(options: RunOptions, seed: int):
     raw = load_text_dataset(
         options.dataset, options.dataset_config, options.split, options.text_column,
-        validation_fraction=options.validation_fraction, seed=seed,
+        validation_fraction=options.validation_fraction, seed=seed, streaming=options.streaming,
     )
     if "train" not in raw:
         raise ValueError(f"{options.dataset}: no train split (found {', '.join(raw)}); pass --split train or a file")
+    if options.streaming and "validation" in raw:
+        # A stream is re-read at every evaluation; a carved-off one even reads train to find its sentences.
+        raw["validation"] = raw["validation"].take(options.max_validation_sentences)
     try:
         return clean_dataset(raw, lowercase=options.lowercase)
     except DataError as error:  # its message names the split, not the dataset

@@ -20,6 +20,7 @@ ends with the same parameters as an uninterrupted one.
 """
 
 import dataclasses
+import itertools
 import json
 import logging
 import math
@@ -31,6 +32,8 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast, set_seed
+from datasets import IterableDataset
+from datasets.distributed import split_dataset_by_node
 from tqdm.auto import tqdm
 
 from . import checkpointing, metrics
@@ -39,6 +42,7 @@ from .objectives import kl_weight_from_config
 
 logger = logging.getLogger(__name__)
 RUN_FOLDER = "checkpoints/run"  # the run's tokenizer and config, saved before the first step so resume can rebuild it
+RUNNING_TERMS = ("loss", "recon_nll", "kl", "nonfinite")  # per-step sums kept between log lines (nonfinite: a count)
 
 
 @dataclass
@@ -240,11 +244,17 @@ def train(model, tokenizer, splits, args: TrainingArguments) -> dict:
     logger.info("%s", accelerator.state)
 
     config = model.config
-    train_loader = make_dataloader(splits["train"], args.batch_size, config.pad_token_id, shuffle=True, seed=args.seed)
+    streaming = isinstance(splits["train"], IterableDataset)
+    if streaming and not args.max_steps:
+        raise ValueError("a streamed train split has no length, so epochs cannot be counted: pass --max-steps")
+    train_split = splits["train"]
+    if streaming and accelerator.num_processes > 1:  # each process reads its own part of the stream
+        train_split = split_dataset_by_node(train_split, accelerator.process_index, accelerator.num_processes)
+    train_loader = make_dataloader(train_split, args.batch_size, config.pad_token_id, shuffle=True, seed=args.seed)
     # Batch order comes from the seeded bucket sampler; a private generator keeps iterator creation from consuming
     # the global random state, which must only feed the model's noise and dropout (exact resume).
     train_loader.generator = torch.Generator().manual_seed(args.seed)
-    bucket_sampler = train_loader.batch_sampler
+    bucket_sampler = train_loader.dataset if streaming else train_loader.batch_sampler
     validation_loader = None
     if "validation" in splits:
         validation_loader = make_dataloader(
@@ -252,21 +262,28 @@ def train(model, tokenizer, splits, args: TrainingArguments) -> dict:
         )
     fused = accelerator.device.type == "cuda"
     optimizer = build_optimizer(model, args, fused=fused)
-    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    if streaming:  # already sharded by process above; accelerate would dispatch whole batches from rank 0
+        model, optimizer = accelerator.prepare(model, optimizer)
+    else:
+        model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     unwrapped = accelerator.unwrap_model(model)
 
-    batches_per_epoch = len(train_loader)
-    steps_per_epoch = math.ceil(batches_per_epoch / args.gradient_accumulation_steps)
-    total_steps = args.max_steps or math.ceil(args.epochs * steps_per_epoch)
+    if args.max_steps:
+        total_steps = args.max_steps
+    else:
+        steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
+        total_steps = math.ceil(args.epochs * steps_per_epoch)
     schedule = LearningRateSchedule(args, total_steps)
     state = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "best_val_loss": None, "evals_without_improvement": 0,
-             "running": {"loss": 0.0, "recon_nll": 0.0, "kl": 0.0, "count": 0}}  # sums since the last log line
+             "running": dict.fromkeys(RUNNING_TERMS, 0.0) | {"count": 0}}  # sums since the last log line
     checkpoints_dir = output_dir / "checkpoints"
     if args.resume:
         folder = checkpointing.latest_checkpoint(checkpoints_dir)
         state = checkpointing.load_checkpoint(folder, unwrapped, optimizer, accelerator.process_index)
         schedule.load_state_dict(state.pop("schedule"))
         logger.info("resumed from %s at step %d", folder, state["step"])
+    # Loss sums stay on the device between log lines: reading a number back every step would stall a GPU.
+    running = torch.tensor([state["running"].get(term, 0.0) for term in RUNNING_TERMS], device=accelerator.device)
     log = JsonlLog(output_dir / "log.jsonl", state["step"] if args.resume else None) if main else None
     if args.report_to == "tensorboard":
         accelerator.init_trackers("sentmim", config={k: str(v) for k, v in dataclasses.asdict(args).items()})
@@ -278,12 +295,37 @@ def train(model, tokenizer, splits, args: TrainingArguments) -> dict:
             staging.mkdir(parents=True)
         accelerator.wait_for_everyone()
         checkpointing.save_rng_state(staging, accelerator.process_index)
+        check_finite()  # never checkpoint weights that a NaN step has already spoilt
         if main:
-            trainer_state = {**state, "schedule": schedule.state_dict()}
+            sums = dict(zip(RUNNING_TERMS, running.tolist(), strict=True))
+            trainer_state = {**state, "running": sums | {"count": state["running"]["count"]},
+                             "schedule": schedule.state_dict()}
             checkpointing.save_main_state(staging, unwrapped.state_dict(), optimizer, trainer_state)
         accelerator.wait_for_everyone()
         if main:
             checkpointing.publish(checkpoints_dir, state["step"], args.save_total_limit)
+
+    def check_finite() -> None:
+        """Stop on a NaN/inf loss, on every process at once. Checked at log lines and before each save."""
+        nonfinite = accelerator.gather(running[-1:]).sum()
+        if nonfinite:
+            last = checkpointing.latest_checkpoint(checkpoints_dir)
+            raise TrainingDiverged(
+                f"the loss became nan or inf before step {state['step']}; the last good checkpoint is "
+                f"{last or 'none'}; lower --learning-rate or --max-grad-norm and resume"
+            )
+
+    def epoch_batches(epoch: int, skip: int):
+        """This epoch's batches after the first `skip` (resume), on the device."""
+        # accelerate's loader re-sets the sampler's epoch from its own iteration counter, which a resumed process
+        # has not advanced: set both (with several processes the sampler is wrapped and only the first call reaches it)
+        bucket_sampler.set_epoch(epoch)
+        if streaming:
+            batches = itertools.islice(train_loader, skip, None)
+            return ({name: tensor.to(accelerator.device) for name, tensor in batch.items()} for batch in batches)
+        loader = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
+        loader.set_epoch(epoch)
+        return loader
 
     def save_model(folder: Path) -> None:
         """save_pretrained into a staging folder, then swap it in, so the model folder is never half written."""
@@ -299,24 +341,13 @@ def train(model, tokenizer, splits, args: TrainingArguments) -> dict:
     stop, started = False, time.time()
     model.train()
     while state["step"] < total_steps and not stop:
-        epoch_loader = train_loader
-        if state["batches_in_epoch"]:
-            epoch_loader = accelerator.skip_first_batches(train_loader, state["batches_in_epoch"])
-        # accelerate's loader re-sets the sampler's epoch from its own iteration counter, which a resumed process
-        # has not advanced: set both (with several processes the sampler is wrapped and only the first call reaches it)
-        bucket_sampler.set_epoch(state["epoch"])
-        epoch_loader.set_epoch(state["epoch"])
-        for batch in epoch_loader:
+        for batch in epoch_batches(state["epoch"], state["batches_in_epoch"]):
             with accelerator.accumulate(model):
                 beta = kl_weight_from_config(config, state["step"])
                 out = model(**batch, kl_weight=beta, return_logits=False)
-                finite = accelerator.gather(torch.isfinite(out.loss.detach()).reshape(1)).all()
-                if not bool(finite):
-                    last = checkpointing.latest_checkpoint(checkpoints_dir)
-                    raise TrainingDiverged(
-                        f"loss is {out.loss.item()} at step {state['step']}; the last good checkpoint is "
-                        f"{last or 'none'}; lower --learning-rate or --max-grad-norm and resume"
-                    )
+                loss = out.loss.detach()
+                terms = [loss, -out.log_likelihood.detach().mean(), out.kl.detach().mean(), (~loss.isfinite()).float()]
+                running += torch.stack(terms).to(running.dtype)
                 accelerator.backward(out.loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -325,21 +356,20 @@ def train(model, tokenizer, splits, args: TrainingArguments) -> dict:
                 optimizer.step()
                 optimizer.zero_grad()
             state["batches_in_epoch"] += 1
-            running = state["running"]
-            running["loss"] += out.loss.item()
-            running["recon_nll"] += -out.log_likelihood.mean().item()
-            running["kl"] += out.kl.mean().item()
-            running["count"] += 1
+            state["running"]["count"] += 1
             if not accelerator.sync_gradients:
                 continue
             state["step"] += 1
             step = state["step"]
             progress.update(1)
             if step % args.logging_steps == 0 or step == total_steps:
+                check_finite()
                 record = {"step": step, "epoch": state["epoch"], "kl_weight": beta,
                           "lr": optimizer.param_groups[0]["lr"], "elapsed_s": round(time.time() - started, 1)}
-                record.update({f"train_{k}": v / running["count"] for k, v in running.items() if k != "count"})
-                state["running"] = dict.fromkeys(running, 0.0) | {"count": 0}
+                averages = (running[:-1] / state["running"]["count"]).tolist()
+                record.update({f"train_{name}": value for name, value in zip(RUNNING_TERMS, averages, strict=False)})
+                running.zero_()
+                state["running"]["count"] = 0
                 progress.set_postfix(loss=f"{record['train_loss']:.2f}", kl=f"{record['train_kl']:.2f}")
                 if main:
                     log.write(record)

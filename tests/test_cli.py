@@ -101,6 +101,7 @@ def test_train_from_txt(trained, capsys):
     ("corpus.parquet", []),
     ("saved", ["--text-column", "sentence"]),
     ("saved", ["--text_column", "sentence", "--split", "train"]),  # HF-style spelling too
+    ("corpus.jsonl", ["--streaming"]),  # read lazily, as for a corpus larger than memory
 ])
 def test_train_from_other_formats(source, extra, data_dir, tmp_path, capsys):
     status, out, err = run(capsys, "train", "--dataset", data_dir / source, "--output-dir", tmp_path / "out",
@@ -108,6 +109,12 @@ def test_train_from_other_formats(source, extra, data_dir, tmp_path, capsys):
     assert status == 0, err
     assert "trained 3 steps" in out
     assert SentenceMIMPipeline.from_pretrained(tmp_path / "out").encode(["a sentence ."]).shape == (1, 8)
+
+
+def test_streaming_needs_max_steps(data_dir, tmp_path, capsys):
+    line = error_line(capsys, "train", "--dataset", data_dir / "corpus.txt", "--output-dir", tmp_path / "out",
+                      "--streaming")
+    assert "no length" in line and "--max-steps" in line
 
 
 def test_same_seed_same_model(data_dir, tmp_path, capsys):

@@ -160,6 +160,17 @@ def test_format_results_labels_every_metric_by_its_definition(trained, tokenizer
     assert f"{results['iw_nll']:.3f}" in text
 
 
+def test_ae_likelihoods_are_flagged_and_others_are_not(trained, tokenizer):
+    batches = make_batches(tokenizer)
+    results = evaluate(trained, batches, tokenizer, iw_samples=2, progress=False)  # `trained` is an AE
+    assert results["likelihoods_meaningful"] is False
+    assert "objective=ae: q(z|x)'s variance is never trained" in format_results(results)
+    trained.config.objective = "vae"  # same weights, declared a VAE: its q is then the model's own
+    results = evaluate(trained, batches, tokenizer, iw_samples=2, progress=False)
+    assert results["likelihoods_meaningful"] is True
+    assert "objective=ae" not in format_results(results)
+
+
 def test_same_seed_same_results_and_another_seed_other_samples(trained, tokenizer):
     batches = make_batches(tokenizer)
     first = evaluate(trained, batches, tokenizer, iw_samples=5, seed=3, progress=False)

@@ -160,6 +160,17 @@ def test_evaluate_folder_writes_results_next_to_the_model_and_plots(model_dir, d
     assert sliced["num_sentences"] == 4 and (model_dir / "eval_results_test_4.json").is_file()
 
 
+def test_evaluate_folder_without_progress_draws_no_bar(model_dir, data_dir, capfd):
+    import datasets
+    from transformers.utils import logging as transformers_logging
+
+    capfd.readouterr()
+    evaluate_folder(model_dir, data_dir, split="test[:5]", batch_size=3, iw_samples=0, progress=False)
+    assert capfd.readouterr().err == ""  # neither our bars nor those of datasets (map) and transformers (loading)
+    assert not datasets.are_progress_bars_disabled()  # and the global switches are left as they were
+    assert transformers_logging.is_progress_bar_enabled()
+
+
 def test_evaluate_folder_errors_name_the_problem(model_dir, data_dir, tmp_path):
     with pytest.raises(DataError, match="no split 'validation'.*available splits: test"):
         evaluate_folder(model_dir, data_dir, split="validation", progress=False)
