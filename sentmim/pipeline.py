@@ -13,6 +13,7 @@ An empty string is a valid sentence: it encodes as BOS EOS. Unknown words become
 
 import logging
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -162,7 +163,9 @@ class SentenceMIMPipeline:
         if temperature < 0 or latent_temperature < 0 or math.isnan(temperature):
             raise ValueError("temperature and latent_temperature must be >= 0")
         generator = torch.Generator(device=self.device)
-        generator.manual_seed(seed if seed is not None else torch.seed())
+        if seed is None:  # fresh randomness each call, without re-seeding torch's global generator (torch.seed())
+            seed = int.from_bytes(os.urandom(8), "little") >> 1
+        generator.manual_seed(seed)
         z = torch.randn(n, self.model.config.latent_size, generator=generator, device=self.device)
         z = z * latent_temperature
         if temperature == 0:

@@ -275,6 +275,7 @@ def train(model, tokenizer, splits, args: TrainingArguments) -> dict:
         total_steps = math.ceil(args.epochs * steps_per_epoch)
     schedule = LearningRateSchedule(args, total_steps)
     state = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "best_val_loss": None, "evals_without_improvement": 0,
+             "train_seconds": 0.0,
              "running": dict.fromkeys(RUNNING_TERMS, 0.0) | {"count": 0}}  # sums since the last log line
     checkpoints_dir = output_dir / "checkpoints"
     if args.resume:
@@ -296,6 +297,7 @@ def train(model, tokenizer, splits, args: TrainingArguments) -> dict:
         accelerator.wait_for_everyone()
         checkpointing.save_rng_state(staging, accelerator.process_index)
         check_finite()  # never checkpoint weights that a NaN step has already spoilt
+        state["train_seconds"] = time.time() - started
         if main:
             sums = dict(zip(RUNNING_TERMS, running.tolist(), strict=True))
             trainer_state = {**state, "running": sums | {"count": state["running"]["count"]},
@@ -338,7 +340,8 @@ def train(model, tokenizer, splits, args: TrainingArguments) -> dict:
         staging.rmdir()
 
     progress = tqdm(total=total_steps, initial=state["step"], disable=not (main and args.progress), desc="train")
-    stop, started = False, time.time()
+    # After a resume, wall-clock training time counts on from the checkpoint's
+    stop, started = False, time.time() - state.get("train_seconds", 0.0)
     model.train()
     while state["step"] < total_steps and not stop:
         for batch in epoch_batches(state["epoch"], state["batches_in_epoch"]):

@@ -314,6 +314,15 @@ def test_sample_is_reproducible_with_a_seed(trained, capsys):
     assert run(capsys, "sample", trained, "-n", "3", "--seed", "1")[1] == out
 
 
+def test_unseeded_sampling_leaves_the_global_random_state_alone(trained):
+    pipe = SentenceMIMPipeline.from_pretrained(trained)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    first, second = pipe.sample(n=4), pipe.sample(n=4)
+    assert torch.equal(torch.get_rng_state(), before)  # torch.seed() would have re-seeded it
+    assert len(first) == len(second) == 4
+
+
 def test_encode_writes_posterior_means(trained, tmp_path, capsys):
     source = tmp_path / "sentences.txt"
     source.write_text("\n".join(SENTENCES[:5]) + "\n\n")

@@ -121,6 +121,21 @@ def test_interrupted_and_resumed_run_equals_uninterrupted_run(where, data, unint
     assert without_timing(read_log(tmp_path)) == without_timing(reference_log)
 
 
+def test_training_time_counts_on_after_resume(data, tmp_path, monkeypatch):
+    tokenizer, splits = data
+    interrupt_after_checkpoint(monkeypatch, step=10)
+    with pytest.raises(KeyboardInterrupt):
+        train(make_model(tokenizer), tokenizer, splits, arguments(tmp_path, max_steps=14))
+    monkeypatch.undo()
+    saved = json.loads((tmp_path / "checkpoints" / "step_10" / "trainer_state.json").read_text())["train_seconds"]
+    time.sleep(0.2)  # time spent while the run is not running must not count
+    train(make_model(tokenizer), tokenizer, splits, arguments(tmp_path, max_steps=14, resume=True))
+    elapsed = {record["step"]: record["elapsed_s"] for record in read_log(tmp_path) if "elapsed_s" in record}
+    assert saved > 0 and elapsed[12] >= round(saved, 1)
+    total = json.loads((tmp_path / "train_results.json").read_text())["train_seconds"]
+    assert total >= elapsed[14] >= elapsed[12]
+
+
 def test_resume_is_exact_with_gradient_accumulation(data, tmp_path, monkeypatch):
     """3 batches per optimizer step; an epoch of 13 batches ends with a 1-batch step (step 5)."""
     tokenizer, splits = data
