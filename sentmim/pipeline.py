@@ -26,7 +26,8 @@ logger = logging.getLogger(__name__)
 
 
 def slerp(start: torch.Tensor, end: torch.Tensor, fractions: torch.Tensor) -> torch.Tensor:
-    """Spherical interpolation (constant angular speed); falls back to linear when the vectors are parallel."""
+    """Spherical interpolation, sin((1-t) w) / sin w * start + sin(t w) / sin w * end with w the angle between them
+    (constant angular speed on the sphere for vectors of equal norm); linear when the vectors are parallel."""
     cosine = torch.dot(start, end) / (start.norm() * end.norm()).clamp(min=1e-12)
     angle = torch.acos(cosine.clamp(-1.0, 1.0))
     if angle.item() < 1e-6:
