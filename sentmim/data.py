@@ -21,6 +21,8 @@ from __future__ import annotations
 import codecs
 import functools
 import hashlib
+import inspect
+import itertools
 import logging
 import os
 import re
@@ -29,7 +31,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict, Value, load_dataset, load_from_disk
+from datasets import (
+    Dataset,
+    DatasetDict,
+    Features,
+    IterableDataset,
+    IterableDatasetDict,
+    List,
+    Value,
+    load_dataset,
+    load_from_disk,
+)
+
+from .tokenization import BatchEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +60,10 @@ FILE_FORMATS: dict[str, tuple[str, dict]] = {
     ".arrow": ("arrow", {}),
 }
 _BINARY_FORMATS = {"parquet", "arrow"}  # no UTF-8 check for these
+# The text and json readers hold one chunk of the file at a time, as Python strings and Arrow, several times its size
+# in memory. Their default 10 MB chunk made a stream's memory grow with the file up to that size and sit ~100 MB above
+# the rest; 1 MB chunks keep streaming memory flat and small (benchmarks/data_pipeline) at no measurable cost in speed.
+_STREAM_CHUNK_BYTES = 1 << 20
 # Words in file names that name a split: "ptb.valid.txt", "dev.jsonl", "test-00000-of-00001.parquet".
 SPLIT_ALIASES = {
     "train": "train",
@@ -164,6 +182,8 @@ def _load_local(path: Path, split: str | None, streaming: bool) -> AnyDatasetDic
         extension = _extension(path)
         data_files = {"train": [str(path)]}
     builder, options = FILE_FORMATS[extension]
+    if streaming and builder in ("text", "json"):
+        options = {**options, "chunksize": _STREAM_CHUNK_BYTES}
     for files in data_files.values():
         for file in files:
             _check_data_file(Path(file), check_utf8=builder not in _BINARY_FORMATS)
@@ -340,7 +360,7 @@ def _keep_text_column(splits: AnyDatasetDict, text_column: str | None, source: s
             else:
                 raise DataError(
                     f"cannot tell which column of {source!r} holds the text (split {key!r} has columns: {listing}): "
-                    "pass text_column=..."
+                    "pass --text-column NAME (text_column=NAME in Python)"
                 )
         if column not in types:
             raise DataError(f"no column {column!r} in split {key!r} of {source!r}; available columns: {listing}")
@@ -410,28 +430,64 @@ def clean_text(text: str | None, lowercase: bool = False, max_chars: int | None 
     book on one line; such a line is still longer than any sensible `max_length` in tokens, so `tokenize_dataset`
     then drops or truncates it like any other overlong sentence.
     """
+    return _clean(text, lowercase, max_chars)[0]
+
+
+def _clean(text: str | None, lowercase: bool, max_chars: int | None) -> tuple[str, bool]:
+    """(the cleaned text, whether text was cut off at max_chars)."""
     if not text:
-        return ""
-    if max_chars is not None and len(text) > 4 * max_chars:
-        text = text[: 4 * max_chars]  # cheap bound before splitting
+        return "", False
+    cut = False
+    if max_chars is not None and len(text) > 4 * max_chars:  # cheap bound before splitting
+        cut = not text[4 * max_chars :].isspace()
+        text = text[: 4 * max_chars]
     text = " ".join(text.replace("\ufeff", " ").split())  # str.split() knows all Unicode whitespace
     if max_chars is not None and len(text) > max_chars:
+        cut = True
         text = text[:max_chars]
         if " " in text:
             text = text.rsplit(" ", 1)[0]
-    return text.lower() if lowercase else text
+    return (text.lower() if lowercase else text), cut
 
 
-def _clean_batch(batch: dict, lowercase: bool, max_chars: int | None) -> dict:
-    return {"text": [clean_text(text, lowercase, max_chars) for text in batch["text"]]}
+class _CleanBatch:
+    """Batched map for data in memory: clean, drop the lines left empty, and flag the lines cut ("cut" column).
+
+    Dropping inside the map rather than with a filter keeps the result a plain table: a filter leaves an index
+    mapping that makes every later read (tokenizing, batching) gather rows one by one.
+    """
+
+    def __init__(self, lowercase: bool, max_chars: int | None):
+        self.lowercase = lowercase
+        self.max_chars = max_chars
+
+    def __call__(self, batch: dict) -> dict:
+        texts, cut = [], []
+        for text in batch["text"]:
+            cleaned, was_cut = _clean(text, self.lowercase, self.max_chars)
+            if cleaned:
+                texts.append(cleaned)
+                cut.append(was_cut)
+        return {"text": texts, "cut": cut}
 
 
-def _clean_example(example: dict, lowercase: bool, max_chars: int | None) -> dict:
-    return {"text": clean_text(example["text"], lowercase, max_chars)}
+class _CleanExample:
+    """Map for streams, one example at a time; logs how many lines it has cut at the 1st, 2nd, 4th, 8th, ... one."""
 
+    def __init__(self, key: str, lowercase: bool, max_chars: int | None):
+        self.key = key
+        self.lowercase = lowercase
+        self.max_chars = max_chars
+        self.num_cut = 0
 
-def _non_empty(texts: list[str]) -> list[bool]:
-    return [bool(text) for text in texts]
+    def __call__(self, example: dict) -> dict:
+        text, cut = _clean(example["text"], self.lowercase, self.max_chars)
+        if cut:
+            self.num_cut += 1
+            if self.num_cut & (self.num_cut - 1) == 0:
+                count, limit = self.num_cut, self.max_chars
+                logger.warning("clean %s: %d line(s) cut to %d characters so far", self.key, count, limit)
+        return {"text": text}
 
 
 def _is_non_empty(text: str) -> bool:
@@ -447,7 +503,7 @@ def clean_dataset(
     """Clean the "text" column (see `clean_text`) and drop lines that end up empty.
 
     Works on a single split or a dict of splits, in memory or streaming. Raises DataError if a split (in memory)
-    has no text left.
+    has no text left. Logs how many lines were dropped, and warns how many were cut at `max_chars` characters.
     """
     if isinstance(ds, DatasetDict | IterableDatasetDict):
         return type(ds)({key: _clean_split(split, key, lowercase, max_chars, num_proc) for key, split in ds.items()})
@@ -458,19 +514,22 @@ def _clean_split(ds: AnyDataset, key: str, lowercase: bool, max_chars: int | Non
     if isinstance(ds, IterableDataset):
         # Per example, not batched: in `datasets` streaming, a batched transform followed by another batched one
         # (the tokenizer) slows down quadratically with the batch size.
-        clean_one = functools.partial(_clean_example, lowercase=lowercase, max_chars=max_chars)
-        return ds.map(clean_one).filter(_is_non_empty, input_columns="text")
-    clean = functools.partial(_clean_batch, lowercase=lowercase, max_chars=max_chars)
-    cleaned = ds.map(clean, batched=True, num_proc=num_proc, desc=f"clean {key}")
-    cleaned = cleaned.filter(
-        _non_empty, input_columns="text", batched=True, num_proc=num_proc, desc=f"drop empty {key}"
+        return ds.map(_CleanExample(key, lowercase, max_chars)).filter(_is_non_empty, input_columns="text")
+    clean = _CleanBatch(lowercase, max_chars)
+    features = Features({"text": Value("string"), "cut": Value("bool")})
+    cleaned = ds.map(
+        clean, batched=True, remove_columns=ds.column_names, features=features, num_proc=num_proc, desc=f"clean {key}"
     )
     if len(cleaned) == 0:
         raise DataError(
             f"split {key!r} is empty after cleaning ({len(ds)} rows, all blank): check the file or the text column"
         )
+    num_cut = int(_column(cleaned, "cut").sum())
+    cleaned = cleaned.remove_columns("cut")
     if len(cleaned) < len(ds):
         logger.info("clean %s: dropped %d blank lines of %d", key, len(ds) - len(cleaned), len(ds))
+    if num_cut:
+        logger.warning("clean %s: cut %d line(s) longer than %d characters", key, num_cut, max_chars)
     return cleaned
 
 
@@ -489,50 +548,45 @@ def truncate_keeping_eos(ids: list[int], max_length: int, eos_token_id: int) -> 
 class _Tokenize:
     """Batched map function: text -> input_ids (BOS ... EOS) and length, applying the overlong policy.
 
-    For datasets in memory it also returns "original_length" (the length before truncation) and leaves dropping to
-    a filter, so that the caller can count overlong sentences. Streams drop inline: no count is possible there, and
-    one map instead of a map and a filter avoids a slow path of chained transforms in `datasets` streaming.
+    Overlong sentences are dropped inside the map, which keeps the result a plain table (a filter would leave an
+    index mapping that slows every later read); the caller counts them from the number of rows. When truncating
+    data in memory it also returns "original_length" (the length before truncation), to count truncations.
     """
 
     def __init__(self, tokenizer, max_length: int, overlong: str, streaming: bool):
-        self.tokenizer = tokenizer
+        self.encode = BatchEncoder(tokenizer)
+        self.eos_token_id = tokenizer.eos_token_id
         self.max_length = max_length
         self.truncate = overlong == "truncate"
-        self.drop_inline = overlong == "drop" and streaming
-        self.report_original = not streaming
+        self.report_original = self.truncate and not streaming
 
     def __call__(self, batch: dict) -> dict:
-        # verbose=False: long lines are expected here and handled below, no need for the tokenizer's warning.
-        encoded = self.tokenizer(batch["text"], add_special_tokens=True, verbose=False)["input_ids"]
-        eos = self.tokenizer.eos_token_id
-        input_ids, lengths, original = [], [], []
-        for ids in encoded:
-            num_tokens = len(ids)
-            if num_tokens > self.max_length:
-                if self.drop_inline:
-                    continue
-                if self.truncate:
-                    ids = truncate_keeping_eos(ids, self.max_length, eos)
-            original.append(num_tokens)
-            input_ids.append(ids)
-            lengths.append(len(ids))
+        input_ids = self.encode(batch["text"])
+        lengths = [len(ids) for ids in input_ids]
+        original = lengths
+        if lengths and max(lengths) > self.max_length:  # the rare batch with an overlong sentence
+            input_ids, original = self._apply_policy(input_ids, lengths)
+            lengths = [len(ids) for ids in input_ids]
         columns = {"input_ids": input_ids, "length": lengths}
         if self.report_original:
             columns["original_length"] = original
         return columns
 
+    def _apply_policy(self, encoded: list[list[int]], lengths: list[int]) -> tuple[list[list[int]], list[int]]:
+        kept, original = [], []
+        for ids, num_tokens in zip(encoded, lengths, strict=True):
+            if num_tokens > self.max_length:
+                if not self.truncate:
+                    continue
+                ids = truncate_keeping_eos(ids, self.max_length, self.eos_token_id)
+            kept.append(ids)
+            original.append(num_tokens)
+        return kept, original
+
 
 def _column(ds: Dataset, name: str) -> np.ndarray:
     """A whole column as an array. Slicing reads it in one go; iterating a datasets Column reads row by row."""
     return np.asarray(ds[name][:], dtype=np.int64)
-
-
-class _FitsIn:
-    def __init__(self, max_length: int):
-        self.max_length = max_length
-
-    def __call__(self, lengths: list[int]) -> list[bool]:
-        return [length <= self.max_length for length in lengths]
 
 
 def tokenize_dataset(
@@ -576,13 +630,18 @@ def _tokenize_split(ds: AnyDataset, key: str, tokenizer, max_length: int, overlo
         tokenized = ds.map(function, batched=True, remove_columns=ds.column_names or ["text"])
         stats = dict.fromkeys(("num_sentences", "num_overlong", "num_dropped", "num_truncated", "num_tokens"))
         return tokenized, stats
-    tokenized = ds.map(
-        function, batched=True, remove_columns=ds.column_names, num_proc=num_proc, desc=f"tokenize {key}"
+    features = Features({"input_ids": List(Value("int32")), "length": Value("int64")})
+    if function.report_original:
+        features["original_length"] = Value("int64")
+    tokenized = ds.map(  # explicit features: the columns exist even if every sentence is dropped
+        function, batched=True, remove_columns=ds.column_names, features=features, num_proc=num_proc,
+        desc=f"tokenize {key}",
     )
-    num_overlong = int((_column(tokenized, "original_length") > max_length).sum())
-    if overlong == "drop" and num_overlong:
-        tokenized = tokenized.filter(_FitsIn(max_length), input_columns="length", batched=True, num_proc=num_proc)
-    tokenized = tokenized.remove_columns("original_length")
+    if overlong == "truncate":
+        num_overlong = int((_column(tokenized, "original_length") > max_length).sum())
+        tokenized = tokenized.remove_columns("original_length")
+    else:
+        num_overlong = len(ds) - len(tokenized)
     stats = {
         "num_sentences": len(ds),
         "num_overlong": num_overlong,
@@ -657,14 +716,17 @@ class LengthBucketSampler(torch.utils.data.Sampler[list[int]]):
 
 def collate_batch(examples: Sequence[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
     """Pad "input_ids" on the right to the longest example; attention_mask is 1 on tokens, 0 on padding."""
-    sequences = [example["input_ids"] for example in examples]
-    width = max(len(sequence) for sequence in sequences)
-    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, sequence in enumerate(sequences):
-        input_ids[row, : len(sequence)] = torch.as_tensor(sequence, dtype=torch.long)
-        attention_mask[row, : len(sequence)] = 1
-    return {"input_ids": input_ids, "attention_mask": attention_mask}
+    sequences = [_as_list(example["input_ids"]) for example in examples]
+    lengths = np.fromiter(map(len, sequences), dtype=np.int64, count=len(sequences))
+    mask = np.arange(lengths.max()) < lengths[:, None]
+    input_ids = np.full(mask.shape, pad_token_id, dtype=np.int64)
+    # One copy of all tokens, row after row, into the positions the mask marks (numpy fills them in row order).
+    input_ids[mask] = np.fromiter(itertools.chain.from_iterable(sequences), dtype=np.int64, count=int(lengths.sum()))
+    return {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask.astype(np.int64))}
+
+
+def _as_list(sequence) -> list | tuple:
+    return sequence if isinstance(sequence, list | tuple) else sequence.tolist()  # a tensor or an array
 
 
 class _BucketedStream(torch.utils.data.IterableDataset):
@@ -699,7 +761,7 @@ class _BucketedStream(torch.utils.data.IterableDataset):
         rng = np.random.default_rng([self.seed, self.epoch])
         source = self.dataset
         if self.shuffle and isinstance(source, IterableDataset):
-            source = source.shuffle(seed=self.seed, buffer_size=self.window)  # shuffles shards and examples
+            source = _shuffle_stream(source, self.seed, self.window)  # shuffles shards and examples
             source.set_epoch(self.epoch)
         buffer: list[list[int]] = []
         for example in source:
@@ -719,6 +781,21 @@ class _BucketedStream(torch.utils.data.IterableDataset):
             batches = [batches[i] for i in rng.permutation(len(batches))]
         for batch in batches:
             yield self.collate([{"input_ids": buffer[i]} for i in batch])
+
+
+def _shuffle_stream(stream: IterableDataset, seed: int, buffer_size: int) -> IterableDataset:
+    """`stream.shuffle`, without the shard interleaving of datasets >= 5 for a single shard of Python examples.
+
+    That interleaving hands every example over between threads, which took more than half the time of iterating a
+    one-file stream; with one shard there is nothing to interleave, and the examples come in the same order. (Streams
+    still read as Arrow tables, without a map, are left alone: their buffer fills by tables of another size then.)
+    """
+    options = {}
+    examples_only = getattr(getattr(stream, "_ex_iterable", None), "iter_arrow", True) is None
+    one_shard = stream.num_shards == 1 and examples_only
+    if one_shard and "max_buffer_input_shards" in inspect.signature(stream.shuffle).parameters:
+        options["max_buffer_input_shards"] = 1
+    return stream.shuffle(seed=seed, buffer_size=buffer_size, **options)
 
 
 def make_dataloader(

@@ -198,7 +198,7 @@ def test_missing_wrong_and_ambiguous_text_columns(tmp_path):
         load_text_dataset(txt, text_column="body")
     jsonl = tmp_path / "a.jsonl"
     jsonl.write_text("".join(json.dumps({"title": t, "body": t, "stars": 3}) + "\n" for t in SENTENCES))
-    with pytest.raises(DataError, match=r"cannot tell which column .*title \(string\), body \(string\).*text_column"):
+    with pytest.raises(DataError, match=r"cannot tell which column .*title \(string\), body \(string\).*--text-col"):
         load_text_dataset(jsonl)
     with pytest.raises(DataError, match=r"column 'stars' .* holds int64, not text"):
         load_text_dataset(jsonl, text_column="stars")
@@ -277,6 +277,21 @@ def test_clean_text():
     assert len(clean_text("x" * 100_000, max_chars=500)) == 500
 
 
+def test_cleaning_counts_the_lines_it_cuts(caplog):
+    raw = ["short", "x " * 30, "a" + " " * 200, "   ", "y" * 100]  # max_chars=20: two lines lose text
+    with caplog.at_level("INFO", logger="sentmim.data"):
+        cleaned = clean_dataset(Dataset.from_dict({"text": raw}), max_chars=20)
+    assert list(cleaned["text"]) == ["short", "x x x x x x x x x x", "a", "y" * 20]
+    assert "cut 2 line(s) longer than 20 characters" in caplog.text  # "a" + spaces loses nothing
+    assert "dropped 1 blank lines of 5" in caplog.text
+    caplog.clear()
+    stream = clean_dataset(Dataset.from_dict({"text": raw}).to_iterable_dataset(), max_chars=20)
+    with caplog.at_level("WARNING", logger="sentmim.data"):
+        assert [example["text"] for example in stream] == list(cleaned["text"])
+    assert "1 line(s) cut to 20 characters so far" in caplog.text
+    assert "2 line(s) cut to 20 characters so far" in caplog.text
+
+
 def test_clean_dataset_drops_blank_lines_in_memory_and_streaming():
     raw = ["a  b", "", "   ", "C d", None, "e"]
     expected = ["a b", "c d", "e"]
@@ -320,6 +335,38 @@ def test_tokenize_dict_of_splits_and_streams(tokenizer):
     streamed, stream_stats = tokenize_dataset(splits["train"].to_iterable_dataset(), tokenizer, max_length=12)
     assert stream_stats["num_dropped"] is None  # counted lazily: unknown
     assert [example["input_ids"] for example in streamed] == list(tokenized["train"]["input_ids"])
+
+
+def test_results_in_memory_are_plain_tables(tmp_path, tokenizer):
+    # Rows are dropped inside the maps, not by filters: a filter leaves an index mapping, through which every later
+    # read gathers rows one by one (several times slower on a million sentences).
+    texts = ["", *builtin_sentences(300, seed=13), "   "]
+    cleaned = clean_dataset(Dataset.from_dict({"text": texts}))
+    assert len(cleaned) == 300 and cleaned._indices is None
+    tokenized, stats = tokenize_dataset(cleaned, tokenizer, max_length=10)
+    assert 0 < stats["num_dropped"] < 300 and tokenized._indices is None
+    everything, stats = tokenize_dataset(cleaned, tokenizer, max_length=3)  # all dropped: the columns remain
+    assert len(everything) == 0 and everything.column_names == ["input_ids", "length"] and stats["num_tokens"] == 0
+    assert tokenized.features == everything.features
+
+
+def test_streaming_reads_text_files_in_small_chunks(tmp_path, monkeypatch):
+    calls = []
+
+    def recording_load_dataset(*args, **kwargs):
+        calls.append(kwargs)
+        return load_dataset(*args, **kwargs)
+
+    load_dataset = data_module.load_dataset
+    monkeypatch.setattr(data_module, "load_dataset", recording_load_dataset)
+    monkeypatch.setattr(data_module, "_STREAM_CHUNK_BYTES", 4096)  # many chunk boundaries in a small file
+    lines = builtin_sentences(3000, seed=14)
+    path = write_lines(tmp_path / "corpus.txt", lines)
+    streamed = load_text_dataset(path, streaming=True, validation_fraction=0)
+    assert [example["text"] for example in streamed["train"]] == lines  # no line lost or split at a boundary
+    assert calls[-1]["chunksize"] == 4096
+    load_text_dataset(path, validation_fraction=0)
+    assert "chunksize" not in calls[-1]  # in memory: the datasets default
 
 
 def test_very_long_line_is_dropped_or_truncated_not_a_crash(tmp_path, tokenizer):
@@ -391,6 +438,30 @@ def test_collate_pads_right_with_the_pad_id():
     assert batch["input_ids"].dtype == torch.long and batch["attention_mask"].dtype == torch.long
     assert batch["input_ids"].tolist() == [[2, 5, 6, 3], [2, 9, 3, 7], [2, 3, 7, 7]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 1, 0], [1, 1, 0, 0]]
+
+
+def test_collate_accepts_tuples_and_arrays():
+    examples = [{"input_ids": (2, 5, 3)}, {"input_ids": np.array([2, 3])}]
+    batch = collate_batch(examples, pad_token_id=0)
+    assert batch["input_ids"].tolist() == [[2, 5, 3], [2, 3, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    single = collate_batch([{"input_ids": [2, 3]}], pad_token_id=0)
+    assert single["input_ids"].tolist() == [[2, 3]] and single["attention_mask"].tolist() == [[1, 1]]
+
+
+def add_one(example):
+    return {"x": example["x"] + 1}
+
+
+@pytest.mark.parametrize("num_shards,mapped", [(1, True), (1, False), (3, True)])
+def test_streams_shuffle_as_datasets_does(num_shards, mapped):
+    stream = Dataset.from_dict({"x": list(range(500))}).to_iterable_dataset(num_shards=num_shards)
+    stream = stream.map(add_one) if mapped else stream  # mapped: examples, as tokenize_dataset gives them
+    for epoch in (0, 3):
+        ours, theirs = data_module._shuffle_stream(stream, 7, 64), stream.shuffle(seed=7, buffer_size=64)
+        ours.set_epoch(epoch)
+        theirs.set_epoch(epoch)
+        assert [example["x"] for example in ours] == [example["x"] for example in theirs]
 
 
 def batches_of(loader, pad_token_id):

@@ -1,5 +1,6 @@
 """Tokenizer training: fixed special ids, BOS/EOS placement, PTB's literal <unk>, round trips, save and reload."""
 
+import random
 from collections import Counter
 
 import pytest
@@ -9,6 +10,7 @@ from transformers import AutoTokenizer
 from sentmim.corpus import builtin_sentences
 from sentmim.tokenization import (
     SPECIAL_TOKENS,
+    BatchEncoder,
     decode_keep_unknown,
     load_tokenizer,
     train_tokenizer,
@@ -153,3 +155,52 @@ def test_unknown_token_rate_counts_out_of_vocabulary_words(word_tokenizer):
 def test_unknown_kind_is_an_error():
     with pytest.raises(ValueError, match="unknown tokenizer kind 'chars'"):
         train_tokenizer(["a b"], kind="chars")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# BatchEncoder: the same ids as the tokenizer call, faster
+# ---------------------------------------------------------------------------------------------------------------------
+
+TRICKY = [
+    "", " ", "the dog", "  the \t dog \n", "The Dog", "THE <unk> DOG", "a<unk>b", "<unk><unk>", "<<unk>>", "<unk>>",
+    "<s> the </s>", "the</s>", "</s", "<s", "<pad>", "x <pad>y", "<UNK> dog", "dog\x1cthe", "dog\x1fthe",
+    "the\u00a0dog", "the\u3000dog", "the\u2028dog", "the\x85dog", "the\u200bdog", "\ufeffthe", "ΣΑΣ dog",
+    "İstanbul the", "ünïcödé the", "zyzzyva",
+]
+
+
+def fuzz_texts(words: list[str], n: int, seed: int) -> list[str]:
+    """Random strings of words, special tokens and awkward characters, glued by awkward separators."""
+    rng = random.Random(seed)
+    pieces = words + SPECIAL_TOKENS + ["<", ">", "/", "Σ", "İ", "é", "Zebra", "DOG", "\x1d"]
+    separators = [" ", " ", " ", "  ", "\t", "\n", "", "\x1c", "\u00a0", "\u2003"]
+    return [
+        "".join(rng.choice(pieces) + rng.choice(separators) for _ in range(rng.randrange(0, 12))) for _ in range(n)
+    ]
+
+
+@pytest.mark.parametrize("kind,lowercase", [("word", False), ("word", True), ("bpe", False), ("unigram", False)])
+def test_batch_encoder_gives_the_tokenizer_ids(texts, kind, lowercase):
+    tokenizer = train_tokenizer(texts + ["The Dog Σ"], kind=kind, lowercase=lowercase, vocab_size=small_vocab(kind))
+    encoder = BatchEncoder(tokenizer)
+    assert (encoder.word_level is not None) == (kind == "word")  # the Python path for word-level tokenizers
+    words = sorted({word for text in texts[:100] for word in text.split()})
+    batch = TRICKY + PTB_LINES + texts[:300] + fuzz_texts(words, 2000, seed=0)
+    assert encoder(batch) == tokenizer(batch)["input_ids"]
+    assert encoder([]) == []
+    if kind == "word":  # ordinary sentences never need the tokenizer itself
+        assert all(encoder.word_level.encode(text) is not None for text in texts + PTB_LINES)
+
+
+def test_batch_encoder_follows_the_tokenizer_call_whatever_the_backend_state(texts):
+    batch = TRICKY + texts[:50]
+    bpe = train_tokenizer(texts, kind="bpe", vocab_size=600)
+    bpe.backend_tokenizer.enable_truncation(5)  # the tokenizer call turns it off again
+    bpe.backend_tokenizer.enable_padding(length=40)
+    ids = BatchEncoder(bpe)(batch)
+    assert ids == bpe(batch)["input_ids"]
+    word = train_tokenizer(texts, kind="word")
+    word.add_tokens(["zyzzyva"])  # a normalized added token: not one the Python path reproduces
+    encoder = BatchEncoder(word)
+    assert encoder.word_level is None and encoder(batch) == word(batch)["input_ids"]
+    assert word("a zyzzyva")["input_ids"][-2] == len(word) - 1
