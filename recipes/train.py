@@ -46,7 +46,14 @@ import logging
 import sys
 from pathlib import Path
 
-from sentmim.evaluation import evaluate, format_results, load_eval_batches, load_split_texts, save_results
+from sentmim.evaluation import (
+    evaluate,
+    format_results,
+    library_progress_bars,
+    load_eval_batches,
+    load_split_texts,
+    save_results,
+)
 from sentmim.experiment import RunOptions, run_training
 from sentmim.pipeline import SentenceMIMPipeline
 from sentmim.training import TrainingArguments, TrainingDiverged
@@ -116,13 +123,11 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s")
     logging.getLogger("sentmim").setLevel(logging.INFO)  # data counts, unknown-word rate, validation results
-    if args.disable_tqdm:  # also the bars that `datasets` and `transformers` draw themselves
-        import datasets
-        import transformers
+    with library_progress_bars(not args.disable_tqdm):  # also the bars of `datasets` and `transformers`
+        return train_and_evaluate(args)
 
-        datasets.disable_progress_bars()
-        transformers.utils.logging.disable_progress_bar()
 
+def train_and_evaluate(args: argparse.Namespace) -> dict:
     # 1. What to train on and what to train: data, tokenizer and model options (None = the library default).
     options = RunOptions(
         dataset=args.dataset_name, dataset_config=args.dataset_config_name, split=args.train_split,

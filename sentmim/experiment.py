@@ -112,11 +112,18 @@ def prepare_model(options: RunOptions, tokenizer, output_dir: Path, resume: bool
     return SentenceMIMModel(config)
 
 
-def run_training(options: RunOptions, args: TrainingArguments) -> tuple[SentenceMIMModel, object, dict]:
-    """Load data, build or load tokenizer and model, train. Returns (model, tokenizer, train results)."""
+def run_training(
+    options: RunOptions, args: TrainingArguments, splits=None, tokenizer=None
+) -> tuple[SentenceMIMModel, object, dict]:
+    """Load data, build or load tokenizer and model, train. Returns (model, tokenizer, train results).
+
+    `splits` (cleaned text splits, as `load_splits` returns them) and `tokenizer` may be passed in so that several
+    runs share one loaded dataset and one vocabulary (sentmim.benchmark); by default both come from `options`."""
     output_dir = prepare_output_dir(args)  # refuse a used folder before spending time on data
-    splits = load_splits(options, args.seed)
-    tokenizer = prepare_tokenizer(options, splits["train"]["text"], output_dir, args.resume)
+    if splits is None:
+        splits = load_splits(options, args.seed)
+    if tokenizer is None:
+        tokenizer = prepare_tokenizer(options, splits["train"]["text"], output_dir, args.resume)
     set_seed(args.seed)  # the initial weights too come from --seed (torch seeds itself randomly at start-up)
     model = prepare_model(options, tokenizer, output_dir, args.resume)
     tokenized, stats = tokenize_dataset(splits, tokenizer, max_length=options.max_length, overlong=options.overlong)

@@ -1,6 +1,5 @@
 """recipes/train.py end to end: 3 steps on a tiny train/valid/test .txt folder, then the test-split evaluation."""
 
-import importlib.util
 import json
 import os
 import re
@@ -13,19 +12,13 @@ import pytest
 
 from sentmim.corpus import builtin_sentences
 from sentmim.pipeline import SentenceMIMPipeline
+from tests.recipe_loader import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "train.py"
 TINY = ["--max_steps", "3", "--eval_steps", "2", "--vocab_size", "200", "--max_length", "24", "--embedding_size",
         "16", "--hidden_size", "32", "--latent_size", "8", "--per_device_train_batch_size", "8", "--iw_samples",
         "5", "--disable_tqdm"]
-
-
-def load_recipe():
-    spec = importlib.util.spec_from_file_location("recipe_train", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +34,7 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(data_dir, tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("runs") / "mim"
-    results = load_recipe().main(["--dataset_name", str(data_dir), "--output_dir", str(output_dir), *TINY])
+    results = load_recipe("train").main(["--dataset_name", str(data_dir), "--output_dir", str(output_dir), *TINY])
     return output_dir, results
 
 
@@ -62,8 +55,8 @@ def test_trains_and_evaluates_on_the_test_split(trained, capfd):
 
 
 def test_prints_the_results_table(data_dir, tmp_path, capsys):
-    load_recipe().main(["--dataset_name", str(data_dir), "--output_dir", str(tmp_path / "vae"), "--objective", "vae",
-                        "--kl_schedule", "linear", "--kl_anneal_steps", "10", *TINY])
+    load_recipe("train").main(["--dataset_name", str(data_dir), "--output_dir", str(tmp_path / "vae"),
+                               "--objective", "vae", "--kl_schedule", "linear", "--kl_anneal_steps", "10", *TINY])
     out = capsys.readouterr().out
     assert "IW-NLL (K=5 importance samples" in out and "BLEU-4 corpus" in out and "MELBO is NOT" in out
     assert "objective=vae" in out
@@ -77,7 +70,7 @@ def test_resume_from_checkpoint(trained, tmp_path, data_dir):
     copy = tmp_path / "copy"
     shutil.copytree(output_dir, copy)
     more = [arg if arg != "3" else "5" for arg in TINY]
-    results = load_recipe().main(["--dataset_name", str(data_dir), "--output_dir", str(copy),
+    results = load_recipe("train").main(["--dataset_name", str(data_dir), "--output_dir", str(copy),
                                   "--resume_from_checkpoint", "--test_split", "", *more])
     assert results["train"]["step"] == 5 and "test" not in results
 
@@ -86,7 +79,7 @@ def test_fine_tune_from_a_trained_model(trained, tmp_path, data_dir):
     output_dir, _ = trained
     other = tmp_path / "other.txt"
     other.write_text("\n".join(builtin_sentences(60, seed=3)) + "\n")
-    results = load_recipe().main(["--init_from", str(output_dir), "--dataset_name", str(other), "--text_column",
+    results = load_recipe("train").main(["--init_from", str(output_dir), "--dataset_name", str(other), "--text_column",
                                   "text", "--output_dir", str(tmp_path / "ft"), *TINY])
     assert results["train"]["step"] == 3
     assert "test" not in results  # a single file has no test split: training is kept, evaluation skipped
@@ -96,13 +89,15 @@ def test_fine_tune_from_a_trained_model(trained, tmp_path, data_dir):
 
 def test_resume_and_overwrite_together_are_refused(tmp_path, capsys):
     with pytest.raises(SystemExit) as caught:
-        load_recipe().parse_args(["--output_dir", str(tmp_path), "--resume_from_checkpoint", "--overwrite_output_dir"])
+        load_recipe("train").parse_args(
+            ["--output_dir", str(tmp_path), "--resume_from_checkpoint", "--overwrite_output_dir"]
+        )
     assert caught.value.code == 2
 
 
 def test_docstring_commands_use_real_flags():
     """Every --flag in the docstring's launch commands is one the parser knows, and the first command parses."""
-    recipe = load_recipe()
+    recipe = load_recipe("train")
     known = {flag for action in recipe.build_parser()._actions for flag in action.option_strings}
     used = set(re.findall(r"--\w+", recipe.__doc__)) - {"--multi_gpu", "--num_processes", "--nproc_per_node"}
     assert len(used) > 10 and used <= known, sorted(used - known)

@@ -1,6 +1,5 @@
 """The evaluation recipes and `evaluate_folder`, end to end on a tiny saved model and a small .txt split."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -13,8 +12,8 @@ from sentmim.data import DataError
 from sentmim.evaluation import evaluate_folder
 from sentmim.pipeline import SentenceMIMPipeline
 from sentmim.tokenization import train_tokenizer
+from tests.recipe_loader import load_recipe
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 TEST_SENTENCES = [
     "the cat sat on the mat .",
     "a dog ran in the park .",
@@ -25,13 +24,6 @@ TEST_SENTENCES = [
     "a cat and a dog .",
     "it rained and it rained and the cat and the dog sat in the park .",  # 17 tokens: truncated to 12
 ]
-
-
-def load_recipe(name):
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", RECIPES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture

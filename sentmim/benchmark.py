@@ -1,0 +1,664 @@
+"""Benchmark: sentenceMIM against the text VAE and an auto-encoder, posterior collapse measured side by side.
+
+    settings = benchmark_settings("cpu", latent_sizes=(16, 128))   # a preset; any field can be overridden
+    results = run_benchmark(settings, "runs/bench-ptb")               # trains, evaluates, writes the report
+
+Every model is trained on the same data with one tokenizer (so vocabularies, hence likelihoods, match), one
+architecture and one budget (steps, batch, learning rate, sizes, seed); only the objective changes:
+
+    mim            sMIM: the sentenceMIM objective (it has no hyper-parameters)
+    vae            sVAE with beta = 1 from the first step: the classic collapse
+    vae-logistic   sVAE with beta annealed along a logistic curve (Bowman et al.; the sentenceMIM demo's k and x0)
+    vae-cyclical   sVAE with cyclical annealing (Fu et al. 2019) plus free bits (a per-dimension KL floor)
+    ae             a deterministic auto-encoder (z = posterior mean)
+
+each at several latent sizes. Training is `sentmim.experiment.run_training`, the code behind `sentmim train`; each
+best model is scored on the test split by `sentmim.evaluation.evaluate` (every metric of DESIGN.md section 5).
+
+What output_dir receives:
+    results.json, results.md   every metric per model with the settings, command, machine and timings; the table
+    samples.md                 reconstructions of the same test sentences by every model, and interpolations
+    plots/                     KL and MI during training, active units and BLEU against latent size, and a PCA
+                               projection of each model's posterior means (latent_<model>.png)
+    models/<variant>-z<latent>/   each run's folder: best model + tokenizer, log.jsonl, checkpoints
+    settings.json              the settings the models were trained with
+
+Resumable: rerun the same command and the models whose models/<name>/benchmark_result.json exists are skipped,
+a run interrupted during training continues from its last checkpoint, and settings.json refuses to mix settings.
+"""
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import platform
+import shutil
+import time
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+
+from . import checkpointing, metrics
+from .evaluation import evaluate, library_progress_bars, load_eval_batches, save_results
+from .experiment import RunOptions, load_splits, prepare_tokenizer, run_training
+from .pipeline import SentenceMIMPipeline
+from .training import TrainingArguments
+
+MODEL_VARIANTS = {
+    "mim": "sMIM",
+    "vae": "sVAE, beta = 1",
+    "vae-logistic": "sVAE, logistic KL annealing",
+    "vae-cyclical": "sVAE, cyclical KL annealing + free bits",
+    "ae": "AE",
+}
+RESULT_FILE = "benchmark_result.json"
+NOT_APPLICABLE = "n/a (AE)"
+# Settings that pick which models run or how fast, not what a model is: they may change between resumed runs.
+SELECTION_FIELDS = ("objectives", "latent_sizes", "num_threads", "cpu")
+# The sentenceMIM demo's logistic schedule: beta(0) = 1 / (1 + exp(k * x0)) with k * x0 = 0.0025 * 2500.
+LOGISTIC_K_TIMES_X0 = 0.0025 * 2500
+
+
+@dataclass
+class BenchmarkSettings:
+    """Everything a benchmark run depends on. None in a schedule field means "scale it to max_steps"."""
+
+    dataset: str = field(default="builtin", metadata={"help": "'builtin', a Hub id, a local file or folder"})
+    dataset_config: str | None = field(default=None, metadata={"help": "Hub configuration name"})
+    text_column: str | None = field(default=None, metadata={"help": "default: 'text' or the only string column"})
+    max_length: int = field(default=64, metadata={"help": "longest training sentence in tokens, BOS/EOS included"})
+    vocab_size: int = field(default=10000, metadata={"help": "word-level tokenizer shared by every model"})
+    max_validation_sentences: int | None = field(
+        default=None, metadata={"help": "validate on the first N validation sentences (validation runs at every eval)"}
+    )
+    test_split: str = field(default="test", metadata={"help": "split the best models are scored on"})
+    max_eval_sentences: int | None = field(default=None, metadata={"help": "score the first N test sentences"})
+    objectives: tuple[str, ...] = field(
+        default=tuple(MODEL_VARIANTS), metadata={"help": f"models to train, from {', '.join(MODEL_VARIANTS)}"}
+    )
+    latent_sizes: tuple[int, ...] = field(default=(16, 128, 512), metadata={"help": "latent sizes, e.g. 16,128,512"})
+    architecture: str = field(default="gru", metadata={"help": "gru or transformer"})
+    embedding_size: int = 300
+    hidden_size: int = 512
+    num_layers: int = 1
+    tie_word_embeddings: bool = field(default=False, metadata={"help": "tie the output layer to the embedding"})
+    dropout: float = 0.0
+    kl_logistic_k: float | None = field(default=0.0025, metadata={"help": "vae-logistic slope (none: 6.25 / x0)"})
+    kl_logistic_x0: int | None = field(default=2500, metadata={"help": "vae-logistic midpoint step (none: steps/2)"})
+    kl_cycle_steps: int | None = field(default=10000, metadata={"help": "vae-cyclical cycle length (none: steps/4)"})
+    kl_cycle_ratio: float = field(default=0.5, metadata={"help": "fraction of a cycle during which beta rises"})
+    free_bits: float = field(default=0.5, metadata={"help": "vae-cyclical KL floor per latent dimension (nats)"})
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    max_steps: int | None = field(default=None, metadata={"help": "optimizer steps (overrides epochs)"})
+    epochs: float = 1.0
+    lr_scheduler: str = field(default="constant", metadata={"help": "constant, cosine or plateau (x0.25 on stall)"})
+    early_stopping_patience: int = field(default=0, metadata={"help": "evaluations without improvement; 0: never"})
+    eval_steps: int = field(default=500, metadata={"help": "validate (and keep the best model) every N steps"})
+    logging_steps: int = 50
+    eval_batch_size: int = 128
+    iw_samples: int = field(default=500, metadata={"help": "importance samples K of IW-NLL"})
+    num_examples: int = field(default=5, metadata={"help": "test sentences reconstructed in samples.md"})
+    interpolation_steps: int = 6
+    seed: int = 0
+    num_threads: int | None = field(default=None, metadata={"help": "torch threads (1 is fastest for small models)"})
+    cpu: bool = field(default=False, metadata={"help": "train on the CPU even when a GPU is present"})
+
+    def __post_init__(self):
+        self.objectives, self.latent_sizes = tuple(self.objectives), tuple(self.latent_sizes)
+        unknown = [name for name in self.objectives if name not in MODEL_VARIANTS]
+        if unknown or not self.objectives:
+            raise ValueError(f"objectives {list(self.objectives)}: choose from {', '.join(MODEL_VARIANTS)}")
+        if not self.latent_sizes or min(self.latent_sizes) < 1:
+            raise ValueError(f"latent_sizes {list(self.latent_sizes)}: need integers >= 1")
+        # Schedules left as None follow the budget, so a shorter or longer run keeps the same annealing shape.
+        if None in (self.kl_logistic_x0, self.kl_logistic_k, self.kl_cycle_steps) and self.max_steps is None:
+            raise ValueError("schedules scaled to the budget (kl_* = none) need max_steps")
+        if self.kl_logistic_x0 is None:
+            self.kl_logistic_x0 = max(1, self.max_steps // 2)
+        if self.kl_logistic_k is None:
+            self.kl_logistic_k = LOGISTIC_K_TIMES_X0 / self.kl_logistic_x0
+        if self.kl_cycle_steps is None:
+            self.kl_cycle_steps = max(1, self.max_steps // 4)  # four cycles, as Fu et al.
+
+
+PRESETS = {
+    # Tiny and quick: the integration test (about a minute on 2 cores), on the built-in corpus.
+    "smoke": dict(
+        dataset="builtin", max_length=24, vocab_size=800, max_validation_sentences=64, max_eval_sentences=48,
+        latent_sizes=(4, 8), embedding_size=16, hidden_size=32, batch_size=16, learning_rate=2e-3, max_steps=12,
+        eval_steps=6, logging_steps=3, kl_logistic_k=None, kl_logistic_x0=None, kl_cycle_steps=None,
+        eval_batch_size=48, iw_samples=4, num_examples=2, interpolation_steps=3, num_threads=1,
+    ),
+    # PTB on a 2-core CPU in about 45 minutes for 5 objectives x 3 latent sizes, scoring included, one thread:
+    # ~0.12 s/step alone on a 2.8 GHz Xeon core (0.3 s when the box is shared), so 1,000 steps (~0.5 epoch at
+    # batch 20) plus ~20 s of scoring per model. MIM needs several hundred steps before its posterior means
+    # separate; this is a budget comparison, not a converged model (see the paper preset). The annealing
+    # schedules are the demo's shapes compressed into the budget.
+    "cpu": dict(
+        dataset="../shared/data/ptb", max_length=64, max_validation_sentences=500, max_eval_sentences=500,
+        embedding_size=128, hidden_size=256, tie_word_embeddings=True, batch_size=20, learning_rate=2e-3,
+        max_steps=1000, eval_steps=200, logging_steps=50, kl_logistic_k=None, kl_logistic_x0=None,
+        kl_cycle_steps=None, iw_samples=10, num_threads=1,
+    ),
+    # The sentenceMIM demo's configuration (a GPU job): GRU 512, embedding 300, batch 20, Adam 1e-3, up to 200
+    # epochs with the learning rate x0.25 on plateau and early stopping (so runs may stop at different steps).
+    "paper": dict(
+        dataset="../shared/data/ptb", max_length=100, embedding_size=300, hidden_size=512, batch_size=20,
+        learning_rate=1e-3, epochs=200, lr_scheduler="plateau", early_stopping_patience=5, eval_steps=2100,
+        logging_steps=100, kl_logistic_k=0.0025, kl_logistic_x0=2500, kl_cycle_steps=10000, iw_samples=500,
+        eval_batch_size=64,
+    ),
+}
+
+
+def benchmark_settings(preset: str = "cpu", **overrides) -> BenchmarkSettings:
+    """The preset's settings with `overrides` (BenchmarkSettings field names) applied."""
+    if preset not in PRESETS:
+        raise ValueError(f"preset {preset!r}: choose from {', '.join(PRESETS)}")
+    unknown = set(overrides) - {item.name for item in fields(BenchmarkSettings)}
+    if unknown:
+        raise ValueError(f"unknown benchmark settings: {', '.join(sorted(unknown))}")
+    return BenchmarkSettings(**{**PRESETS[preset], **overrides})
+
+
+def add_settings_arguments(parser, flags_for) -> None:
+    """One command-line option per BenchmarkSettings field; `flags_for(field name)` gives its spellings. Options
+    left out do not appear in the parsed namespace, so the preset's value stands (see `settings_overrides`)."""
+    for item in fields(BenchmarkSettings):
+        many = typing.get_origin(item.type) is tuple
+        flag = item.type is bool
+        parser.add_argument(
+            *flags_for(item.name), dest=item.name, default=argparse.SUPPRESS,
+            nargs="+" if many else ("?" if flag else None), const="true" if flag else None,
+            help=item.metadata.get("help"),
+        )
+
+
+def settings_overrides(namespace) -> dict:
+    """The settings given on a command line parsed with `add_settings_arguments`, as typed values."""
+    names = {item.name for item in fields(BenchmarkSettings)}
+    given = {name: value for name, value in vars(namespace).items() if name in names}
+    overrides = {}
+    for name, value in given.items():
+        text = " ".join(value) if isinstance(value, list) else value
+        try:
+            overrides[name] = parse_setting(name, text)
+        except ValueError as error:  # int("x") says nothing about which option was wrong
+            raise ValueError(f"{name} {text!r}: {error}") from None
+    return overrides
+
+
+def parse_setting(name: str, text: str):
+    """A command-line string as the value of setting `name`: numbers, 'none', true/false, comma lists."""
+    annotation = next(item.type for item in fields(BenchmarkSettings) if item.name == name)
+    kinds = [kind for kind in typing.get_args(annotation) if kind is not type(None)] or [annotation]
+    if type(None) in typing.get_args(annotation) and text.lower() == "none":
+        return None
+    if typing.get_origin(annotation) is tuple:
+        item_type = typing.get_args(annotation)[0]
+        return tuple(item_type(part) for part in text.replace(",", " ").split())
+    if kinds[0] is bool:
+        if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"{name}={text!r}: expected true or false")
+        return text.lower() in ("true", "1", "yes")
+    return kinds[0](text)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# One model: train, then score on the test split
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def model_name(variant: str, latent_size: int) -> str:
+    return f"{variant}-z{latent_size}"
+
+
+def model_fields(settings: BenchmarkSettings, variant: str, latent_size: int) -> dict:
+    """SentenceMIMConfig fields of one model: the shared architecture plus what the variant changes."""
+    shared = dict(
+        architecture=settings.architecture, embedding_size=settings.embedding_size, hidden_size=settings.hidden_size,
+        num_layers=settings.num_layers, tie_word_embeddings=settings.tie_word_embeddings, dropout=settings.dropout,
+        latent_size=latent_size,
+    )
+    variants = {
+        "mim": dict(objective="mim"),
+        "vae": dict(objective="vae", kl_schedule="constant", kl_weight=1.0),
+        "vae-logistic": dict(objective="vae", kl_schedule="logistic", kl_logistic_k=settings.kl_logistic_k,
+                             kl_logistic_x0=settings.kl_logistic_x0),
+        "vae-cyclical": dict(objective="vae", kl_schedule="cyclical", kl_cycle_steps=settings.kl_cycle_steps,
+                             kl_cycle_ratio=settings.kl_cycle_ratio, free_bits=settings.free_bits),
+        "ae": dict(objective="ae"),
+    }
+    return {**shared, **variants[variant]}
+
+
+def run_options(settings: BenchmarkSettings, model: dict | None = None) -> RunOptions:
+    return RunOptions(
+        dataset=settings.dataset, dataset_config=settings.dataset_config, text_column=settings.text_column,
+        max_length=settings.max_length, vocab_size=settings.vocab_size, model=dict(model or {}),
+    )
+
+
+def load_benchmark_data(settings: BenchmarkSettings):
+    """(train/validation splits, the shared tokenizer, the test split), loaded once for all models."""
+    options = run_options(settings)
+    splits = load_splits(options, settings.seed)
+    if settings.test_split not in splits:
+        found = ", ".join(splits)
+        raise ValueError(f"{settings.dataset}: no {settings.test_split!r} split to score on (found {found})")
+
+    def first(split, count):
+        return split if count is None else split.select(range(min(count, len(split))))
+
+    test_split = first(splits[settings.test_split], settings.max_eval_sentences)
+    training_splits = type(splits)({"train": splits["train"]})
+    if "validation" in splits:
+        training_splits["validation"] = first(splits["validation"], settings.max_validation_sentences)
+    tokenizer = prepare_tokenizer(options, splits["train"]["text"], output_dir=None, resume=False)
+    return training_splits, tokenizer, test_split
+
+
+def train_model(settings, variant, latent_size, folder: Path, splits, tokenizer, resume: bool, progress: bool) -> dict:
+    """Train one model into `folder`, or continue it from its last checkpoint; returns its train_results.json."""
+    args = TrainingArguments(
+        output_dir=str(folder), batch_size=settings.batch_size, eval_batch_size=settings.eval_batch_size,
+        max_steps=settings.max_steps, epochs=settings.epochs, learning_rate=settings.learning_rate,
+        lr_scheduler=settings.lr_scheduler, early_stopping_patience=settings.early_stopping_patience,
+        eval_steps=settings.eval_steps, logging_steps=settings.logging_steps, seed=settings.seed, resume=resume,
+        overwrite=not resume, cpu=settings.cpu, progress=progress,
+    )
+    options = run_options(settings, model_fields(settings, variant, latent_size))
+    with library_progress_bars(progress):
+        # A resumed run rebuilds from its own saved tokenizer (the same vocabulary, trained on the same data).
+        run_training(options, args, splits=splits, tokenizer=None if resume else tokenizer)
+    return json.loads((folder / "train_results.json").read_text())
+
+
+def evaluate_model(settings, folder: Path, test_split, plot_path: Path, progress: bool) -> dict:
+    """Every DESIGN.md section 5 metric of the saved best model, its latent projection plot and text samples."""
+    from .plots import plot_latent_projection
+
+    device = "cuda" if torch.cuda.is_available() and not settings.cpu else None  # score where training ran
+    with library_progress_bars(progress):
+        pipe = SentenceMIMPipeline.from_pretrained(folder, device=device)
+        batches, stats = load_eval_batches(pipe.tokenizer, test_split, settings.eval_batch_size, pipe.max_length)
+    scores = evaluate(pipe.model, batches, pipe.tokenizer, iw_samples=settings.iw_samples, seed=settings.seed,
+                      progress=progress)
+    scores["num_truncated"] = stats["num_truncated"]
+    means, lengths = posterior_means(pipe.model, batches)
+    plot_latent_projection(means, labels=lengths.numpy(), path=plot_path, label_name="sentence length (words + EOS)",
+                           seed=settings.seed)
+    examples = test_split["text"][: max(settings.num_examples, 2)]
+    shown = examples[: settings.num_examples]
+    outputs = pipe.reconstruct(shown) if shown else []
+    first, second = examples[0], examples[1]
+    samples = {
+        "reconstructions": [{"input": text, "output": output} for text, output in zip(shown, outputs, strict=True)],
+        "interpolation": {"from": first, "to": second,
+                          "sentences": pipe.interpolate(first, second, steps=settings.interpolation_steps)},
+    }
+    vocabulary = sorted(pipe.tokenizer.get_vocab().items())
+    return {"metrics": scores, "samples": samples,
+            "vocabulary_hash": hashlib.sha256(json.dumps(vocabulary).encode()).hexdigest()[:12],
+            "num_parameters": sum(p.numel() for p in pipe.model.parameters())}
+
+
+@torch.no_grad()
+def posterior_means(model, batches) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior means and predicted-target counts of a split, on the CPU: the encoder only (evaluation's
+    `encode_split` also runs the decoder, which the projection plot does not need)."""
+    model.eval()
+    means, lengths = [], []
+    for batch in batches:
+        ids, mask = batch["input_ids"].to(model.device), batch["attention_mask"].to(model.device)
+        means.append(model.encode(ids, mask)[0].float().cpu())
+        lengths.append(metrics.num_targets(ids, mask).cpu())
+    return torch.cat(means), torch.cat(lengths)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The run over all models
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def settings_fingerprint(settings: BenchmarkSettings) -> dict:
+    """The settings that define what a model is (JSON-normalised, so it compares equal to its saved copy)."""
+    kept = {name: value for name, value in asdict(settings).items() if name not in SELECTION_FIELDS}
+    return json.loads(json.dumps(kept))
+
+
+def prepare_benchmark_dir(output_dir: Path, settings: BenchmarkSettings, overwrite: bool) -> None:
+    """Start or continue a benchmark in output_dir; refuse a folder that holds other settings or other files."""
+    if overwrite and output_dir.exists():
+        shutil.rmtree(output_dir)
+    saved_path = output_dir / "settings.json"
+    wanted = settings_fingerprint(settings)
+    if saved_path.is_file():
+        saved = json.loads(saved_path.read_text())
+        changed = [f"{name}: {saved.get(name)!r} -> {value!r}" for name, value in wanted.items()
+                   if saved.get(name) != value]
+        if changed:
+            raise ValueError(
+                f"{output_dir} holds a benchmark with other settings ({'; '.join(changed)}): use another output dir, "
+                "or overwrite it"
+            )
+    elif output_dir.is_dir() and any(output_dir.iterdir()):
+        raise ValueError(f"{output_dir} already holds files that are not a benchmark: use an empty or new folder")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    save_results(wanted, saved_path)
+
+
+def machine_info() -> dict:
+    cpu_name = platform.processor()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu_name = names[0] if names else cpu_name
+    return {
+        "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+        "cpu": cpu_name, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def benchmark_model(settings, variant: str, latent_size: int, output_dir: Path, data, progress: bool, log) -> dict:
+    """Train (or finish training) one model and score it; returns its record, also saved in its folder."""
+    name = model_name(variant, latent_size)
+    folder = output_dir / "models" / name
+    splits, tokenizer, test_split = data
+    began = time.time()
+    if (folder / "train_results.json").is_file():  # the benchmark stopped between training and scoring
+        log(f"{name}: trained earlier, not scored yet")
+        train_results = json.loads((folder / "train_results.json").read_text())
+    else:
+        resume = checkpointing.latest_checkpoint(folder / "checkpoints") is not None
+        log(f"{name}: {'resuming' if resume else 'training'} ({MODEL_VARIANTS[variant]}, latent {latent_size})")
+        train_results = train_model(settings, variant, latent_size, folder, splits, tokenizer, resume, progress)
+    log(f"{name}: scoring the best model on {len(test_split)} {settings.test_split} sentences")
+    scored = time.time()
+    record = {
+        "name": name, "variant": variant, "label": MODEL_VARIANTS[variant], "latent_size": latent_size,
+        "model_dir": str(folder.relative_to(output_dir)), "train": train_results,
+        **evaluate_model(settings, folder, test_split, output_dir / "plots" / f"latent_{name}.png", progress),
+    }
+    record["eval_seconds"] = round(time.time() - scored, 1)
+    record["wall_seconds"] = round(time.time() - began, 1)
+    save_results(record, folder / RESULT_FILE)
+    return record
+
+
+def run_benchmark(
+    settings: BenchmarkSettings, output_dir, preset: str | None = None, command: str | None = None,
+    overwrite: bool = False, progress: bool = True, log=print,
+) -> dict:
+    """Train and score every (objective, latent size) pair, writing the report after each model. Returns
+    the content of results.json."""
+    output_dir = Path(output_dir)
+    prepare_benchmark_dir(output_dir, settings, overwrite)
+    threads = torch.get_num_threads()
+    if settings.num_threads:
+        torch.set_num_threads(settings.num_threads)  # small models: more threads only oversubscribe the cores
+    started, data = time.time(), None
+    header = {"benchmark": "sentenceMIM vs text VAE vs AE: posterior collapse side by side", "preset": preset,
+              "command": command, "settings": asdict(settings), "machine": machine_info(),
+              "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    records = []
+    todo = [(variant, size) for size in settings.latent_sizes for variant in settings.objectives]
+    try:
+        for index, (variant, latent_size) in enumerate(todo, start=1):
+            def progress_log(message, index=index):
+                log(f"[{index}/{len(todo)}] {message}")
+
+            result_file = output_dir / "models" / model_name(variant, latent_size) / RESULT_FILE
+            if result_file.is_file():
+                records.append(json.loads(result_file.read_text()))
+                progress_log(f"{model_name(variant, latent_size)}: already done, skipped")
+                continue
+            if data is None:  # loaded only when some model still needs it: a finished benchmark reruns in seconds
+                log(f"loading {settings.dataset} and training its tokenizer (shared by every model)")
+                with library_progress_bars(progress):
+                    data = load_benchmark_data(settings)
+            records.append(benchmark_model(settings, variant, latent_size, output_dir, data, progress, progress_log))
+            progress_log(f"{records[-1]['name']}: {summary_line(records[-1])}")
+            write_report(output_dir, {**header, "models": records})  # a partial report survives an interruption
+    finally:
+        torch.set_num_threads(threads)
+    results = {**header, "models": records, "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+               "wall_seconds": round(time.time() - started, 1)}
+    write_report(output_dir, results)
+    write_plots(output_dir, results)
+    log(f"wrote {output_dir / 'results.md'}, results.json, samples.md and plots/ in {results['wall_seconds']:.0f} s")
+    return results
+
+
+def summary_line(record: dict) -> str:
+    m = record["metrics"]
+    latent = f"KL {m['kl']:.2f}, MI {m['mi_whole_split']:.2f}, " if likelihoods_meaningful(record) else ""
+    return (f"{latent}AU {m['active_units']}/{record['latent_size']}, BLEU-4 {_cell(m['bleu4_corpus'], 1)}, "
+            f"{record['wall_seconds']:.0f} s")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Report: results.json, results.md, samples.md
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def likelihoods_meaningful(record: dict) -> bool:
+    """An AE decodes the posterior mean, so its q(z|x) variance is never trained: every number that samples or
+    scores q (IW-NLL, ELBO, MELBO, KL, MI) describes an arbitrary distribution, not the model."""
+    return record["variant"] != "ae" and record["metrics"].get("likelihoods_meaningful", True)
+
+
+def _cell(value, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _duration(seconds) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    minutes, seconds = divmod(round(seconds), 60)
+    return f"{minutes}m {seconds:02d}s" if minutes else f"{seconds}s"
+
+
+def format_results_table(records: list[dict]) -> str:
+    """The comparison table as markdown; q-dependent numbers of an AE read "n/a (AE)" instead of a number."""
+    if not records:
+        return "(no model finished yet)"
+    first = records[0]["metrics"]
+    columns = [
+        "model", "latent", "KL (nats)", f"MI whole-split (He et al., cap log N = {first['log_num_sentences']:.2f})",
+        f"MI per batch of {first['mi_batch_size']} (cap {math.log(first['mi_batch_size']):.2f})",
+        "active units", f"IW-NLL (K={first['iw_samples']})", "IW-PPL", "ELBO-NLL",
+        "MELBO-NLL (paper's measure, not a likelihood)", "BLEU-4 (sacreBLEU)", "BLEU-1 (mean sentence)", "steps",
+        "train time",
+    ]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for record in records:
+        m = record["metrics"]
+        meaningful = likelihoods_meaningful(record)
+
+        def q_dependent(value, digits=2, meaningful=meaningful):
+            return _cell(value, digits) if meaningful else NOT_APPLICABLE
+
+        cells = [
+            record["label"], str(record["latent_size"]), q_dependent(m["kl"]), q_dependent(m["mi_whole_split"]),
+            q_dependent(m["mi_batch"]), f"{m['active_units']}/{record['latent_size']}", q_dependent(m["iw_nll"]),
+            q_dependent(m["iw_ppl"], 1), q_dependent(m["elbo_nll"]), q_dependent(m["melbo_nll"]),
+            _cell(m["bleu4_corpus"], 1), _cell(m["bleu1_sentence_mean"], 3), str(record["train"].get("step", "-")),
+            _duration(record["train"].get("train_seconds")),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+COLUMN_NOTES = (
+    "Columns: NLLs are nats per sentence; PPL = exp(sum NLL / sum predicted targets (words + EOS)). IW-NLL is the "
+    "only likelihood comparable across objectives. ELBO-NLL = -log p(x|z) + KL with one z ~ q(z|x). MELBO-NLL = "
+    "-log p(x|z) + log N is what the sentenceMIM paper reports for MIM: it is NOT a bound on -log p(x), never compare "
+    "it with IW-NLL or ELBO. Active units: dimensions with Var_x E[z|x] >= 0.01. BLEU scores greedy decoding of the "
+    "posterior mean: BLEU-4 corpus (0-100) and mean sentence BLEU-1 (0-1, the sentenceMIM demo's number). "
+    f"{NOT_APPLICABLE}: an AE never trains the variance of q(z|x), so its KL, MI and every likelihood that samples "
+    "q describe an arbitrary distribution, not the model. Train time: the training loop, validation included."
+)
+
+
+def _schedule_notes(settings: dict) -> list[str]:
+    k, x0, steps = settings["kl_logistic_k"], settings["kl_logistic_x0"], settings["max_steps"]
+    notes = [f"- vae-logistic: beta_t = 1 / (1 + exp(-{k:.4g} (t - {x0}))); the sentenceMIM demo: k 0.0025, x0 2500"]
+    if steps is not None and x0 >= steps:
+        notes.append(f"  - NOTE: x0 = {x0} lies beyond the {steps}-step budget: beta stays below 0.5 for the whole "
+                     "run, so this VAE is barely regularised")
+    notes.append(f"- vae-cyclical: beta rises linearly over the first {settings['kl_cycle_ratio']:.0%} of each "
+                 f"{settings['kl_cycle_steps']}-step cycle, then holds at 1; free bits {settings['free_bits']} nats "
+                 "per latent dimension (batch average)")
+    return notes
+
+
+def _setup_paragraph(results: dict) -> str:
+    s, records, machine = results["settings"], results["models"], results["machine"]
+    budget = f"{s['max_steps']} steps" if s["max_steps"] else f"up to {s['epochs']:g} epochs"
+    scored = records[0]["metrics"]["num_sentences"] if records else "?"
+    vocabularies = {record.get("vocabulary_hash") for record in records}
+    shared = "one shared vocabulary" if len(vocabularies) <= 1 else "WARNING: the vocabularies differ"
+    wall = f"total wall time {_duration(results['wall_seconds'])}" if "wall_seconds" in results else "in progress"
+    return (
+        f"Data: `{s['dataset']}`; models scored on the first {scored} `{s['test_split']}` sentences. Every model: "
+        f"{s['architecture'].upper()}, embedding {s['embedding_size']}, hidden {s['hidden_size']}, {s['num_layers']} "
+        f"layer(s), {'tied' if s['tie_word_embeddings'] else 'untied'} embeddings, batch {s['batch_size']}, Adam lr "
+        f"{s['learning_rate']:g} ({s['lr_scheduler']}), {budget}, seed {s['seed']}; {shared}. Machine: "
+        f"{machine['cpu']} ({machine['cpu_count']} cores), torch {machine['torch']}, "
+        f"{machine['torch_threads']} thread(s), {machine['gpu'] or 'no GPU'}; {wall}."
+    )
+
+
+def format_report(results: dict) -> str:
+    """results.md: how the numbers were made, the table, what its columns mean."""
+    records = results["models"]
+    command = f"`{results.get('command') or 'run_benchmark(...)'}`"
+    if results.get("preset"):
+        command += f" (preset `{results['preset']}`)"
+    lines = ["# sMIM vs sVAE vs AE: posterior collapse measured side by side", "", f"Command: {command}", "",
+             _setup_paragraph(results), "", format_results_table(records), "", COLUMN_NOTES, "",
+             *_schedule_notes(results["settings"])]
+    signature = next((r["metrics"]["bleu_signature"] for r in records if r["metrics"].get("bleu_signature")), None)
+    if signature:
+        lines.append(f"- BLEU signature: `{signature}`")
+    collapsed = [r["name"] for r in records if likelihoods_meaningful(r) and r["metrics"]["collapsed"]]
+    if collapsed:
+        lines += ["", f"Posterior collapse (no active unit, or whole-split MI < 0.05 nats): {', '.join(collapsed)}."]
+    plots = ["kl_mi_during_training.png", "active_units_vs_latent.png", "bleu_vs_latent.png", "latent_<model>.png"]
+    lines += ["", f"Plots in `plots/`: {', '.join(plots)}. Reconstructions and interpolations: `samples.md`."]
+    return "\n".join(lines) + "\n"
+
+
+def format_samples(records: list[dict]) -> str:
+    """Reconstructions of the same test sentences by every model, then one interpolation per model."""
+    lines = ["# Reconstructions and interpolations", "", SAMPLES_NOTE]
+    for latent_size in dict.fromkeys(r["latent_size"] for r in records):
+        group = [r for r in records if r["latent_size"] == latent_size]
+        lines += ["", f"## Latent size {latent_size}", "", "### Reconstructions"]
+        for index, example in enumerate(group[0]["samples"]["reconstructions"]):
+            lines += ["", f"- input: `{example['input']}`"]
+            lines += [f"  - {r['label']}: `{r['samples']['reconstructions'][index]['output']}`" for r in group]
+        path = group[0]["samples"]["interpolation"]
+        lines += ["", "### Interpolations", "", f"From `{path['from']}` to `{path['to']}`."]
+        for record in group:
+            lines += ["", f"{record['label']}:", ""]
+            lines += [f"{step}. `{text}`" for step, text in enumerate(record["samples"]["interpolation"]["sentences"])]
+    return "\n".join(lines) + "\n"
+
+
+SAMPLES_NOTE = (
+    "Greedy decoding of the posterior mean. Interpolations decode evenly spaced points on the straight line between "
+    "the posterior means of two test sentences, endpoints included."
+)
+
+
+def write_report(output_dir: Path, results: dict) -> None:
+    save_results(results, output_dir / "results.json")
+    checkpointing.write_text_atomic(output_dir / "results.md", format_report(results))
+    checkpointing.write_text_atomic(output_dir / "samples.md", format_samples(results["models"]))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Plots
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def validation_curve(log_path: Path, key: str) -> tuple[list[int], list[float]]:
+    """(steps, values) of `key` at the validation events of a run's log.jsonl."""
+    steps, values = [], []
+    for line in log_path.read_text().splitlines() if log_path.is_file() else []:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by an interruption
+            continue
+        if isinstance(record.get(key), int | float) and math.isfinite(record[key]):
+            steps.append(record["step"])
+            values.append(record[key])
+    return steps, values
+
+
+def write_plots(output_dir: Path, results: dict) -> list[Path]:
+    """KL and MI during training per latent size, active units and BLEU against latent size."""
+    from .plots import _figure, _save
+
+    records = results["models"]
+    if not records:
+        return []
+    sizes = sorted({r["latent_size"] for r in records})
+    variants = list(dict.fromkeys(r["variant"] for r in records))
+    colours = {variant: f"C{index}" for index, variant in enumerate(MODEL_VARIANTS)}
+    plots = output_dir / "plots"
+    paths = []
+
+    # 1. KL and whole-split MI at each validation, one column per latent size (AE left out: its q is untrained).
+    figure, axes = _figure(2, len(sizes), size=(4.2 * len(sizes), 6.4), sharex=True)
+    for column, size in enumerate(sizes):
+        for record in (r for r in records if r["latent_size"] == size and likelihoods_meaningful(r)):
+            log_path = output_dir / record["model_dir"] / "log.jsonl"
+            for row, key in enumerate(("val_kl", "val_mi_whole_split")):
+                steps, values = validation_curve(log_path, key)
+                axes[row, column].plot(steps, values, "o-", markersize=3, color=colours[record["variant"]],
+                                       label=record["label"])
+        axes[0, column].set_title(f"latent {size}: KL(q(z|x) || N(0, I))")
+        if max((value for line in axes[0, column].get_lines() for value in line.get_ydata()), default=0) > 10:
+            axes[0, column].set_yscale("symlog", linthresh=1.0)  # a collapsed ~0 and MIM's ~100 nats both show
+        axes[1, column].set_title(f"latent {size}: MI, validation split")
+        axes[1, column].set_xlabel("training step")
+    axes[0, 0].set_ylabel("nats per sentence")
+    axes[1, 0].set_ylabel("nats (He et al., whole split)")
+    if axes[0, 0].get_lines():
+        axes[0, 0].legend(fontsize="small")
+    paths.append(_save(figure, plots / "kl_mi_during_training.png"))
+
+    # 2. Active units and 3. BLEU against latent size, one line per model variant.
+    def against_latent(panels, path):
+        figure, axes = _figure(1, len(panels), size=(5.2 * len(panels), 4.2))
+        for ax, (key, title) in zip(axes[0], panels, strict=True):
+            for variant in variants:
+                chosen = sorted((r for r in records if r["variant"] == variant), key=lambda r: r["latent_size"])
+                ax.plot([r["latent_size"] for r in chosen], [r["metrics"][key] or 0.0 for r in chosen], "o-",
+                        color=colours[variant], label=MODEL_VARIANTS[variant])
+            if key == "active_units":
+                ax.plot(sizes, sizes, "k--", linewidth=0.8, label="all units active")
+                ax.set_yscale("symlog", linthresh=1.0)  # 0 (collapse) and hundreds of units on one axis
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(sizes, [str(size) for size in sizes])
+            ax.set_xlabel("latent size")
+            ax.set_title(title)
+            ax.legend(fontsize="small")
+        paths.append(_save(figure, path))
+
+    against_latent([("active_units", "active units (Var_x E[z|x] >= 0.01)")], plots / "active_units_vs_latent.png")
+    against_latent([("bleu4_corpus", "reconstruction BLEU-4, sacreBLEU corpus (0-100)"),
+                    ("bleu1_sentence_mean", "reconstruction BLEU-1, mean sentence (0-1)")],
+                   plots / "bleu_vs_latent.png")
+    return paths

@@ -1,0 +1,209 @@
+"""recipes/benchmark_vae.py and `sentmim benchmark` end to end on the smoke preset, and the report's pure functions."""
+
+import json
+import re
+import shlex
+import shutil
+
+import pytest
+
+from sentmim import benchmark, cli
+from sentmim.benchmark import MODEL_VARIANTS, NOT_APPLICABLE, benchmark_settings, format_results_table, parse_setting
+from tests.recipe_loader import load_recipe
+
+SMOKE_FLAGS = ["--preset", "smoke", "--disable_tqdm"]
+SMOKE_MODELS = [f"{variant}-z{size}" for size in (4, 8) for variant in MODEL_VARIANTS]
+METRICS = ("iw_nll", "iw_ppl", "elbo_nll", "elbo_ppl", "melbo_nll", "melbo_ppl", "kl", "mi_whole_split", "mi_batch",
+           "active_units", "bleu4_corpus", "bleu1_sentence_mean")
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("benchmark") / "smoke"
+    results = load_recipe("benchmark_vae").main(SMOKE_FLAGS + ["--output_dir", str(output_dir)])
+    return output_dir, results
+
+
+def test_results_json_holds_every_metric_of_every_model(smoke_run):
+    output_dir, results = smoke_run
+    saved = json.loads((output_dir / "results.json").read_text())
+    assert [model["name"] for model in saved["models"]] == SMOKE_MODELS
+    assert saved["preset"] == "smoke" and saved["command"].startswith("python recipes/benchmark_vae.py --preset smoke")
+    assert saved["settings"]["max_steps"] == 12 and saved["machine"]["torch"] and saved["wall_seconds"] > 0
+    for model in saved["models"]:
+        scores = model["metrics"]
+        assert all(scores[key] is not None for key in METRICS), model["name"]
+        assert scores["num_sentences"] == 48 and scores["iw_samples"] == 4
+        assert model["train"]["step"] == 12 and model["train"]["train_seconds"] >= 0
+        assert (output_dir / model["model_dir"] / "model.safetensors").is_file()
+    assert len({model["vocabulary_hash"] for model in saved["models"]}) == 1  # one tokenizer for all
+    assert saved == json.loads(json.dumps(results))
+
+
+def test_models_differ_only_in_objective_and_latent_size(smoke_run):
+    output_dir, _ = smoke_run
+    varying = {"objective", "latent_size", "kl_schedule", "kl_weight", "kl_logistic_k", "kl_logistic_x0",
+               "kl_cycle_steps", "kl_cycle_ratio", "free_bits", "transformers_version"}
+    configs = {name: json.loads((output_dir / "models" / name / "config.json").read_text()) for name in SMOKE_MODELS}
+    shared = [{k: v for k, v in config.items() if k not in varying} for config in configs.values()]
+    assert all(config == shared[0] for config in shared)
+    budgets = [json.loads((output_dir / "models" / name / "training_args.json").read_text()) for name in SMOKE_MODELS]
+    assert {(b["max_steps"], b["batch_size"], b["learning_rate"], b["seed"]) for b in budgets} == {(12, 16, 2e-3, 0)}
+    assert configs["vae-z4"]["kl_schedule"] == "constant" and configs["vae-z4"]["free_bits"] == 0
+    assert (configs["vae-logistic-z4"]["kl_schedule"], configs["vae-logistic-z4"]["kl_logistic_x0"]) == ("logistic", 6)
+    cyclical = configs["vae-cyclical-z8"]
+    assert (cyclical["kl_schedule"], cyclical["kl_cycle_steps"], cyclical["free_bits"]) == ("cyclical", 3, 0.5)
+
+
+def test_markdown_table_samples_and_plots(smoke_run):
+    output_dir, _ = smoke_run
+    report = (output_dir / "results.md").read_text()
+    header = next(line for line in report.splitlines() if line.startswith("| model"))
+    for column in ("| latent |", "KL (nats)", "MI whole-split (He et al.", "MI per batch of 32", "active units",
+                   "IW-NLL (K=4)", "ELBO-NLL", "MELBO-NLL (paper's measure, not a likelihood)", "BLEU-4 (sacreBLEU)",
+                   "BLEU-1 (mean sentence)", "train time"):
+        assert column in header, column
+    rows = [line for line in report.splitlines() if line.startswith("| ") and not line.startswith("| model")]
+    assert len(rows) == 10
+    assert all((NOT_APPLICABLE in row) == row.startswith("| AE |") for row in rows)
+    assert "preset `smoke`" in report and "one shared vocabulary" in report
+    samples = (output_dir / "samples.md").read_text()
+    assert samples.count("- input: `") == 2 * 2 and all(label in samples for label in MODEL_VARIANTS.values())
+    plots = output_dir / "plots"
+    expected = ["kl_mi_during_training.png", "active_units_vs_latent.png", "bleu_vs_latent.png"]
+    expected += [f"latent_{name}.png" for name in SMOKE_MODELS]
+    assert all((plots / name).stat().st_size > 1000 for name in expected)
+
+
+def test_rerun_skips_finished_models_and_resumes_an_interrupted_one(smoke_run, tmp_path, capsys):
+    source, _ = smoke_run
+    output_dir = tmp_path / "copy"
+    shutil.copytree(source, output_dir)
+    # ae-z8 was trained but not scored; vae-z8 stopped after its step-6 checkpoint.
+    (output_dir / "models" / "ae-z8" / benchmark.RESULT_FILE).unlink()
+    interrupted = output_dir / "models" / "vae-z8"
+    for name in (benchmark.RESULT_FILE, "train_results.json"):
+        (interrupted / name).unlink()
+    (interrupted / "checkpoints" / "latest").write_text("step_6\n")
+    trained_at = (output_dir / "models" / "ae-z8" / "model.safetensors").stat().st_mtime_ns
+    capsys.readouterr()
+
+    results = load_recipe("benchmark_vae").main(SMOKE_FLAGS + ["--output_dir", str(output_dir)])
+    out = capsys.readouterr().out
+    assert out.count("already done, skipped") == 8
+    assert "vae-z8: resuming" in out and "ae-z8: trained earlier, not scored yet" in out
+    assert (output_dir / "models" / "ae-z8" / "model.safetensors").stat().st_mtime_ns == trained_at  # not retrained
+    resumed = json.loads((interrupted / "train_results.json").read_text())
+    assert resumed["step"] == 12
+    steps = [json.loads(line)["step"] for line in (interrupted / "log.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and steps[-1] == 12  # the log continued from step 6, no duplicates
+    assert [model["name"] for model in results["models"]] == SMOKE_MODELS
+
+
+def test_other_settings_in_the_same_folder_are_refused(smoke_run, tmp_path):
+    source, _ = smoke_run
+    output_dir = tmp_path / "copy"
+    shutil.copytree(source, output_dir)
+    with pytest.raises(ValueError, match="other settings.*max_steps: 12 -> 13"):
+        load_recipe("benchmark_vae").main(["--preset", "smoke", "--output_dir", str(output_dir), "--max_steps", "13",
+                            "--disable_tqdm"])
+    not_a_benchmark = tmp_path / "other"
+    not_a_benchmark.mkdir()
+    (not_a_benchmark / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not a benchmark"):
+        load_recipe("benchmark_vae").main(["--preset", "smoke", "--output_dir", str(not_a_benchmark)])
+
+
+def test_sentmim_benchmark_command(tmp_path, capsys):
+    output_dir = tmp_path / "cli"
+    code = cli.main(["benchmark", "--preset", "smoke", "--output-dir", str(output_dir), "--objectives", "mim", "ae",
+                     "--latent-sizes", "4", "--max-steps", "4", "--eval-steps", "4", "--iw-samples", "2",
+                     "--disable-tqdm"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "| sMIM | 4 |" in out and "| AE | 4 |" in out
+    saved = json.loads((output_dir / "results.json").read_text())
+    assert [model["name"] for model in saved["models"]] == ["mim-z4", "ae-z4"]
+    assert saved["models"][0]["metrics"]["iw_samples"] == 2
+    assert saved["command"].startswith("sentmim benchmark --preset smoke --output-dir")
+    assert "--objectives mim ae --latent-sizes 4" in saved["command"]
+
+
+def test_sentmim_benchmark_reports_a_bad_setting_in_one_line(tmp_path, capsys):
+    code = cli.main(["benchmark", "--preset", "smoke", "--output-dir", str(tmp_path), "--latent-sizes", "four"])
+    assert code == 2
+    assert capsys.readouterr().err.strip().startswith("sentmim benchmark: error: latent_sizes 'four'")
+    assert cli.main(["benchmark", "--output-dir", str(tmp_path), "--objectives", "mim", "gan"]) == 2
+
+
+# -- pure functions ---------------------------------------------------------------------------------------------------
+
+
+def fake_record(variant: str, latent_size: int = 16) -> dict:
+    scores = dict.fromkeys(METRICS, 1.5) | {
+        "active_units": 3, "log_num_sentences": 6.2, "mi_batch_size": 32, "iw_samples": 50, "collapsed": False,
+        "likelihoods_meaningful": variant != "ae",
+    }
+    return {"name": f"{variant}-z{latent_size}", "variant": variant, "label": MODEL_VARIANTS[variant],
+            "latent_size": latent_size, "metrics": scores, "train": {"step": 600, "train_seconds": 125.0}}
+
+
+def test_table_marks_what_an_ae_cannot_measure():
+    table = format_results_table([fake_record("mim"), fake_record("ae")]).splitlines()
+    header, mim, ae = table[0], table[2], table[3]
+    columns = [cell.strip() for cell in header.strip("|").split("|")]
+    ae_cells = dict(zip(columns, [cell.strip() for cell in ae.strip("|").split("|")], strict=True))
+    mim_cells = dict(zip(columns, [cell.strip() for cell in mim.strip("|").split("|")], strict=True))
+    for column in ("KL (nats)", "MI whole-split (He et al., cap log N = 6.20)", "MI per batch of 32 (cap 3.47)",
+                   "IW-NLL (K=50)", "IW-PPL", "ELBO-NLL", "MELBO-NLL (paper's measure, not a likelihood)"):
+        assert ae_cells[column] == NOT_APPLICABLE
+        assert mim_cells[column] == ("1.5" if column == "IW-PPL" else "1.50")
+    assert ae_cells["active units"] == "3/16" and ae_cells["BLEU-4 (sacreBLEU)"] == "1.5"
+    assert ae_cells["BLEU-1 (mean sentence)"] == "1.500" and mim_cells["train time"] == "2m 05s"
+    assert format_results_table([]) == "(no model finished yet)"
+
+
+def test_presets_scale_the_annealing_to_the_budget():
+    cpu = benchmark_settings("cpu", max_steps=1000)
+    assert (cpu.kl_logistic_x0, cpu.kl_cycle_steps) == (500, 250)
+    assert cpu.kl_logistic_k == pytest.approx(0.0025 * 2500 / 500)  # the demo's beta(0) = 1 / (1 + e^6.25)
+    paper = benchmark_settings("paper")
+    assert (paper.kl_logistic_k, paper.kl_logistic_x0, paper.batch_size, paper.lr_scheduler) == (
+        0.0025, 2500, 20, "plateau")
+    assert benchmark_settings("smoke", kl_logistic_x0=100).kl_logistic_x0 == 100
+    with pytest.raises(ValueError, match="preset"):
+        benchmark_settings("huge")
+    with pytest.raises(ValueError, match="unknown benchmark settings: hidden"):
+        benchmark_settings("cpu", hidden=3)
+    with pytest.raises(ValueError, match="objectives"):
+        benchmark_settings("cpu", objectives=("mim", "gan"))
+    with pytest.raises(ValueError, match="need max_steps"):
+        benchmark_settings("cpu", max_steps=None)
+
+
+def test_schedule_note_says_when_x0_is_beyond_the_budget():
+    settings = vars(benchmark_settings("cpu", max_steps=600, kl_logistic_x0=2500, kl_logistic_k=0.0025))
+    assert any("beyond the 600-step budget" in note for note in benchmark._schedule_notes(settings))
+    assert not any("beyond" in note for note in benchmark._schedule_notes(vars(benchmark_settings("cpu"))))
+
+
+def test_parse_setting():
+    assert parse_setting("latent_sizes", "16,128 512") == (16, 128, 512)
+    assert parse_setting("objectives", "mim,vae") == ("mim", "vae")
+    assert parse_setting("max_steps", "none") is None and parse_setting("max_steps", "30") == 30
+    assert parse_setting("learning_rate", "2e-3") == 2e-3 and parse_setting("cpu", "true") is True
+    with pytest.raises(ValueError):
+        parse_setting("cpu", "maybe")
+
+
+def test_docstring_commands_use_real_flags():
+    recipe = load_recipe("benchmark_vae")
+    known = {flag for action in recipe.build_parser()._actions for flag in action.option_strings}
+    used = set(re.findall(r"--\w+", recipe.__doc__))
+    assert len(used) >= 8 and used <= known, sorted(used - known)
+    lines = recipe.__doc__.splitlines()
+    start = next(i for i, line in enumerate(lines) if "--preset cpu --dataset_name" in line)
+    command = lines[start].replace("\\", "") + lines[start + 1]
+    args = recipe.build_parser().parse_args(shlex.split(command.split("recipes/benchmark_vae.py", 1)[1]))
+    assert (args.preset, args.dataset) == ("cpu", "../shared/data/ptb")
+    assert args.output_dir == "runs/benchmark-ptb-cpu"
