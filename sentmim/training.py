@@ -205,6 +205,15 @@ class JsonlLog:
             handle.write(json.dumps(record) + "\n")
 
 
+def fused_adam_supported(device: torch.device) -> bool:
+    """Whether Adam/AdamW have a fused kernel here: CUDA, and CPU since torch 2.4, where one fused step of an 11M
+    parameter model takes ~21 ms against ~90 ms for the default (benchmarks/throughput)."""
+    if device.type == "cuda":
+        return True
+    major, minor = (int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
+    return device.type == "cpu" and (major, minor) >= (2, 4)
+
+
 def build_optimizer(model, args: TrainingArguments, fused: bool) -> torch.optim.Optimizer:
     options = {"lr": args.learning_rate, "weight_decay": args.weight_decay}
     if fused:
@@ -260,8 +269,7 @@ def train(model, tokenizer, splits, args: TrainingArguments) -> dict:
         validation_loader = make_dataloader(
             splits["validation"], args.eval_batch_size, config.pad_token_id, shuffle=False
         )
-    fused = accelerator.device.type == "cuda"
-    optimizer = build_optimizer(model, args, fused=fused)
+    optimizer = build_optimizer(model, args, fused=fused_adam_supported(accelerator.device))
     if streaming:  # already sharded by process above; accelerate would dispatch whole batches from rank 0
         model, optimizer = accelerator.prepare(model, optimizer)
     else:

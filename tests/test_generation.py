@@ -4,6 +4,7 @@ import pytest
 import torch
 from transformers.modeling_outputs import BaseModelOutput
 
+from benchmarks import naive
 from sentmim import SentenceMIMModel
 from sentmim.generation import filter_logits
 
@@ -54,6 +55,8 @@ def test_greedy_decode_equals_prefix_recomputation_and_generate(tiny_config, arc
     decoded = model.decode(z, max_length=12)
     expected = greedy_by_recomputing_prefix(model, z, 12)
     assert torch.equal(decoded, expected)
+    # The throughput benchmark's baseline: all rows at once, full logits on the whole prefix every step.
+    assert torch.equal(naive.greedy_by_recomputing_prefix(model, z, 12), decoded)
     lengths = (decoded != model.config.pad_token_id).sum(1)
     assert len(set(lengths.tolist())) > 1, "the test needs sentences that leave the batch at different steps"
     never = [[model.config.bos_token_id], [model.config.pad_token_id]]
