@@ -44,14 +44,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from sentmim.benchmark import (
-    PRESETS,
-    add_settings_arguments,
-    benchmark_settings,
-    format_results_table,
-    run_benchmark,
-    settings_overrides,
-)
+from sentmim.benchmark import PRESETS, add_settings_arguments, benchmark_settings, run_benchmark, settings_overrides
+from sentmim.benchmark_report import format_results_table
 from sentmim.training import TrainingDiverged
 
 # Settings named as in the Hugging Face example scripts; the others keep their BenchmarkSettings names.

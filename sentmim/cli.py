@@ -266,8 +266,9 @@ def add_benchmark_parser(commands) -> None:
 def run_benchmark(args) -> None:
     import shlex
 
-    from .benchmark import benchmark_settings, format_results_table, settings_overrides
+    from .benchmark import benchmark_settings, settings_overrides
     from .benchmark import run_benchmark as benchmark
+    from .benchmark_report import format_results_table
 
     overrides = settings_overrides(args)
     # The command as it would be typed, for the report (sys.argv is not ours when main() is called in-process).

@@ -7,8 +7,9 @@ import shutil
 
 import pytest
 
-from sentmim import benchmark, cli
-from sentmim.benchmark import MODEL_VARIANTS, NOT_APPLICABLE, benchmark_settings, format_results_table, parse_setting
+from sentmim import benchmark, benchmark_report, cli
+from sentmim.benchmark import MODEL_VARIANTS, benchmark_settings, parse_setting
+from sentmim.benchmark_report import NOT_APPLICABLE, format_results_table
 from tests.recipe_loader import load_recipe
 
 SMOKE_FLAGS = ["--preset", "smoke", "--disable_tqdm"]
@@ -183,8 +184,8 @@ def test_presets_scale_the_annealing_to_the_budget():
 
 def test_schedule_note_says_when_x0_is_beyond_the_budget():
     settings = vars(benchmark_settings("cpu", max_steps=600, kl_logistic_x0=2500, kl_logistic_k=0.0025))
-    assert any("beyond the 600-step budget" in note for note in benchmark._schedule_notes(settings))
-    assert not any("beyond" in note for note in benchmark._schedule_notes(vars(benchmark_settings("cpu"))))
+    assert any("beyond the 600-step budget" in note for note in benchmark_report._schedule_notes(settings))
+    assert not any("beyond" in note for note in benchmark_report._schedule_notes(vars(benchmark_settings("cpu"))))
 
 
 def test_parse_setting():
