@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import broadcast, set_seed
 from datasets import IterableDataset
 from datasets.distributed import split_dataset_by_node
@@ -228,6 +229,9 @@ def train(model, tokenizer, splits, args: TrainingArguments) -> dict:
     for name in ("train", "validation"):  # an empty train split would loop forever over empty epochs
         if name in splits and hasattr(splits[name], "__len__") and len(splits[name]) == 0:
             raise ValueError(f"the {name} split has no sentences (all dropped as too long?)")
+    # accelerate keeps one AcceleratorState per process and refuses a second run in it (a notebook, the benchmark)
+    # with another mixed precision; start afresh, keeping the process group (PartialState).
+    AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
