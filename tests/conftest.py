@@ -41,3 +41,16 @@ def batch():
         ]
     )
     return input_ids, (input_ids != 0).long()
+
+
+@pytest.fixture(scope="session")
+def builtin_splits():
+    """(tokenizer, tokenized splits) of 200 / 40 / 10 built-in corpus sentences of at most 32 tokens."""
+    from sentmim.corpus import load_builtin_corpus
+    from sentmim.data import tokenize_dataset
+    from sentmim.tokenization import train_tokenizer
+
+    raw = load_builtin_corpus(num_train=200, num_validation=40, num_test=10)
+    tokenizer = train_tokenizer(raw["train"]["text"], vocab_size=300)
+    splits, _ = tokenize_dataset(raw, tokenizer, max_length=32)
+    return tokenizer, splits

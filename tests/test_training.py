@@ -27,12 +27,9 @@ BATCH_SIZE = 16
 
 
 @pytest.fixture(scope="module")
-def data():
+def data(builtin_splits):
     """(tokenizer, tokenized splits): 200 train / 40 validation sentences, at most 32 tokens."""
-    raw = load_builtin_corpus(num_train=200, num_validation=40, num_test=10)
-    tokenizer = train_tokenizer(raw["train"]["text"], vocab_size=300)
-    splits, _ = tokenize_dataset(raw, tokenizer, max_length=32)
-    return tokenizer, splits
+    return builtin_splits
 
 
 def make_model(tokenizer, **overrides):

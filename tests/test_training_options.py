@@ -8,18 +8,12 @@ import pytest
 import torch
 
 from sentmim import SentenceMIMConfig, SentenceMIMModel
-from sentmim.corpus import load_builtin_corpus
-from sentmim.data import tokenize_dataset
-from sentmim.tokenization import train_tokenizer
 from sentmim.training import LearningRateSchedule, TrainingArguments, build_optimizer, train
 
 
 @pytest.fixture(scope="module")
-def data():
-    raw = load_builtin_corpus(num_train=120, num_validation=20, num_test=4)
-    tokenizer = train_tokenizer(raw["train"]["text"], vocab_size=200)
-    splits, _ = tokenize_dataset(raw, tokenizer, max_length=24)
-    return tokenizer, splits
+def data(builtin_splits):
+    return builtin_splits
 
 
 def make_model(tokenizer) -> SentenceMIMModel:
