@@ -1,0 +1,139 @@
+"""IW-NLL with K=500 importance samples on 1,000 PTB test sentences: how long it takes and how close to the machine.
+
+    python benchmarks/iw_nll_ptb.py --model-dir runs/ptb-mim                      # a model trained on PTB
+    python benchmarks/iw_nll_ptb.py --model-dir runs/ptb-mim --threads 2 --max-rows 1024
+    python benchmarks/iw_nll_ptb.py --model-dir runs/ptb-mim --device cuda       # when a GPU is there
+
+Prints and writes benchmarks/iw_nll/results.json: wall time, sentences/s, importance samples/s (sentence x sample
+pairs), decoder target tokens/s, the useful FLOPs (decoder matrix multiplies on real targets only) and their
+fraction of the float32 matrix-multiply rate measured in the same run, plus the IW-NLL and IW-PPL it computed.
+"""
+
+import argparse
+import json
+import math
+import platform
+import resource
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from sentmim import SentenceMIMPipeline, metrics
+from sentmim.evaluation import load_eval_batches, load_split_texts
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model-dir", default="runs/ptb-mim", help="a model trained on PTB (sentmim train)")
+    parser.add_argument("--dataset", default="../shared/data/ptb")
+    parser.add_argument("--num-sentences", type=int, default=1000, help="the first N test sentences")
+    parser.add_argument("--iw-samples", type=int, default=500)
+    parser.add_argument("--batch-size", type=int, default=20, help="sentences per encoder batch")
+    parser.add_argument("--max-rows", type=int, default=1024, help="decoder rows per call (sentences x samples)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", default="benchmarks/iw_nll")
+    return parser.parse_args(argv)
+
+
+def decoder_flops_per_target(config) -> float:
+    """2 x the multiply-adds of the decoder for one predicted token: recurrent or attention / feed-forward layers and
+    the output projection onto the vocabulary. Not counted: embedding lookups, nonlinearities, softmax, attention
+    scores (they grow with the position; small for sentences) and per-sentence work such as z -> initial state."""
+    hidden, embedding, layers = config.hidden_size, config.embedding_size, config.num_layers
+    if config.architecture == "gru":  # layer 1 reads [embedding; z], the others the layer below
+        inputs = embedding + config.latent_size
+        macs = 3 * hidden * (inputs + hidden) + (layers - 1) * 3 * hidden * (2 * hidden)
+    else:  # self-attention q, k, v, o; cross-attention q, o (memory keys / values are per sentence); feed-forward
+        macs = layers * (6 * hidden * hidden + 2 * hidden * config.intermediate_size)
+        macs += embedding * hidden if embedding != hidden else 0
+    return 2.0 * (macs + hidden * config.vocab_size)
+
+
+def matmul_rate(device: str, size: int = 2048, repeats: int = 10) -> float:
+    """Float32 FLOP/s of a square matrix multiply on this device and thread count."""
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    for _ in range(3):
+        a @ b
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return 2 * size**3 * repeats / (time.perf_counter() - start)
+
+
+def cpu_model() -> str:
+    try:
+        lines = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines()
+        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("Model name"))
+    except (OSError, subprocess.CalledProcessError, StopIteration):
+        return platform.processor() or "unknown"
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pipe = SentenceMIMPipeline.from_pretrained(args.model_dir, device=args.device)
+    texts = load_split_texts(args.dataset, split="test", max_sentences=args.num_sentences)
+    batches, _ = load_eval_batches(pipe.tokenizer, texts, args.batch_size, max_length=pipe.max_length)
+    num_targets = sum(int(metrics.num_targets(b["input_ids"], b["attention_mask"]).sum()) for b in batches)
+
+    rate_before = matmul_rate(args.device)
+    generator = torch.Generator(device=args.device).manual_seed(args.seed)
+    nlls = []
+    start = time.perf_counter()
+    for batch in tqdm(batches, desc=f"IW-NLL K={args.iw_samples}"):
+        ids, mask = batch["input_ids"].to(args.device), batch["attention_mask"].to(args.device)
+        nlls.append(metrics.importance_weighted_nll(
+            pipe.model, ids, mask, args.iw_samples, max_rows=args.max_rows, generator=generator
+        ).cpu())
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    rate = max(rate_before, matmul_rate(args.device))  # the better of two measurements around the run
+
+    nll = torch.cat(nlls)
+    useful_flops = decoder_flops_per_target(pipe.model.config) * num_targets * args.iw_samples
+    results = {
+        "command": "python benchmarks/iw_nll_ptb.py " + " ".join(argv if argv is not None else []),
+        "machine": {"cpu": cpu_model(), "threads": torch.get_num_threads(), "device": args.device,
+                    "torch": torch.__version__},
+        "model_dir": args.model_dir,
+        "model": {k: getattr(pipe.model.config, k) for k in ("architecture", "objective", "embedding_size",
+                                                             "hidden_size", "latent_size", "vocab_size")},
+        "num_sentences": len(nll),
+        "num_targets": num_targets,
+        "iw_samples": args.iw_samples,
+        "max_rows": args.max_rows,
+        "seconds": round(seconds, 1),
+        "sentences_per_s": len(nll) / seconds,
+        "samples_per_s": len(nll) * args.iw_samples / seconds,
+        "target_tokens_per_s": num_targets * args.iw_samples / seconds,
+        "useful_gflop": useful_flops / 1e9,
+        "achieved_gflop_per_s": useful_flops / seconds / 1e9,
+        "matmul_gflop_per_s": rate / 1e9,
+        "matmul_fraction": useful_flops / seconds / rate,
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "iw_nll": float(nll.mean()),
+        "iw_ppl": math.exp(float(nll.sum()) / num_targets),
+    }
+    print(json.dumps(results, indent=2))
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])
