@@ -5,7 +5,7 @@
     python benchmarks/iw_nll_ptb.py --model-dir runs/ptb-mim --device cuda       # when a GPU is there
 
 Prints and writes benchmarks/iw_nll/results.json: wall time, sentences/s, importance samples/s (sentence x sample
-pairs), decoder target tokens/s, the useful FLOPs (decoder matrix multiplies on real targets only) and their
+pairs), decoder target tokens/s, the useful FLOPs (benchmarks/flops.py: real tokens only) and their
 fraction of the float32 matrix-multiply rate measured in the same run, plus the IW-NLL and IW-PPL it computed.
 """
 
@@ -15,6 +15,7 @@ import math
 import platform
 import resource
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -23,6 +24,9 @@ from tqdm.auto import tqdm
 
 from sentmim import SentenceMIMPipeline, metrics
 from sentmim.evaluation import load_eval_batches, load_split_texts
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import flops  # benchmarks/flops.py: useful FLOPs from real lengths, shared with throughput.py
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -38,20 +42,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default="benchmarks/iw_nll")
     return parser.parse_args(argv)
-
-
-def decoder_flops_per_target(config) -> float:
-    """2 x the multiply-adds of the decoder for one predicted token: recurrent or attention / feed-forward layers and
-    the output projection onto the vocabulary. Not counted: embedding lookups, nonlinearities, softmax, attention
-    scores (they grow with the position; small for sentences) and per-sentence work such as z -> initial state."""
-    hidden, embedding, layers = config.hidden_size, config.embedding_size, config.num_layers
-    if config.architecture == "gru":  # layer 1 reads [embedding; z], the others the layer below
-        inputs = embedding + config.latent_size
-        macs = 3 * hidden * (inputs + hidden) + (layers - 1) * 3 * hidden * (2 * hidden)
-    else:  # self-attention q, k, v, o; cross-attention q, o (memory keys / values are per sentence); feed-forward
-        macs = layers * (6 * hidden * hidden + 2 * hidden * config.intermediate_size)
-        macs += embedding * hidden if embedding != hidden else 0
-    return 2.0 * (macs + hidden * config.vocab_size)
 
 
 def matmul_rate(device: str, size: int = 2048, repeats: int = 10) -> float:
@@ -86,6 +76,7 @@ def main(argv=None) -> dict:
     texts = load_split_texts(args.dataset, split="test", max_sentences=args.num_sentences)
     batches, _ = load_eval_batches(pipe.tokenizer, texts, args.batch_size, max_length=pipe.max_length)
     num_targets = sum(int(metrics.num_targets(b["input_ids"], b["attention_mask"]).sum()) for b in batches)
+    lengths = [int(n) for b in batches for n in b["attention_mask"].sum(1)]
 
     rate_before = matmul_rate(args.device)
     generator = torch.Generator(device=args.device).manual_seed(args.seed)
@@ -102,7 +93,7 @@ def main(argv=None) -> dict:
     rate = max(rate_before, matmul_rate(args.device))  # the better of two measurements around the run
 
     nll = torch.cat(nlls)
-    useful_flops = decoder_flops_per_target(pipe.model.config) * num_targets * args.iw_samples
+    useful_flops = flops.iw_nll_flops(pipe.model.config, lengths, args.iw_samples)
     results = {
         "command": "python benchmarks/iw_nll_ptb.py " + " ".join(argv if argv is not None else []),
         "machine": {"cpu": cpu_model(), "threads": torch.get_num_threads(), "device": args.device,
@@ -134,6 +125,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    import sys
-
     main(sys.argv[1:])
