@@ -349,7 +349,14 @@ def format_results(results: dict) -> str:
             reasons.append(f"no active unit (every Var_x E[z_d|x] < {r['active_units_threshold']})")
         if r["mi_whole_split"] < COLLAPSE_MI_NATS:
             reasons.append(f"whole-split MI {r['mi_whole_split']:.3f} nats < {COLLAPSE_MI_NATS}")
-        lines.append(f"WARNING: posterior collapse: {' and '.join(reasons)}: z carries (almost) nothing about x")
+        if r["mi_whole_split"] < COLLAPSE_MI_NATS:
+            lines.append(f"WARNING: posterior collapse: {' and '.join(reasons)}: z carries (almost) nothing about x")
+        else:  # tiny posterior variances (MIM at its logvar floor) make even close means distinguishable
+            lines.append(
+                f"WARNING: possible posterior collapse: {reasons[0]}; but the whole-split MI is "
+                f"{r['mi_whole_split']:.3f} nats, so z still tells sentences apart (the means vary little, the "
+                "posterior variances even less): check the MI before calling it collapse"
+            )
     return "\n".join(lines)
 
 

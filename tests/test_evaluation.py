@@ -148,6 +148,22 @@ def test_collapsed_when_the_posterior_ignores_the_input(trained, tokenizer):
     assert "posterior collapse: no active unit" in format_results(results)
 
 
+def test_no_active_unit_but_high_mi_is_flagged_as_only_possible_collapse(trained, tokenizer):
+    latent = trained.config.latent_size
+    trained.config.objective = "mim"
+    with torch.no_grad():  # means 100x closer together (variance << 0.01), sigma at the floor: still separable
+        layer = trained.encoder.to_posterior
+        layer.weight[:latent] *= 0.01
+        layer.bias[:latent] *= 0.01
+        layer.weight[latent:] = 0.0
+        layer.bias[latent:] = -20.0  # clamped to logvar_min = -10
+    results = evaluate(trained, make_batches(tokenizer), tokenizer, iw_samples=0, progress=False)
+    assert results["active_units"] == 0 and results["mi_whole_split"] > 1.0  # cap log 8 = 2.08
+    text = format_results(results)
+    assert "possible posterior collapse" in text and "z still tells sentences apart" in text
+    assert "z carries (almost) nothing" not in text
+
+
 def test_format_results_labels_every_metric_by_its_definition(trained, tokenizer):
     results = evaluate(trained, make_batches(tokenizer), tokenizer, iw_samples=4, progress=False)
     text = format_results(results)
