@@ -41,6 +41,9 @@ import time
 import traceback
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_model
+
 REPO = Path(__file__).resolve().parent.parent
 TARGET_SECONDS = 60.0  # tokenize + bucket, 1M sentences, 2 cores
 FLAT_RATIO = 1.2  # streaming peak at the largest corpus / at the smallest
@@ -262,15 +265,9 @@ def machine_info() -> dict:
     import torch
     import transformers
 
-    model = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            model = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     memory = _meminfo_gib()
     return {
-        "cpu_model": model, "cores": os.cpu_count(), "memory_gib": memory, "platform": platform.platform(),
+        "cpu_model": cpu_model(), "cores": os.cpu_count(), "memory_gib": memory, "platform": platform.platform(),
         "python": platform.python_version(), "torch": torch.__version__, "datasets": datasets.__version__,
         "tokenizers": tokenizers.__version__, "transformers": transformers.__version__,
         "pyarrow": pyarrow.__version__, "numpy": numpy.__version__,

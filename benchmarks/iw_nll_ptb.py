@@ -12,9 +12,7 @@ fraction of the float32 matrix-multiply rate measured in the same run, plus the 
 import argparse
 import json
 import math
-import platform
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,6 +25,7 @@ from sentmim.evaluation import load_eval_batches, load_split_texts
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import flops  # benchmarks/flops.py: useful FLOPs from real lengths, shared with throughput.py
+from machine import machine_info, matmul_rate
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -44,30 +43,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def matmul_rate(device: str, size: int = 2048, repeats: int = 10) -> float:
-    """Float32 FLOP/s of a square matrix multiply on this device and thread count."""
-    a = torch.randn(size, size, device=device)
-    b = torch.randn(size, size, device=device)
-    for _ in range(3):
-        a @ b
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return 2 * size**3 * repeats / (time.perf_counter() - start)
-
-
-def cpu_model() -> str:
-    try:
-        lines = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines()
-        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        return platform.processor() or "unknown"
-
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.threads:
@@ -78,7 +53,7 @@ def main(argv=None) -> dict:
     num_targets = sum(int(metrics.num_targets(b["input_ids"], b["attention_mask"]).sum()) for b in batches)
     lengths = [int(n) for b in batches for n in b["attention_mask"].sum(1)]
 
-    rate_before = matmul_rate(args.device)
+    rate_before = matmul_rate(device=args.device)
     generator = torch.Generator(device=args.device).manual_seed(args.seed)
     nlls = []
     start = time.perf_counter()
@@ -90,14 +65,13 @@ def main(argv=None) -> dict:
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    rate = max(rate_before, matmul_rate(args.device))  # the better of two measurements around the run
+    rate = 1e9 * max(rate_before, matmul_rate(device=args.device))  # the better of two measurements around the run
 
     nll = torch.cat(nlls)
     useful_flops = flops.iw_nll_flops(pipe.model.config, lengths, args.iw_samples)
     results = {
         "command": "python benchmarks/iw_nll_ptb.py " + " ".join(argv if argv is not None else []),
-        "machine": {"cpu": cpu_model(), "threads": torch.get_num_threads(), "device": args.device,
-                    "torch": torch.__version__},
+        "machine": machine_info(torch.get_num_threads()) | {"device": args.device},
         "model_dir": args.model_dir,
         "model": {k: getattr(pipe.model.config, k) for k in ("architecture", "objective", "embedding_size",
                                                              "hidden_size", "latent_size", "vocab_size")},

@@ -30,11 +30,8 @@ Tokens are predicted targets: words + EOS, the count perplexity uses.
 
 import argparse
 import json
-import os
-import platform
 import resource
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -46,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import flops
 import naive
 import throughput_report
+from machine import machine_info, matmul_rate
 
 REPO = Path(__file__).resolve().parent.parent
 MAX_LENGTH = 64  # tokens, BOS and EOS included (the training default); longer sentences are dropped
@@ -83,28 +81,6 @@ def plan(args) -> dict:
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Machine, data, models
-
-
-def machine_info(threads: int) -> dict:
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
-        model = fields.get("Model name", "").strip()
-    except (OSError, subprocess.CalledProcessError):
-        model = platform.processor()
-    return {"cpu_model": model, "cores": os.cpu_count(), "torch": torch.__version__, "threads": threads,
-            "python": platform.python_version(), "load_average_at_start": list(os.getloadavg())}
-
-
-def matmul_rate(size: int, repeats: int = 2) -> float:
-    """Best float32 GFLOP/s of a size x size matrix product at the current thread count."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    best = 0.0
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = max(best, 2 * size**3 / (time.perf_counter() - start) / 1e9)
-    return best
 
 
 def load_data(source: str, max_train_sentences: int | None):
