@@ -42,9 +42,9 @@ from pathlib import Path
 
 import torch
 
-from . import checkpointing, metrics
+from . import checkpointing
 from .benchmark_report import summary_line, write_plots, write_report
-from .evaluation import evaluate, library_progress_bars, load_eval_batches, save_results
+from .evaluation import encode_split, evaluate, library_progress_bars, load_eval_batches, save_results
 from .experiment import RunOptions, load_splits, prepare_tokenizer, run_training
 from .pipeline import SentenceMIMPipeline
 from .training import TrainingArguments
@@ -290,9 +290,9 @@ def evaluate_model(settings, folder: Path, test_split, plot_path: Path, progress
     scores = evaluate(pipe.model, batches, pipe.tokenizer, iw_samples=settings.iw_samples, seed=settings.seed,
                       progress=progress)
     scores["num_truncated"] = stats["num_truncated"]
-    means, lengths = posterior_means(pipe.model, batches)
-    plot_latent_projection(means, labels=lengths.numpy(), path=plot_path, label_name="sentence length (words + EOS)",
-                           seed=settings.seed)
+    encoded = encode_split(pipe.model, batches, likelihood=False)  # the projection needs no decoder pass
+    plot_latent_projection(encoded["mean"], labels=encoded["num_targets"].numpy(), path=plot_path,
+                           label_name="sentence length (words + EOS)", seed=settings.seed)
     examples = test_split["text"][: max(settings.num_examples, 2)]
     shown = examples[: settings.num_examples]
     outputs = pipe.reconstruct(shown) if shown else []
@@ -306,19 +306,6 @@ def evaluate_model(settings, folder: Path, test_split, plot_path: Path, progress
     return {"metrics": scores, "samples": samples,
             "vocabulary_hash": hashlib.sha256(json.dumps(vocabulary).encode()).hexdigest()[:12],
             "num_parameters": sum(p.numel() for p in pipe.model.parameters())}
-
-
-@torch.no_grad()
-def posterior_means(model, batches) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior means and predicted-target counts of a split, on the CPU: the encoder only (evaluation's
-    `encode_split` also runs the decoder, which the projection plot does not need)."""
-    model.eval()
-    means, lengths = [], []
-    for batch in batches:
-        ids, mask = batch["input_ids"].to(model.device), batch["attention_mask"].to(model.device)
-        means.append(model.encode(ids, mask)[0].float().cpu())
-        lengths.append(metrics.num_targets(ids, mask).cpu())
-    return torch.cat(means), torch.cat(lengths)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

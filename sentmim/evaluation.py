@@ -242,9 +242,10 @@ def _summarize(model, per_sentence, hypotheses, references, melbo_n, iw_samples,
 
 
 @torch.no_grad()
-def encode_split(model, batches, progress: bool = False) -> dict[str, torch.Tensor]:
+def encode_split(model, batches, progress: bool = False, likelihood: bool = True) -> dict[str, torch.Tensor]:
     """Posterior mean and logvar, log p(x|z = posterior mean) and the number of predicted targets of every sentence,
-    in batch order, on the CPU (what the evaluation plots need; deterministic, no sampling)."""
+    in batch order, on the CPU (what the evaluation plots need; deterministic, no sampling). likelihood=False skips
+    the decoder pass (and the "log_likelihood_mean_z" column)."""
     was_training = model.training
     model.eval()
     columns = defaultdict(list)
@@ -254,7 +255,8 @@ def encode_split(model, batches, progress: bool = False) -> dict[str, torch.Tens
             mean, logvar = model.encode(ids, mask)
             columns["mean"].append(mean.cpu())
             columns["logvar"].append(logvar.cpu())
-            columns["log_likelihood_mean_z"].append(model.log_likelihood(ids, mean, mask).double().cpu())
+            if likelihood:
+                columns["log_likelihood_mean_z"].append(model.log_likelihood(ids, mean, mask).double().cpu())
             columns["num_targets"].append(metrics.num_targets(ids, mask).cpu())
     finally:
         model.train(was_training)

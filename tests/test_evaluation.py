@@ -224,3 +224,12 @@ def test_save_results_writes_json_atomically(tmp_path):
     save_results({"iw_nll": 2.5, "collapsed": True, "bleu4_corpus": None}, path)  # replaces the first file
     assert json.loads(path.read_text()) == {"iw_nll": 2.5, "collapsed": True, "bleu4_corpus": None}
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left behind
+
+
+def test_encode_split_without_likelihood_skips_only_the_decoder_column(trained, tokenizer):
+    from sentmim.evaluation import encode_split
+
+    full = encode_split(trained, make_batches(tokenizer))
+    encoder_only = encode_split(trained, make_batches(tokenizer), likelihood=False)
+    assert set(full) - set(encoder_only) == {"log_likelihood_mean_z"}
+    assert all(torch.equal(encoder_only[key], full[key]) for key in encoder_only)
