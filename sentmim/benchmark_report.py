@@ -1,7 +1,6 @@
 """The benchmark's report (see sentmim.benchmark): results.md (one labelled table), samples.md (reconstructions and
 interpolations per model) and the plots, all from the records `run_benchmark` collects."""
 
-import json
 import math
 from pathlib import Path
 
@@ -168,17 +167,13 @@ def write_report(output_dir: Path, results: dict) -> None:
 
 
 def validation_curve(log_path: Path, key: str) -> tuple[list[int], list[float]]:
-    """(steps, values) of `key` at the validation events of a run's log.jsonl."""
-    steps, values = [], []
-    for line in log_path.read_text().splitlines() if log_path.is_file() else []:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # a line cut short by an interruption
-            continue
-        if isinstance(record.get(key), int | float) and math.isfinite(record[key]):
-            steps.append(record["step"])
-            values.append(record[key])
-    return steps, values
+    """(steps, values) of `key` at the validation events of a run's log.jsonl (lines cut by an interruption are
+    skipped, as in the training-curve plots)."""
+    from .plots import _is_number, _read_jsonl
+
+    records = _read_jsonl(log_path) if log_path.is_file() else []
+    points = [(record["step"], record[key]) for record in records if _is_number(record.get(key))]
+    return [step for step, _ in points], [value for _, value in points]
 
 
 def write_plots(output_dir: Path, results: dict) -> list[Path]:
