@@ -59,7 +59,7 @@ from sentmim.pipeline import SentenceMIMPipeline
 from sentmim.training import TrainingArguments, TrainingDiverged
 
 MODEL_OPTIONS = ("objective", "architecture", "latent_size", "hidden_size", "embedding_size", "num_layers",
-                 "dropout", "kl_schedule", "kl_anneal_steps")
+                 "dropout", "embedding_dropout", "word_dropout", "kl_schedule", "kl_anneal_steps")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("--latent_size", "--hidden_size", "--embedding_size", "--num_layers", "--kl_anneal_steps"):
         model.add_argument(name, type=int, default=None)
     model.add_argument("--dropout", type=float, default=None)
+    model.add_argument("--embedding_dropout", type=float, default=None, help="dropout on the decoder's inputs")
+    model.add_argument("--word_dropout", type=float, default=None, help="decoder input words replaced by UNK")
     model.add_argument("--kl_schedule", choices=["constant", "linear", "logistic", "cyclical"], default=None,
                        help="VAE only")
 

@@ -61,6 +61,8 @@ def add_train_parser(commands) -> None:
     ]:
         add(parser, name, type=int, default=None, help=help_text)
     add(parser, "--dropout", type=float, default=None)
+    add(parser, "--embedding-dropout", type=float, default=None, help="dropout on the decoder's input embeddings")
+    add(parser, "--word-dropout", type=float, default=None, help="rate of decoder input words replaced by UNK")
     add(parser, "--kl-schedule", choices=["constant", "linear", "logistic", "cyclical"], default=None)
     add(parser, "--kl-anneal-steps", type=int, default=None)
     add(parser, "--kl-cycle-steps", type=int, default=None)
@@ -91,7 +93,8 @@ def add_train_parser(commands) -> None:
 
 
 MODEL_OPTIONS = ("objective", "architecture", "latent_size", "hidden_size", "embedding_size", "num_layers",
-                 "num_attention_heads", "dropout", "kl_schedule", "kl_anneal_steps", "kl_cycle_steps", "free_bits")
+                 "num_attention_heads", "dropout", "embedding_dropout", "word_dropout", "kl_schedule",
+                 "kl_anneal_steps", "kl_cycle_steps", "free_bits")
 
 
 def run_train(args) -> None:

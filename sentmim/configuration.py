@@ -28,6 +28,9 @@ class SentenceMIMConfig(PreTrainedConfig):
         num_memory_slots: the Transformer decoder cross-attends to z projected to this many memory vectors.
         reverse_input: the GRU encoder reads each sentence backwards (a common seq2seq trick).
         dropout: dropout on embeddings and decoder outputs (and inside Transformer blocks).
+        embedding_dropout: extra dropout on the decoder's input embeddings only (the sentenceMIM demo's
+            `--embedding_dropout`, 0.5 there): weaker teacher forcing makes the decoder lean on z.
+        word_dropout: probability of replacing each decoder input token after BOS by UNK (Bowman et al. 2016).
         tie_word_embeddings: tie the output layer to the token embedding (adds a hidden -> embedding projection).
         logvar_min: floor on log-variance; the MIM entropy term is unbounded without it.
         kl_schedule, kl_weight, kl_anneal_steps, kl_logistic_k, kl_logistic_x0, kl_cycle_steps, kl_cycle_ratio:
@@ -53,6 +56,8 @@ class SentenceMIMConfig(PreTrainedConfig):
         num_memory_slots: int = 4,
         reverse_input: bool = False,
         dropout: float = 0.0,
+        embedding_dropout: float = 0.0,
+        word_dropout: float = 0.0,
         tie_word_embeddings: bool = False,
         logvar_min: float = -10.0,
         kl_schedule: str = "constant",
@@ -86,6 +91,8 @@ class SentenceMIMConfig(PreTrainedConfig):
         self.num_memory_slots = num_memory_slots
         self.reverse_input = reverse_input
         self.dropout = dropout
+        self.embedding_dropout = embedding_dropout
+        self.word_dropout = word_dropout
         self.tie_word_embeddings = tie_word_embeddings
         self.logvar_min = logvar_min
         self.kl_schedule = kl_schedule
@@ -135,8 +142,9 @@ class SentenceMIMConfig(PreTrainedConfig):
                 fail(field, f"must be a token id in [0, vocab_size={self.vocab_size})")
         if len({self.pad_token_id, self.bos_token_id, self.eos_token_id}) < 3:
             fail("pad_token_id", "pad, bos and eos token ids must all differ")
-        if not 0.0 <= self.dropout < 1.0:
-            fail("dropout", "must be in [0, 1)")
+        for field in ("dropout", "embedding_dropout", "word_dropout"):
+            if not 0.0 <= getattr(self, field) < 1.0:
+                fail(field, "must be in [0, 1)")
         for field in ("kl_weight", "free_bits", "kl_logistic_k"):
             if getattr(self, field) < 0:
                 fail(field, "must be >= 0")

@@ -89,20 +89,21 @@ def prepare_model(options: RunOptions, tokenizer, output_dir: Path, resume: bool
     if resume:
         return SentenceMIMModel(SentenceMIMConfig.from_pretrained(output_dir / RUN_FOLDER))
     if options.init_from:
-        model = SentenceMIMModel.from_pretrained(options.init_from)
-        changeable = {"objective", "dropout", "logvar_min", "free_bits"} | {
+        config = SentenceMIMConfig.from_pretrained(options.init_from)
+        changeable = {"objective", "dropout", "embedding_dropout", "word_dropout", "logvar_min", "free_bits"} | {
             name for name in options.model if name.startswith("kl_")
         }
         for name, value in options.model.items():
             if name in changeable:
-                setattr(model.config, name, value)
-            elif getattr(model.config, name, value) != value:
+                setattr(config, name, value)
+            elif getattr(config, name, value) != value:
                 raise ValueError(
                     f"--{name.replace('_', '-')}={value}: {options.init_from} was trained with "
-                    f"{name}={getattr(model.config, name)}; fine-tuning keeps the architecture (drop the option)"
+                    f"{name}={getattr(config, name)}; fine-tuning keeps the architecture (drop the option)"
                 )
-        model.config.validate()
-        return model
+        config.validate()
+        # Built from the updated config, so a changed dropout rate reaches the dropout modules, not just config.json.
+        return SentenceMIMModel.from_pretrained(options.init_from, config=config)
     config = SentenceMIMConfig(
         vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, unk_token_id=tokenizer.unk_token_id,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,

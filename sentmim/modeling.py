@@ -346,6 +346,7 @@ class SentenceMIMModel(SentenceMIMPreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.embedding_size, padding_idx=config.pad_token_id)
         self.dropout = nn.Dropout(config.dropout)
+        self.decoder_input_dropout = nn.Dropout(config.embedding_dropout)
         if config.architecture == "gru":
             self.encoder, self.decoder = GRUEncoder(config), GRUDecoder(config)
         else:
@@ -399,7 +400,17 @@ class SentenceMIMModel(SentenceMIMPreTrainedModel, GenerationMixin):
         return self.lm_head(self.output_projection(self.dropout(hidden)))
 
     def _teacher_forced_hidden(self, decoder_input_ids: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.dropout(self.embed_tokens(decoder_input_ids)), z)
+        if self.training and self.config.word_dropout > 0:
+            decoder_input_ids = self._drop_words(decoder_input_ids)
+        embeds = self.decoder_input_dropout(self.dropout(self.embed_tokens(decoder_input_ids)))
+        return self.decoder(embeds, z)
+
+    def _drop_words(self, decoder_input_ids: torch.Tensor) -> torch.Tensor:
+        """Replace each input word (never BOS, never padding) by UNK with probability config.word_dropout."""
+        dropped = torch.rand(decoder_input_ids.shape, device=decoder_input_ids.device) < self.config.word_dropout
+        dropped[:, 0] = False
+        dropped &= decoder_input_ids != self.config.pad_token_id
+        return decoder_input_ids.masked_fill(dropped, self.config.unk_token_id)
 
     def _log_likelihood(self, input_ids, z, attention_mask, return_logits: bool):
         """log p(x|z) per sentence, and the full logits when asked for.

@@ -87,6 +87,23 @@ def test_fine_tune_from_a_trained_model(trained, tmp_path, data_dir):
     assert SentenceMIMPipeline.from_pretrained(tmp_path / "ft").tokenizer.get_vocab() == original
 
 
+def test_fine_tuning_changes_dropout_in_the_modules_and_keeps_the_weights(trained):
+    import torch
+
+    from sentmim import SentenceMIMModel
+    from sentmim.experiment import RunOptions, prepare_model
+
+    output_dir, _ = trained
+    changed = {"dropout": 0.2, "embedding_dropout": 0.3, "word_dropout": 0.1}
+    options = RunOptions(init_from=str(output_dir), model=changed)
+    model = prepare_model(options, tokenizer=None, output_dir=None, resume=False)
+    assert (model.dropout.p, model.decoder_input_dropout.p, model.config.word_dropout) == (0.2, 0.3, 0.1)
+    original = SentenceMIMModel.from_pretrained(output_dir).state_dict()
+    assert all(torch.equal(value, original[name]) for name, value in model.state_dict().items())
+    with pytest.raises(ValueError, match="--latent-size=7: .* was trained with latent_size="):
+        prepare_model(RunOptions(init_from=str(output_dir), model={"latent_size": 7}), None, None, resume=False)
+
+
 def test_resume_and_overwrite_together_are_refused(tmp_path, capsys):
     with pytest.raises(SystemExit) as caught:
         load_recipe("train").parse_args(
