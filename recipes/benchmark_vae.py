@@ -20,14 +20,16 @@ Launch:
     # the integration test's tiny run on the built-in corpus (about a minute on 2 CPU cores)
     python recipes/benchmark_vae.py --preset smoke --output_dir runs/bench-smoke
 
-    # PTB on a 2-core CPU, 5 objectives x latent 16/128/512: 35-45 minutes with evaluation (one thread each;
-    # GRU 256, embedding 128 tied, batch 20, 1000 steps; 500 test sentences, IW-NLL with K=10). runs/ holds the
-    # models and checkpoints; publish results.md, results.json, samples.md and plots/ under benchmarks/
+    # PTB on a 2-core CPU, 5 objectives x latent 16/128/512: about 45 minutes with evaluation (two models at a
+    # time, one thread each; GRU 256, embedding 128 tied, batch 20, 2000 steps; 500 test sentences, IW-NLL with
+    # K=10). runs/ holds the models and checkpoints; publish results.md, results.json, samples.md and plots/
+    # under benchmarks/. On more cores, --num_workers N trains N models at once
     OMP_NUM_THREADS=1 python recipes/benchmark_vae.py --preset cpu --dataset_name ../shared/data/ptb \
         --output_dir runs/benchmark-ptb-cpu
 
     # the sentenceMIM paper's configuration (GRU 512, embedding 300, batch 20, Adam 1e-3, up to 200 epochs with the
-    # learning rate x0.25 on plateau, early stopping; IW-NLL with K=500 on the whole test split): a GPU job
+    # learning rate x0.25 on plateau, early stopping, decoder embedding dropout 0.5, reversed encoder input,
+    # gradient norm clipped at 0.25; IW-NLL with K=500 on the whole test split): a GPU job
     python recipes/benchmark_vae.py --preset paper --dataset_name ../shared/data/ptb --output_dir runs/bench-paper
 
     # any preset setting can be overridden, e.g. fewer models and a longer budget

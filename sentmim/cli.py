@@ -257,7 +257,7 @@ def add_benchmark_parser(commands) -> None:
         "results.json, samples.md and plots/ into --output-dir. Rerun the same command to continue.",
     )
     add(parser, "--preset", choices=list(PRESETS), default="cpu",
-        help="smoke: tiny test run; cpu: PTB in 35-45 min on 2 cores; paper: the sentenceMIM demo's (GPU)")
+        help="smoke: tiny test run; cpu: PTB in ~45 min on 2 cores; paper: the sentenceMIM demo's (GPU)")
     add(parser, "--output-dir", required=True)
     add(parser, "--overwrite", action="store_true", help="delete output-dir and start over")
     add(parser, "--disable-tqdm", action="store_true")

@@ -101,6 +101,37 @@ def test_rerun_skips_finished_models_and_resumes_an_interrupted_one(smoke_run, t
     assert [model["name"] for model in results["models"]] == SMOKE_MODELS
 
 
+def test_models_trained_by_parallel_workers_equal_those_trained_in_turn(smoke_run, tmp_path, capsys):
+    _, sequential = smoke_run
+    results = load_recipe("benchmark_vae").main(
+        SMOKE_FLAGS + ["--output_dir", str(tmp_path / "parallel"), "--objectives", "mim,ae", "--latent_sizes", "4",
+                       "--num_workers", "2"]
+    )
+    assert "training 2 models, 2 at a time" in capsys.readouterr().out
+    assert [model["name"] for model in results["models"]] == ["mim-z4", "ae-z4"]  # the table keeps the run order
+    in_turn = {model["name"]: model for model in sequential["models"]}
+    for model in results["models"]:
+        expected = in_turn[model["name"]]
+        assert model["train"]["step"] == expected["train"]["step"]
+        for key in METRICS:  # same seed, data and thread count: the same model, whichever process trained it
+            assert model["metrics"][key] == pytest.approx(expected["metrics"][key], rel=1e-5, abs=1e-6), key
+        assert model["samples"] == expected["samples"]
+
+
+def test_a_folder_written_before_a_setting_existed_continues_with_its_default(smoke_run, tmp_path, capsys):
+    source, _ = smoke_run
+    output_dir = tmp_path / "older"
+    shutil.copytree(source, output_dir)
+    saved = json.loads((output_dir / "settings.json").read_text())
+    for newer in ("embedding_dropout", "word_dropout", "reverse_input", "max_grad_norm"):
+        del saved[newer]
+    (output_dir / "settings.json").write_text(json.dumps(saved))
+    load_recipe("benchmark_vae").main(SMOKE_FLAGS + ["--output_dir", str(output_dir)])
+    assert capsys.readouterr().out.count("already done, skipped") == 10
+    with pytest.raises(ValueError, match="other settings.*max_grad_norm: 5.0 -> 1.0"):
+        load_recipe("benchmark_vae").main(SMOKE_FLAGS + ["--output_dir", str(output_dir), "--max_grad_norm", "1"])
+
+
 def test_other_settings_in_the_same_folder_are_refused(smoke_run, tmp_path):
     source, _ = smoke_run
     output_dir = tmp_path / "copy"
