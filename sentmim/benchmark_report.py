@@ -124,12 +124,22 @@ def format_report(results: dict) -> str:
     signature = next((r["metrics"]["bleu_signature"] for r in records if r["metrics"].get("bleu_signature")), None)
     if signature:
         lines.append(f"- BLEU signature: `{signature}`")
-    collapsed = [r["name"] for r in records if likelihoods_meaningful(r) and r["metrics"]["collapsed"]]
-    if collapsed:
-        lines += ["", f"Posterior collapse (no active unit, or whole-split MI < 0.05 nats): {', '.join(collapsed)}."]
+    flagged = [r for r in records if likelihoods_meaningful(r) and r["metrics"]["collapsed"]]
+    if flagged:
+        lines += ["", "Flagged by the collapse rule (no active unit, or whole-split MI < 0.05 nats), with the numbers "
+                  "behind it: " + "; ".join(_collapse_evidence(r["name"], r["metrics"]) for r in flagged) + "."]
     plots = ["kl_mi_during_training.png", "active_units_vs_latent.png", "bleu_vs_latent.png", "latent_<model>.png"]
     lines += ["", f"Plots in `plots/`: {', '.join(plots)}. Reconstructions and interpolations: `samples.md`."]
     return "\n".join(lines) + "\n"
+
+
+def _collapse_evidence(name: str, scores: dict) -> str:
+    """One flagged model: its active units and MI, and whether the MI contradicts the active-unit count."""
+    evidence = f"{name} ({scores['active_units']} active units, MI {scores['mi_whole_split']:.2f} nats"
+    cap = scores["log_num_sentences"]
+    if scores["mi_whole_split"] >= 0.5 * cap:  # means vary less than the threshold, posterior variances far less
+        evidence += f", near its cap log N = {cap:.2f}: not collapsed, the means spread below the AU threshold"
+    return evidence + ")"
 
 
 def format_samples(records: list[dict]) -> str:

@@ -195,6 +195,16 @@ def test_table_marks_what_an_ae_cannot_measure():
     assert format_results_table([]) == "(no model finished yet)"
 
 
+def test_collapse_line_shows_when_the_mi_contradicts_zero_active_units():
+    mim, vae = fake_record("mim", 512), fake_record("vae", 512)
+    mim["metrics"] |= {"active_units": 0, "mi_whole_split": 6.99, "collapsed": True}
+    vae["metrics"] |= {"active_units": 0, "mi_whole_split": 0.02, "collapsed": True}
+    mim_line = benchmark_report._collapse_evidence(mim["name"], mim["metrics"])
+    vae_line = benchmark_report._collapse_evidence(vae["name"], vae["metrics"])
+    assert mim_line.startswith("mim-z512 (0 active units, MI 6.99 nats") and "not collapsed" in mim_line
+    assert vae_line == "vae-z512 (0 active units, MI 0.02 nats)"
+
+
 def test_presets_scale_the_annealing_to_the_budget():
     cpu = benchmark_settings("cpu", max_steps=1000)
     assert (cpu.kl_logistic_x0, cpu.kl_cycle_steps) == (500, 250)
