@@ -1,0 +1,63 @@
+"""Does sMIM's reconstruction catch up with the AE's as the budget grows? Reads two benchmark runs' training logs.
+
+The cpu preset gives every model the same short budget; this follows one sMIM and one AE (same preset, latent 128)
+for many more steps and tabulates, at each validation of the training loop: -log p(x|z) of the validation sentences
+with one z ~ q(z|x) (the AE's z is the posterior mean; sMIM's q is a near-delta, sigma = 0.0067), active units and
+He et al.'s whole-split MI.
+
+    OMP_NUM_THREADS=1 sentmim benchmark --preset cpu --objectives mim --latent-sizes 128 --max-steps 20000 \\
+        --eval-steps 1000 --logging-steps 200 --output-dir runs/catchup-mim     # and the same for ae, catchup-ae
+    python benchmarks/vae_collapse/catch_up.py runs/catchup-mim runs/catchup-ae --plot benchmarks/vae_collapse/plots
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+
+def validation_rows(run_dir: Path) -> tuple[str, list[dict]]:
+    """(model name, the validation records of its log.jsonl) of the only model in a benchmark folder."""
+    (model_dir,) = sorted((run_dir / "models").iterdir())
+    lines = (model_dir / "log.jsonl").read_text().splitlines()
+    return model_dir.name, [row for row in map(json.loads, lines) if "val_recon_nll" in row]
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="benchmark output folders, one model each")
+    parser.add_argument("--plot", type=Path, default=None, help="folder for catch_up.png")
+    args = parser.parse_args(argv)
+    runs = dict(validation_rows(run) for run in args.runs)
+    names = list(runs)
+    steps = sorted({row["step"] for rows in runs.values() for row in rows})
+    by_step = {name: {row["step"]: row for row in rows} for name, rows in runs.items()}
+    print("| step | " + " | ".join(f"{name}: -log p(x\\|z) / active units / MI" for name in names) + " |")
+    print("|---:|" + "---:|" * len(names))
+    for step in steps:
+        cells = []
+        for name in names:
+            row = by_step[name].get(step)
+            cells.append("-" if row is None else
+                         f"{row['val_recon_nll']:.1f} / {row['val_active_units']} / {row['val_mi_whole_split']:.2f}")
+        print(f"| {step:,} | " + " | ".join(cells) + " |")
+    if args.plot:
+        args.plot.mkdir(parents=True, exist_ok=True)
+        figure, axis = plt.subplots(figsize=(6.4, 4.0))
+        for name, rows in runs.items():
+            axis.plot([row["step"] for row in rows], [row["val_recon_nll"] for row in rows], marker="o", label=name)
+        axis.set_xlabel("optimizer step (batch 20)")
+        axis.set_ylabel("validation -log p(x|z), nats per sentence")
+        axis.set_title("Reconstruction term during training, latent 128")
+        axis.legend()
+        figure.tight_layout()
+        figure.savefig(args.plot / "catch_up.png", dpi=100)
+        print(f"wrote {args.plot / 'catch_up.png'}")
+
+
+if __name__ == "__main__":
+    main()
