@@ -21,15 +21,19 @@ import matplotlib.pyplot as plt
 
 
 def validation_rows(run_dir: Path) -> tuple[str, list[dict]]:
-    """(model name, the validation records of its log.jsonl) of the only model in a benchmark folder."""
+    """(run folder name, the validation records of its model's log.jsonl) of a one-model benchmark folder."""
     (model_dir,) = sorted((run_dir / "models").iterdir())
     lines = (model_dir / "log.jsonl").read_text().splitlines()
-    return model_dir.name, [row for row in map(json.loads, lines) if "val_recon_nll" in row]
+    rows = [row for row in map(json.loads, lines) if "val_recon_nll" in row]
+    if json.loads((model_dir / "config.json").read_text())["objective"] == "ae":
+        for row in rows:  # an AE never trains q's variance: its MI describes nothing
+            row["val_mi_whole_split"] = None
+    return run_dir.name, rows
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("runs", nargs="+", type=Path, help="benchmark output folders, one model each")
+    parser.add_argument("runs", nargs="+", type=Path, help="benchmark output folders, one model each (distinct names)")
     parser.add_argument("--plot", type=Path, default=None, help="folder for catch_up.png")
     args = parser.parse_args(argv)
     runs = dict(validation_rows(run) for run in args.runs)
@@ -42,8 +46,11 @@ def main(argv=None) -> None:
         cells = []
         for name in names:
             row = by_step[name].get(step)
-            cells.append("-" if row is None else
-                         f"{row['val_recon_nll']:.1f} / {row['val_active_units']} / {row['val_mi_whole_split']:.2f}")
+            if row is None:
+                cells.append("-")
+                continue
+            mi = "n/a" if row["val_mi_whole_split"] is None else f"{row['val_mi_whole_split']:.2f}"
+            cells.append(f"{row['val_recon_nll']:.1f} / {row['val_active_units']} / {mi}")
         print(f"| {step:,} | " + " | ".join(cells) + " |")
     if args.plot:
         args.plot.mkdir(parents=True, exist_ok=True)
