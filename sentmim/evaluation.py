@@ -59,12 +59,6 @@ def _generator(seed: int, device: torch.device) -> torch.Generator:
     return generator
 
 
-def _posterior_sample(mean: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """z = mean + exp(logvar / 2) * eps, drawn exactly as `metrics.elbo_nll` draws it (same generator, same z)."""
-    eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
-    return mean + torch.exp(0.5 * logvar) * eps
-
-
 def default_decode_length(model, tokenizer=None) -> int:
     """Generated tokens allowed per reconstruction (BOS excluded): the model's maximum length - 1, as in the
     pipeline, also bounded by the tokenizer's model_max_length."""
@@ -107,7 +101,7 @@ def _score_split(model, batches, tokenizer, iw_samples, bleu, num_sentences, see
     for batch in _batches_with_progress(batches, progress, "evaluate"):
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         mean, logvar = model.encode(ids, mask)
-        z = _posterior_sample(mean, logvar, z_generator)
+        z = metrics.posterior_sample(mean, logvar, z_generator)
         kl = metrics.kl_divergence(mean.double(), logvar.double())
         recon_nll_sample_z = -model.log_likelihood(ids, z, mask).double()
         row = {
@@ -282,7 +276,7 @@ def reconstruct_split(
         for batch in _batches_with_progress(batches, progress, "reconstruct"):
             ids, mask = batch["input_ids"].to(model.device), batch["attention_mask"].to(model.device)
             mean, logvar = model.encode(ids, mask)
-            z = mean if mode == "mean" else _posterior_sample(mean, logvar, generator)
+            z = mean if mode == "mean" else metrics.posterior_sample(mean, logvar, generator)
             batch_hypotheses, batch_references = reconstruct_batch(model, tokenizer, ids, z, max_decode_length)
             hypotheses += batch_hypotheses
             references += batch_references

@@ -49,7 +49,7 @@ def log_standard_normal(z: torch.Tensor) -> torch.Tensor:
     return -0.5 * (LOG_2PI + z.pow(2)).sum(-1)
 
 
-def _sample(mean: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def posterior_sample(mean: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """One reparameterised sample z = mean + exp(logvar / 2) * eps per row."""
     eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
     return mean + torch.exp(0.5 * logvar) * eps
@@ -117,7 +117,7 @@ def mutual_information(
     """
     # float64 throughout: logsumexp over tens of thousands of densities loses digits in float32.
     mean, logvar = mean.double(), logvar.double()
-    z = _sample(mean, logvar, generator) if z is None else z.double()
+    z = posterior_sample(mean, logvar, generator) if z is None else z.double()
     num, dim = mean.shape
     neg_entropy = (-0.5 * dim * LOG_2PI - 0.5 * (1 + logvar).sum(-1)).mean()
 
@@ -214,7 +214,7 @@ def elbo_nll(
     A single-sample estimate of the negative ELBO, an upper bound on -log p(x) (in expectation).
     """
     mean, logvar = model.encode(input_ids, attention_mask)
-    z = _sample(mean, logvar, generator)
+    z = posterior_sample(mean, logvar, generator)
     log_px_z = model.log_likelihood(input_ids, z, attention_mask).double()
     return -log_px_z + kl_divergence(mean.double(), logvar.double())
 
@@ -235,7 +235,7 @@ def melbo_nll(
     IW-NLL or ELBO-NLL (use ``importance_weighted_nll`` for that).
     """
     mean, logvar = model.encode(input_ids, attention_mask)
-    z = _sample(mean, logvar, generator)
+    z = posterior_sample(mean, logvar, generator)
     return -model.log_likelihood(input_ids, z, attention_mask).double() + math.log(num_sentences)
 
 
