@@ -14,17 +14,19 @@ import argparse
 import json
 from pathlib import Path
 
-import matplotlib
+from sentmim.plots import _read_jsonl, plot_training_curves
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+
+def model_folder(run_dir: Path) -> Path:
+    """The only model folder of a one-model benchmark folder."""
+    (model_dir,) = sorted((run_dir / "models").iterdir())
+    return model_dir
 
 
 def validation_rows(run_dir: Path) -> tuple[str, list[dict]]:
     """(run folder name, the validation records of its model's log.jsonl) of a one-model benchmark folder."""
-    (model_dir,) = sorted((run_dir / "models").iterdir())
-    lines = (model_dir / "log.jsonl").read_text().splitlines()
-    rows = [row for row in map(json.loads, lines) if "val_recon_nll" in row]
+    model_dir = model_folder(run_dir)
+    rows = [row for row in _read_jsonl(model_dir / "log.jsonl") if "val_recon_nll" in row]
     if json.loads((model_dir / "config.json").read_text())["objective"] == "ae":
         for row in rows:  # an AE never trains q's variance: its MI describes nothing
             row["val_mi_whole_split"] = None
@@ -53,16 +55,8 @@ def main(argv=None) -> None:
             cells.append(f"{row['val_recon_nll']:.1f} / {row['val_active_units']} / {mi}")
         print(f"| {step:,} | " + " | ".join(cells) + " |")
     if args.plot:
-        args.plot.mkdir(parents=True, exist_ok=True)
-        figure, axis = plt.subplots(figsize=(6.4, 4.0))
-        for name, rows in runs.items():
-            axis.plot([row["step"] for row in rows], [row["val_recon_nll"] for row in rows], marker="o", label=name)
-        axis.set_xlabel("optimizer step (batch 20)")
-        axis.set_ylabel("validation -log p(x|z), nats per sentence")
-        axis.set_title("Reconstruction term during training, latent 128")
-        axis.legend()
-        figure.tight_layout()
-        figure.savefig(args.plot / "catch_up.png", dpi=100)
+        logs = {run.name: model_folder(run) / "log.jsonl" for run in args.runs}
+        plot_training_curves(logs, args.plot / "catch_up.png", keys=("recon_nll",))  # training and validation
         print(f"wrote {args.plot / 'catch_up.png'}")
 
 
