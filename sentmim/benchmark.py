@@ -415,12 +415,6 @@ def run_benchmark(
               "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     todo = [(variant, size) for size in settings.latent_sizes for variant in settings.objectives]
     records: dict[int, dict] = {}
-
-    def finished(index: int, record: dict, message: str) -> None:
-        records[index] = record
-        log(f"[{index + 1}/{len(todo)}] {record['name']}: {message}")
-        write_report(output_dir, {**header, "models": ordered(records)})  # a partial report survives an interruption
-
     pending = []
     for index, (variant, latent_size) in enumerate(todo):
         result_file = output_dir / "models" / model_name(variant, latent_size) / RESULT_FILE
@@ -434,7 +428,10 @@ def run_benchmark(
         with library_progress_bars(progress):
             data = load_benchmark_data(settings)
         run = run_in_workers if settings.num_workers > 1 and len(pending) > 1 else run_in_this_process
-        run(settings, pending, len(todo), output_dir, data, progress, log, finished)
+        for index, record in run(settings, pending, len(todo), output_dir, data, progress, log):
+            records[index] = record
+            log(f"[{index + 1}/{len(todo)}] {record['name']}: {summary_line(record)}")
+            write_report(output_dir, {**header, "models": ordered(records)})  # a partial report survives a stop
     results = {**header, "models": ordered(records), "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
                "wall_seconds": round(time.time() - started, 1)}
     write_report(output_dir, results)
@@ -447,7 +444,8 @@ def ordered(records: dict[int, dict]) -> list[dict]:
     return [records[index] for index in sorted(records)]
 
 
-def run_in_this_process(settings, pending, total, output_dir, data, progress, log, finished) -> None:
+def run_in_this_process(settings, pending, total, output_dir, data, progress, log):
+    """Yields (position, record) of each pending model, trained and scored one after the other."""
     threads = torch.get_num_threads()
     if settings.num_threads:
         torch.set_num_threads(settings.num_threads)  # small models: more threads only oversubscribe the cores
@@ -456,16 +454,15 @@ def run_in_this_process(settings, pending, total, output_dir, data, progress, lo
             def model_log(message, index=index):
                 log(f"[{index + 1}/{total}] {message}")
 
-            record = benchmark_model(settings, variant, latent_size, output_dir, data, progress, model_log)
-            finished(index, record, summary_line(record))
+            yield index, benchmark_model(settings, variant, latent_size, output_dir, data, progress, model_log)
     finally:
         torch.set_num_threads(threads)
 
 
-def run_in_workers(settings, pending, total, output_dir, data, progress, log, finished) -> None:
-    """Several models at once, one process each: on a CPU, small models use a core each far better than one
-    model uses several (its matrices are too small to split). The workers get the loaded data once, at start;
-    their own progress goes to their stdout/stderr, prefixed with the model's position."""
+def run_in_workers(settings, pending, total, output_dir, data, progress, log):
+    """Yields (position, record) of each pending model as it finishes, num_workers models at a time, one process
+    each. The workers get the loaded data once, at start; their own progress goes to their stdout/stderr, prefixed
+    with the model's position (their progress bars are off: several would overwrite each other)."""
     context = multiprocessing.get_context("spawn")  # fork is unsafe once torch has started its thread pools
     workers = min(settings.num_workers, len(pending))
     log(f"training {len(pending)} models, {workers} at a time")
@@ -474,8 +471,7 @@ def run_in_workers(settings, pending, total, output_dir, data, progress, log, fi
         jobs = {pool.submit(_worker_benchmark_model, index, total, variant, latent_size): index
                 for index, variant, latent_size in pending}
         for job in as_completed(jobs):
-            record = job.result()  # a failed model fails the benchmark, as it does in one process
-            finished(jobs[job], record, summary_line(record))
+            yield jobs[job], job.result()  # a failed model fails the benchmark, as it does in one process
 
 
 _worker_state: dict = {}
