@@ -10,6 +10,7 @@ Token convention: the tokenizer adds BOS and EOS and pads on the right. The deco
 input_ids[:, :-1] and predicts input_ids[:, 1:]; padding never enters any sentence's numbers.
 """
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -319,6 +320,18 @@ class SentenceMIMPreTrainedModel(PreTrainedModel):
         # get the usual normal(0, initializer_range) initialisation.
         if self.config.architecture == "transformer":
             super()._init_weights(module)
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        model = super().from_pretrained(*args, **kwargs)
+        # Since transformers 5.24 the loaded weights are views into the memory-mapped safetensors file, at offsets
+        # that are not 64-byte aligned. Matrix kernels then round differently, so a loaded model's outputs differ
+        # from the saved model's in the last bit; and the weights would change under a process that rewrote the
+        # file in place. Copy them into memory of their own (a shared, tied parameter is copied once).
+        with torch.no_grad():
+            for tensor in itertools.chain(model.parameters(), model.buffers()):
+                tensor.data = tensor.data.clone()
+        return model
 
 
 class _PosteriorMeanEncoder(nn.Module):

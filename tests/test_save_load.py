@@ -68,3 +68,17 @@ def test_gru_keeps_torch_default_initialisation(tiny_config):
     weights = model.encoder.rnn.weight_hh_l0
     assert weights.abs().max().item() <= bound
     assert weights.std().item() == pytest.approx(bound / 3**0.5, rel=0.1)  # std of U(-b, b)
+
+
+def test_loaded_weights_own_aligned_memory_and_stay_tied(tiny_config, tmp_path):
+    """transformers >= 5.24 hands out views into the memory-mapped file; from_pretrained copies them (an unaligned
+    weight changed the last bit of the GRU's outputs), and tied weights must stay one tensor."""
+    torch.manual_seed(0)
+    model = SentenceMIMModel(tiny_config(tie_word_embeddings=True)).eval()
+    model.save_pretrained(tmp_path)
+    loaded = SentenceMIMModel.from_pretrained(tmp_path).eval()
+    assert all(parameter.data_ptr() % 64 == 0 for parameter in loaded.parameters())
+    assert loaded.lm_head.weight is loaded.embed_tokens.weight
+    with torch.no_grad():
+        loaded.embed_tokens.weight[5] += 1.0
+    assert torch.equal(loaded.lm_head.weight[5], loaded.embed_tokens.weight[5])
