@@ -11,7 +11,7 @@ trains five models at each latent size (default 16, 128, 512):
     ae             a deterministic auto-encoder
 
 with `sentmim.experiment.run_training` (the code behind `sentmim train`), scores each best model on the test split
-with every metric of DESIGN.md section 5, and writes into --output_dir: results.json, results.md (the table),
+with every metric of docs/metrics.md, and writes into --output_dir: results.json, results.md (the table),
 samples.md (reconstructions, interpolations), plots/ (KL and MI during training, active units and BLEU against latent
 size, a projection of each latent space) and models/<variant>-z<latent>/ (each run). See sentmim/benchmark.py.
 

@@ -13,7 +13,7 @@ architecture and one budget (steps, batch, learning rate, sizes, seed); only the
     ae             a deterministic auto-encoder (z = posterior mean)
 
 each at several latent sizes. Training is `sentmim.experiment.run_training`, the code behind `sentmim train`; each
-best model is scored on the test split by `sentmim.evaluation.evaluate` (every metric of DESIGN.md section 5).
+best model is scored on the test split by `sentmim.evaluation.evaluate` (every metric of docs/metrics.md).
 
 What output_dir receives:
     results.json, results.md   every metric per model with the settings, command, machine and timings; the table
@@ -299,7 +299,7 @@ def train_model(settings, variant, latent_size, folder: Path, splits, tokenizer,
 
 
 def evaluate_model(settings, folder: Path, test_split, plot_path: Path, progress: bool) -> dict:
-    """Every DESIGN.md section 5 metric of the saved best model, its latent projection plot and text samples."""
+    """Every metric (docs/metrics.md) of the saved best model, its latent projection plot and text samples."""
     from .plots import plot_latent_projection
 
     device = "cuda" if torch.cuda.is_available() and not settings.cpu else None  # score where training ran

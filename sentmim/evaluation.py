@@ -5,7 +5,7 @@
     save_results(results, "eval_results_test.json")
     results = evaluate_folder("runs/ptb-mim", "../shared/data/ptb", split="test")   # the same from a saved folder
 
-What is measured (DESIGN.md section 5; NLLs are nats per sentence averaged over the split, PPL = exp(sum NLL /
+What is measured (docs/metrics.md; NLLs are nats per sentence averaged over the split, PPL = exp(sum NLL /
 sum predicted targets), where the targets are the words + EOS):
 
 - IW-NLL: importance-weighted -log p(x) with K samples, the only likelihood comparable across MIM, VAE and AE.
@@ -141,7 +141,7 @@ def evaluate(
     progress: bool = True,
     max_decode_length: int | None = None,
 ) -> dict:
-    """Every metric of DESIGN.md section 5 over a whole split, as a flat dict (keys name the definitions).
+    """Every metric of docs/metrics.md over a whole split, as a flat dict (keys name the definitions).
 
     Args:
         model: a SentenceMIMModel (evaluated in eval mode under no_grad; its training mode is restored after).

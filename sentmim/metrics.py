@@ -1,4 +1,4 @@
-"""Evaluation metrics for sentence-level latent variable LMs (DESIGN.md section 5). All logs are natural (nats).
+"""Evaluation metrics for sentence-level latent variable LMs (definitions: docs/metrics.md). All logs are natural (nats).
 
 - ``importance_weighted_nll``: -log p(x) ~= -(logsumexp_k [log p(x|z_k) + log N(z_k; 0, I) - log q(z_k|x)] - log K),
   z_k ~ q(z|x). Label it "IW-NLL (K samples)"; the only likelihood comparable across MIM / VAE / AE.
@@ -101,7 +101,7 @@ def mutual_information(
     generator: torch.Generator | None = None,
     chunk_size: int | None = None,
 ) -> float:
-    """Mutual information I_q(x; z) in nats, He et al. (2019)'s estimator (DESIGN.md section 5).
+    """Mutual information I_q(x; z) in nats, He et al. (2019)'s estimator (docs/metrics.md).
 
     MI = mean_i [-d/2 log 2pi - 1/2 sum_d (1 + logvar_i,d)] - mean_i log q_agg(z_i), z_i ~ q(z|x_i), where
     log q_agg(z_i) = logsumexp_j log N(z_i; mean_j, exp(logvar_j)) - log M over the M examples of the set.
@@ -144,7 +144,7 @@ def active_units(means: torch.Tensor, threshold: float = 0.01) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Likelihood estimates (use only model.encode and model.log_likelihood, DESIGN.md section 3)
+# Likelihood estimates (use only the public model.encode and model.log_likelihood)
 # ---------------------------------------------------------------------------------------------------------------------
 
 
