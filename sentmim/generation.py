@@ -7,7 +7,7 @@ The algorithms only need three things from a model, so GRU and Transformer decod
 Each step feeds one new token per sentence (the state carries the prefix), and finished sentences leave the batch,
 so a step costs only the sentences still being written.
 
-Output convention (the public decode API): the generated tokens after BOS, up to and including EOS, then `pad_token_id`.
+Output convention (public API): the generated tokens after BOS, up to and including EOS, then `pad_token_id`.
 BOS and padding are never generated (their logits are masked), so a decoded row reads as a sentence.
 """
 

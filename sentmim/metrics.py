@@ -1,4 +1,4 @@
-"""Evaluation metrics for sentence-level latent variable LMs (definitions: docs/metrics.md). All logs are natural (nats).
+"""Evaluation metrics for sentence-level latent variable LMs (definitions: docs/metrics.md). Logs are natural (nats).
 
 - ``importance_weighted_nll``: -log p(x) ~= -(logsumexp_k [log p(x|z_k) + log N(z_k; 0, I) - log q(z_k|x)] - log K),
   z_k ~ q(z|x). Label it "IW-NLL (K samples)"; the only likelihood comparable across MIM / VAE / AE.
