@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from . import metrics
+from . import gaussian, metrics
 from .tokenization import decode_keep_unknown
 
 AE_WARNING = (
@@ -101,7 +101,7 @@ def _score_split(model, batches, tokenizer, iw_samples, bleu, num_sentences, see
     for batch in _batches_with_progress(batches, progress, "evaluate"):
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         mean, logvar = model.encode(ids, mask)
-        z = metrics.posterior_sample(mean, logvar, z_generator)
+        z = gaussian.sample(mean, logvar, z_generator)
         kl = metrics.kl_divergence(mean.double(), logvar.double())
         recon_nll_sample_z = -model.log_likelihood(ids, z, mask).double()
         row = {
@@ -276,7 +276,7 @@ def reconstruct_split(
         for batch in _batches_with_progress(batches, progress, "reconstruct"):
             ids, mask = batch["input_ids"].to(model.device), batch["attention_mask"].to(model.device)
             mean, logvar = model.encode(ids, mask)
-            z = mean if mode == "mean" else metrics.posterior_sample(mean, logvar, generator)
+            z = mean if mode == "mean" else gaussian.sample(mean, logvar, generator)
             batch_hypotheses, batch_references = reconstruct_batch(model, tokenizer, ids, z, max_decode_length)
             hypotheses += batch_hypotheses
             references += batch_references

@@ -23,36 +23,11 @@ import math
 import torch
 from sacrebleu.metrics import BLEU
 
-LOG_2PI = math.log(2 * math.pi)
+from . import gaussian
+from .gaussian import LOG_2PI, kl_divergence, log_normal, log_standard_normal
 
 # Budget for the float64 temporaries of the MI estimator: its [chunk, M] matrices stay under about this many bytes.
 _MI_MEMORY_BYTES = 256 * 1024**2
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Gaussian densities and KL
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def kl_divergence(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL(N(mean, diag exp(logvar)) || N(0, I)) in closed form, summed over the last dim: [..., d] -> [...]."""
-    return 0.5 * (mean.pow(2) + logvar.exp() - logvar - 1).sum(-1)
-
-
-def log_normal(z: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """log N(z; mean, diag exp(logvar)), summed over the last dim (inputs broadcast): [..., d] -> [...]."""
-    return -0.5 * (LOG_2PI + logvar + (z - mean).pow(2) * torch.exp(-logvar)).sum(-1)
-
-
-def log_standard_normal(z: torch.Tensor) -> torch.Tensor:
-    """log N(z; 0, I), summed over the last dim: [..., d] -> [...]."""
-    return -0.5 * (LOG_2PI + z.pow(2)).sum(-1)
-
-
-def posterior_sample(mean: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """One reparameterised sample z = mean + exp(logvar / 2) * eps per row."""
-    eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
-    return mean + torch.exp(0.5 * logvar) * eps
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -117,7 +92,7 @@ def mutual_information(
     """
     # float64 throughout: logsumexp over tens of thousands of densities loses digits in float32.
     mean, logvar = mean.double(), logvar.double()
-    z = posterior_sample(mean, logvar, generator) if z is None else z.double()
+    z = gaussian.sample(mean, logvar, generator) if z is None else z.double()
     num, dim = mean.shape
     neg_entropy = (-0.5 * dim * LOG_2PI - 0.5 * (1 + logvar).sum(-1)).mean()
 
@@ -187,7 +162,7 @@ def importance_weighted_nll(
     for start in range(0, num_samples, chunk_size):
         k = min(chunk_size, num_samples - start)
         # Rows ordered sentence-major ([b0 s0, b0 s1, ..., b1 s0, ...]) to match repeat_interleave of the inputs.
-        z = mean.unsqueeze(1) + torch.exp(0.5 * logvar).unsqueeze(1) * eps[start : start + k].transpose(0, 1)
+        z = gaussian.reparameterize(mean.unsqueeze(1), logvar.unsqueeze(1), eps[start : start + k].transpose(0, 1))
         z = z.reshape(batch * k, -1)
         ids = input_ids.repeat_interleave(k, dim=0)
         mask = None if attention_mask is None else attention_mask.repeat_interleave(k, dim=0)
@@ -214,7 +189,7 @@ def elbo_nll(
     A single-sample estimate of the negative ELBO, an upper bound on -log p(x) (in expectation).
     """
     mean, logvar = model.encode(input_ids, attention_mask)
-    z = posterior_sample(mean, logvar, generator)
+    z = gaussian.sample(mean, logvar, generator)
     log_px_z = model.log_likelihood(input_ids, z, attention_mask).double()
     return -log_px_z + kl_divergence(mean.double(), logvar.double())
 
@@ -235,7 +210,7 @@ def melbo_nll(
     IW-NLL or ELBO-NLL (use ``importance_weighted_nll`` for that).
     """
     mean, logvar = model.encode(input_ids, attention_mask)
-    z = posterior_sample(mean, logvar, generator)
+    z = gaussian.sample(mean, logvar, generator)
     return -model.log_likelihood(input_ids, z, attention_mask).double() + math.log(num_sentences)
 
 

@@ -24,8 +24,9 @@ from transformers.utils import ModelOutput
 
 from . import objectives
 from .configuration import SentenceMIMConfig
+from .gaussian import kl_divergence
+from .gaussian import sample as gaussian_sample
 from .generation import decode_latents
-from .metrics import kl_divergence
 
 
 @dataclass
@@ -402,7 +403,7 @@ class SentenceMIMModel(SentenceMIMPreTrainedModel, GenerationMixin):
         """Reparameterised z = mean + exp(logvar / 2) * eps; the AE objective uses z = mean."""
         if self.config.objective == "ae":
             return mean
-        return mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
+        return gaussian_sample(mean, logvar)
 
     def get_encoder(self) -> nn.Module:
         return _PosteriorMeanEncoder(self)

@@ -13,17 +13,12 @@ import math
 
 import torch
 
-from .metrics import log_normal, log_standard_normal
+from .gaussian import kl_per_dimension, log_normal, log_standard_normal
 
 
 def mim_loss(log_likelihood: torch.Tensor, z: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """sentenceMIM loss per sentence; `z` must be the reparameterised sample drawn from N(mean, exp(logvar))."""
     return -log_likelihood - 0.5 * (log_normal(z, mean, logvar) + log_standard_normal(z))
-
-
-def kl_per_dimension(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """Closed-form KL(N(mean, exp(logvar)) || N(0, 1)) for each latent dimension: [B, latent]."""
-    return 0.5 * (mean.pow(2) + logvar.exp() - logvar - 1.0)
 
 
 def vae_loss(

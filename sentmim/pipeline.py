@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from . import gaussian
 from .data import collate_batch, truncate_keeping_eos
 from .modeling import SentenceMIMModel
 from .tokenization import decode_keep_unknown, load_tokenizer
@@ -133,7 +134,7 @@ class SentenceMIMPipeline:
         if mode == "mean":
             z = mean
         elif mode == "sample":
-            z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
+            z = gaussian.sample(mean, logvar)
         elif mode == "perturb":
             z = mean + noise * torch.randn_like(mean)
         else:

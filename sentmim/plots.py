@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import gaussian
+
 logger = logging.getLogger(__name__)
 
 # Titles for the usual metrics of a training log (logged as key, train_key or val_key); others are shown by name.
@@ -158,7 +160,7 @@ def plot_kl_per_dimension(mean, logvar, path) -> dict[str, np.ndarray]:
     whose 0.01 line defines active units (bottom). Returns those three arrays in dimension order (unsorted).
     """
     mean, logvar = torch.as_tensor(_array(mean)), torch.as_tensor(_array(logvar))
-    kl = (0.5 * (mean.pow(2) + logvar.exp() - logvar - 1)).mean(0)
+    kl = gaussian.kl_per_dimension(mean, logvar).mean(0)
     posterior_variance = logvar.exp().mean(0)
     mean_variance = mean.var(0, unbiased=True) if len(mean) > 1 else torch.zeros_like(kl)
     order = torch.argsort(kl, descending=True)
