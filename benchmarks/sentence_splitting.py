@@ -398,11 +398,15 @@ def main():
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--gold-conllu", default="/work/.data/ud/en_ewt-ud-test.conllu",
                         help="UD CoNLL-U file with # newpar / # text lines (skipped with a message when absent)")
-    parser.add_argument("--ptb", default=str(Path(__file__).parents[2] / "shared/data/ptb/ptb.test.txt"))
-    parser.add_argument("--wikitext", default=str(Path(__file__).parents[2] / "shared/data/wikitext-2/valid.txt"))
-    parser.add_argument("--ptb-sentences-per-paragraph", type=int, default=5)
+    parser.add_argument("--ptb", default=str(Path(__file__).parents[2] / "shared/data/ptb/ptb.test.txt"),
+                        help="Mikolov PTB test file, one sentence per line (skipped with a message when absent)")
+    parser.add_argument("--wikitext", default=str(Path(__file__).parents[2] / "shared/data/wikitext-2/valid.txt"),
+                        help="tokenized WikiText file for speed and the silver set (skipped when absent)")
+    parser.add_argument("--ptb-sentences-per-paragraph", type=int, default=5,
+                        help="PTB sentences joined into one paragraph")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (best is reported)")
-    parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES))
+    parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES),
+                        metavar="NAME", help=f"segmenters to compare, of: {' '.join(CANDIDATES)}")
     parser.add_argument("--out", default=str(OUT_DIR), help="folder for results.json and results.md")
     parser.add_argument("--footprint-probe", help=argparse.SUPPRESS)
     parser.add_argument("--footprint-texts", help=argparse.SUPPRESS)
