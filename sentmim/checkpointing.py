@@ -46,15 +46,22 @@ def save_rng_state(folder: Path, rank: int) -> None:
 def save_main_state(folder: Path, model_state: dict, optimizer, trainer_state: dict) -> None:
     """Weights, optimizer and trainer state (main process only; the RNG files come from every process)."""
     # safetensors refuses tensors that share memory (tied weights): store each tensor once, contiguous.
-    seen, unique = set(), {}
-    for name, tensor in model_state.items():
-        if tensor.data_ptr() in seen:
-            continue
-        seen.add(tensor.data_ptr())
-        unique[name] = tensor.detach().cpu().contiguous()
+    aliases = shared_aliases(model_state)
+    unique = {name: tensor.detach().cpu().contiguous() for name, tensor in model_state.items() if name not in aliases}
     save_file(unique, folder / "model.safetensors")
     torch.save(optimizer.state_dict(), folder / "optimizer.pt")
     (folder / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2))
+
+
+def shared_aliases(state: dict) -> set[str]:
+    """Names of the tensors that share memory with one named before them (tied weights, at any depth): a checkpoint
+    stores each tensor under its first name only."""
+    seen, aliases = set(), set()
+    for name, tensor in state.items():
+        if tensor.data_ptr() in seen:
+            aliases.add(name)
+        seen.add(tensor.data_ptr())
+    return aliases
 
 
 def publish(checkpoints_dir: Path, step: int, keep: int) -> Path:
@@ -96,7 +103,7 @@ def load_checkpoint(folder: Path, model, optimizer, rank: int) -> dict:
             f"delete it and point {folder.parent / LATEST} at an older step_N folder, or start again with --overwrite"
         ) from None
     expected = model.state_dict()
-    tied = set(getattr(model, "_tied_weights_keys", None) or {})
+    tied = shared_aliases(expected)  # loading the first name of a shared tensor fills the others
     missing = sorted(set(expected) - set(weights) - tied)
     unexpected = sorted(set(weights) - set(expected))
     reshaped = sorted(name for name in set(weights) & set(expected) if weights[name].shape != expected[name].shape)
@@ -106,8 +113,6 @@ def load_checkpoint(folder: Path, model, optimizer, rank: int) -> dict:
             f"other shape {reshaped[:3]}); resume with the same model settings or start again with --overwrite"
         )
     model.load_state_dict(weights, strict=False)
-    if tied and hasattr(model, "tie_weights"):
-        model.tie_weights()
     optimizer.load_state_dict(optimizer_state)
     torch.set_rng_state(rng_state["cpu"])
     if "cuda" in rng_state and torch.cuda.is_available():

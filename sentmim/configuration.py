@@ -1,22 +1,25 @@
 """SentenceMIMConfig: every hyper-parameter of a sentence latent variable model, saved as config.json.
 
-One config covers both architectures (GRU, Transformer) and the three objectives (sentenceMIM, text VAE, AE), so a
-comparison between objectives changes one field and nothing else.
+One config covers every architecture (GRU, Transformer, a pretrained Hugging Face backbone) and the three objectives
+(sentenceMIM, text VAE, AE), so a comparison between objectives changes one field and nothing else.
 """
 
-from transformers import PreTrainedConfig
+from transformers import AutoConfig, PreTrainedConfig
 
-ARCHITECTURES = ("gru", "transformer")
+ARCHITECTURES = ("gru", "transformer", "backbone")
 OBJECTIVES = ("mim", "vae", "ae")
 KL_SCHEDULES = ("constant", "linear", "logistic", "cyclical")
 POSITION_EMBEDDINGS = ("learned", "sinusoidal")
+POOLINGS = ("mean", "weighted_mean", "last")
 
 
 class SentenceMIMConfig(PreTrainedConfig):
     r"""
     Args:
         vocab_size: number of tokens, specials included.
-        architecture: `"gru"` (the sentenceMIM paper's model) or `"transformer"`.
+        architecture: `"gru"` (the sentenceMIM paper's model), `"transformer"`, or `"backbone"` (a pretrained Hugging
+            Face LM reads and writes the sentences; see `sentmim.backbones` and `SentenceMIMModel.from_backbone`).
+            Default: "backbone" when `backbone_config` is given, else "gru".
         objective: `"mim"` (sentenceMIM), `"vae"` (text VAE) or `"ae"` (deterministic auto-encoder).
         embedding_size: token embedding width, shared by encoder and decoder.
         hidden_size: GRU state size, or the Transformer's model width.
@@ -25,7 +28,8 @@ class SentenceMIMConfig(PreTrainedConfig):
         num_attention_heads, intermediate_size: Transformer only (`intermediate_size` defaults to 4 x hidden).
         max_position_embeddings: longest sentence (BOS and EOS included) the Transformer can position.
         position_embedding_type: `"learned"` or `"sinusoidal"` (Transformer only).
-        num_memory_slots: the Transformer decoder cross-attends to z projected to this many memory vectors.
+        num_memory_slots: z is projected to this many memory vectors: the Transformer decoder and an encoder-decoder
+            backbone's decoder cross-attend to them; a decoder-only backbone reads them as a prefix.
         reverse_input: the GRU encoder reads each sentence backwards (a common seq2seq trick).
         dropout: dropout on embeddings and decoder outputs (and inside Transformer blocks).
         embedding_dropout: extra dropout on the decoder's input embeddings only (the sentenceMIM demo's
@@ -36,6 +40,14 @@ class SentenceMIMConfig(PreTrainedConfig):
         kl_schedule, kl_weight, kl_anneal_steps, kl_logistic_k, kl_logistic_x0, kl_cycle_steps, kl_cycle_ratio:
             the VAE's beta schedule (see `sentmim.objectives.kl_weight`). Ignored by MIM and AE.
         free_bits: per-dimension KL floor in nats for the VAE (0 disables it).
+        backbone_config: the backbone's own config (a `PreTrainedConfig`, or its dict with `model_type`), embedded in
+            config.json as transformers' EncoderDecoderConfig embeds its sub-configs, so that a saved model rebuilds
+            offline without the backbone's files. Backbones keep their own dropout settings (set them here).
+        backbone_name_or_path: where the backbone's weights came from (a record only; loading never reads it).
+        backbone_pooling: how the backbone's final states become the posterior's input: `"mean"` (masked mean),
+            `"weighted_mean"` (weights growing with position) or `"last"` (the last real token). Default: "mean" for
+            an encoder-decoder, "weighted_mean" for a decoder-only LM (see sentmim.backbones).
+        freeze_backbone: train only the latent layers; the backbone's weights get no gradient.
     """
 
     model_type = "sentmim"
@@ -43,7 +55,7 @@ class SentenceMIMConfig(PreTrainedConfig):
     def __init__(
         self,
         vocab_size: int = 10000,
-        architecture: str = "gru",
+        architecture: str | None = None,
         objective: str = "mim",
         embedding_size: int = 300,
         hidden_size: int = 512,
@@ -75,9 +87,21 @@ class SentenceMIMConfig(PreTrainedConfig):
         eos_token_id: int = 3,
         decoder_start_token_id: int | None = None,
         is_encoder_decoder: bool = True,
+        backbone_config: PreTrainedConfig | dict | None = None,
+        backbone_name_or_path: str | None = None,
+        backbone_pooling: str | None = None,
+        freeze_backbone: bool = False,
         **kwargs,
     ):
         self.vocab_size = vocab_size
+        self.backbone_config = _as_backbone_config(backbone_config)
+        self.backbone_name_or_path = backbone_name_or_path
+        self.freeze_backbone = freeze_backbone
+        if architecture is None:
+            architecture = "gru" if self.backbone_config is None else "backbone"
+        if backbone_pooling is None and self.backbone_config is not None:
+            backbone_pooling = "mean" if self.backbone_config.is_encoder_decoder else "weighted_mean"
+        self.backbone_pooling = backbone_pooling
         self.architecture = architecture
         self.objective = objective
         self.embedding_size = embedding_size
@@ -153,3 +177,31 @@ class SentenceMIMConfig(PreTrainedConfig):
                 fail(field, "must be >= 1")
         if not 0.0 < self.kl_cycle_ratio <= 1.0:
             fail("kl_cycle_ratio", "must be in (0, 1]")
+        if (self.architecture == "backbone") != (self.backbone_config is not None):
+            fail("architecture", "a backbone_config goes with architecture='backbone', and only with it")
+        if self.architecture == "backbone":
+            if self.backbone_pooling not in POOLINGS:
+                fail("backbone_pooling", f"must be one of {', '.join(POOLINGS)}")
+            backbone_vocab_size = getattr(self.backbone_config.get_text_config(), "vocab_size", None)
+            if backbone_vocab_size is not None and backbone_vocab_size != self.vocab_size:
+                fail("vocab_size", f"must equal the backbone's vocab_size={backbone_vocab_size}")
+            for field in ("dropout", "embedding_dropout"):
+                if getattr(self, field):
+                    fail(field, "a backbone uses the dropout rates of its own config: set them in backbone_config")
+
+
+def _as_backbone_config(backbone_config: PreTrainedConfig | dict | None) -> PreTrainedConfig | None:
+    """The backbone's config object; a dict (as read from config.json) names its class by `model_type`.
+
+    Only transformers' own model types are accepted: sentmim never runs model code shipped in a folder."""
+    if backbone_config is None or isinstance(backbone_config, PreTrainedConfig):
+        return backbone_config
+    settings = dict(backbone_config)
+    model_type = settings.pop("model_type", None)
+    try:
+        return AutoConfig.for_model(model_type, **settings)
+    except ValueError:
+        raise ValueError(
+            f"SentenceMIMConfig.backbone_config: model_type={model_type!r} is not a model type of this transformers "
+            "installation; upgrade transformers (sentmim never runs model code shipped with a model)"
+        ) from None

@@ -2,9 +2,10 @@
 
     input_ids ──encoder──> q(z|x) = N(mean, diag exp(logvar)) ──z──> decoder ──> p(x|z) = prod_t p(x_t | x_<t, z)
 
-Everything the forward pass needs is in this file, top-down: shared helpers, the GRU encoder/decoder (the
-sentenceMIM paper's model), the Transformer encoder/decoder, then the model class that joins an encoder and a
-decoder and applies an objective from `sentmim.objectives`.
+Everything the forward pass of sentmim's own architectures needs is in this file, top-down: shared helpers, the GRU
+encoder/decoder (the sentenceMIM paper's model), the Transformer encoder/decoder, then the model class that joins an
+encoder and a decoder and applies an objective from `sentmim.objectives`. With `architecture="backbone"` a pretrained
+Hugging Face LM reads and writes the sentences instead (`sentmim.backbones`, `SentenceMIMModel.from_backbone`).
 
 Token convention: the tokenizer adds BOS and EOS and pads on the right. The decoder is teacher-forced on
 input_ids[:, :-1] and predicts input_ids[:, 1:]; padding never enters any sentence's numbers.
@@ -22,7 +23,7 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.utils import ModelOutput
 
-from . import objectives
+from . import backbones, objectives
 from .configuration import SentenceMIMConfig
 from .gaussian import kl_divergence
 from .gaussian import sample as gaussian_sample
@@ -318,8 +319,9 @@ class SentenceMIMPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         # The sentenceMIM reference GRU model trains from PyTorch's default initialisation; keep it. Transformers
-        # get the usual normal(0, initializer_range) initialisation.
-        if self.config.architecture == "transformer":
+        # get the usual normal(0, initializer_range) initialisation, and so do a backbone model's latent layers (the
+        # backbone itself is a transformers model: its own _init_weights initialises it).
+        if self.config.architecture in ("transformer", "backbone"):
             super()._init_weights(module)
 
     @classmethod
@@ -358,6 +360,16 @@ class SentenceMIMModel(SentenceMIMPreTrainedModel, GenerationMixin):
 
     def __init__(self, config: SentenceMIMConfig):
         super().__init__(config)
+        if config.architecture == "backbone":
+            self._build_backbone_layers(config)
+        else:
+            self._build_own_layers(config)
+        self.post_init()
+        # generate() must not build a transformers Cache for our decoders: without this it either crashes or feeds
+        # only the newest token to a decoder that has no cache (ecosystem.md 1.6).
+        self.generation_config.use_cache = False
+
+    def _build_own_layers(self, config: SentenceMIMConfig) -> None:
         self.embed_tokens = nn.Embedding(config.vocab_size, config.embedding_size, padding_idx=config.pad_token_id)
         self.dropout = nn.Dropout(config.dropout)
         self.decoder_input_dropout = nn.Dropout(config.embedding_dropout)
@@ -372,10 +384,25 @@ class SentenceMIMModel(SentenceMIMPreTrainedModel, GenerationMixin):
         else:
             self.output_projection = nn.Identity()
             self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)
-        self.post_init()
-        # generate() must not build a transformers Cache for our decoders: without this it either crashes or feeds
-        # only the newest token to a decoder that has no cache (ecosystem.md 1.6).
-        self.generation_config.use_cache = False
+
+    def _build_backbone_layers(self, config: SentenceMIMConfig) -> None:
+        # The backbone is a direct child, where transformers finds (and ties, initialises, saves) its weights. Its
+        # decoder returns logits from the backbone's own output layer, which is more than a linear map for some
+        # families (BART's final_logits_bias, T5's rescaling), so `project` is the identity for it.
+        self.backbone = backbones.build_backbone(config)
+        self.latent = backbones.build_latent_layers(config, self.backbone)
+        if config.freeze_backbone:
+            self.backbone.requires_grad_(False)
+
+    @classmethod
+    def from_backbone(cls, name_or_path: str, tokenizer=None, **config_kwargs) -> "SentenceMIMModel":
+        """A model around a pretrained Hugging Face encoder-decoder or decoder-only LM (a Hub id or a local folder).
+
+        `tokenizer` is the backbone's tokenizer (default: the one saved with it); the model follows
+        `sentmim.backbones.adapt_tokenizer(tokenizer)`, which is what to save with it. Keyword arguments are
+        SentenceMIMConfig fields (objective, latent_size, num_memory_slots, freeze_backbone, backbone_pooling, ...).
+        """
+        return backbones.from_backbone(cls, name_or_path, tokenizer, **config_kwargs)
 
     # -- encoder side ------------------------------------------------------------------------------------------
 
@@ -396,7 +423,10 @@ class SentenceMIMModel(SentenceMIMPreTrainedModel, GenerationMixin):
 
     def _encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         """encode() without re-validating a mask the caller has already checked."""
-        mean, logvar = self.encoder(self.dropout(self.embed_tokens(input_ids)), attention_mask)
+        if self.config.architecture == "backbone":
+            mean, logvar = self.latent.encode(self.backbone, input_ids, attention_mask)
+        else:
+            mean, logvar = self.encoder(self.dropout(self.embed_tokens(input_ids)), attention_mask)
         return mean, logvar.clamp(min=self.config.logvar_min)
 
     def sample_latent(self, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -411,11 +441,15 @@ class SentenceMIMModel(SentenceMIMPreTrainedModel, GenerationMixin):
     # -- decoder side ------------------------------------------------------------------------------------------
 
     def project(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.config.architecture == "backbone":  # a backbone's decoder already returns logits
+            return hidden
         return self.lm_head(self.output_projection(self.dropout(hidden)))
 
     def _teacher_forced_hidden(self, decoder_input_ids: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         if self.training and self.config.word_dropout > 0:
             decoder_input_ids = self._drop_words(decoder_input_ids)
+        if self.config.architecture == "backbone":
+            return self.latent(self.backbone, decoder_input_ids, z)
         embeds = self.decoder_input_dropout(self.dropout(self.embed_tokens(decoder_input_ids)))
         return self.decoder(embeds, z)
 
@@ -451,13 +485,20 @@ class SentenceMIMModel(SentenceMIMPreTrainedModel, GenerationMixin):
         return self._log_likelihood(input_ids, z, attention_mask, return_logits=False)[0]
 
     def start_decoding(self, z: torch.Tensor) -> dict:
+        if self.config.architecture == "backbone":
+            return self.latent.start(self.backbone, z)
         return self.decoder.start(z)
 
     def decode_step(self, tokens: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
+        if self.config.architecture == "backbone":
+            logits, state = self.latent.step(self.backbone, tokens[:, None], state)
+            return logits[:, 0], state
         hidden, state = self.decoder.step(self.embed_tokens(tokens)[:, None], state)
         return self.project(hidden[:, 0]), state
 
     def reorder_decoding_state(self, state: dict, index: torch.Tensor) -> dict:
+        if self.config.architecture == "backbone":
+            return self.latent.reorder_state(state, index)
         return self.decoder.reorder_state(state, index)
 
     @torch.no_grad()
@@ -476,9 +517,10 @@ class SentenceMIMModel(SentenceMIMPreTrainedModel, GenerationMixin):
         """Token ids [B, <=max_length]: the generated tokens after BOS, up to and including EOS, then padding."""
         if max_length is None:
             max_length = self.config.max_position_embeddings - 1
-        if self.config.architecture == "transformer" and max_length > self.config.max_position_embeddings - 1:
+        positioned = self.config.architecture in ("transformer", "backbone")
+        if positioned and max_length > self.config.max_position_embeddings - 1:
             raise ValueError(
-                f"max_length={max_length}: a Transformer decoder positions at most "
+                f"max_length={max_length}: a {self.config.architecture} decoder positions at most "
                 f"max_position_embeddings - 1 = {self.config.max_position_embeddings - 1} generated tokens"
             )
         return decode_latents(

@@ -109,11 +109,7 @@ def train_tokenizer(
     ids = {token: tokenizer.token_to_id(token) for token in SPECIAL_TOKENS}
     if list(ids.values()) != list(range(len(SPECIAL_TOKENS))):  # a guard: the model relies on pad id 0
         raise RuntimeError(f"special token ids came out as {ids}, expected 0..3")
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{BOS_TOKEN} $A {EOS_TOKEN}",
-        pair=f"{BOS_TOKEN} $A {EOS_TOKEN} $B:1 {EOS_TOKEN}:1",
-        special_tokens=[(BOS_TOKEN, ids[BOS_TOKEN]), (EOS_TOKEN, ids[EOS_TOKEN])],
-    )
+    tokenizer.post_processor = bos_eos_template(BOS_TOKEN, ids[BOS_TOKEN], EOS_TOKEN, ids[EOS_TOKEN])
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         pad_token=PAD_TOKEN,
@@ -124,6 +120,13 @@ def train_tokenizer(
         padding_side="right",
         # transformers would otherwise glue PTB tokens back together ("did n't" -> "didn't", "cat ." -> "cat.").
         clean_up_tokenization_spaces=False,
+    )
+
+
+def bos_eos_template(bos: str, bos_id: int, eos: str, eos_id: int) -> processors.TemplateProcessing:
+    """The post-processor of sentmim's token convention: every sentence becomes BOS sentence EOS."""
+    return processors.TemplateProcessing(
+        single=f"{bos} $A {eos}", pair=f"{bos} $A {eos} $B:1 {eos}:1", special_tokens=[(bos, bos_id), (eos, eos_id)]
     )
 
 

@@ -1,0 +1,344 @@
+"""Pretrained Hugging Face language models as sentmim's encoder and decoder (`architecture="backbone"`).
+
+    model = SentenceMIMModel.from_backbone("facebook/bart-base", objective="mim", latent_size=32)
+    tokenizer = load_backbone_tokenizer("facebook/bart-base")     # the same adapted tokenizer from_backbone used
+
+Two kinds of backbone, as Optimus (Li et al. 2020) and T5-VAE do it:
+
+* An encoder-decoder (any `AutoModelForSeq2SeqLM`: BART, T5, ...). Its encoder reads the sentence; the masked mean of
+  its final states gives the posterior q(z|x). Every state of a bidirectional encoder has seen the whole sentence,
+  so the mean is a summary of all of them that does not depend on the sentence's length (Sentence-T5, Ni et al.
+  2022, found it the best pooling of a T5 encoder). The decoder then cross-attends to `num_memory_slots` vectors
+  projected from z, in place of the encoder's states, and z (projected) is also added to every decoder input
+  embedding.
+* A decoder-only LM (any `AutoModelForCausalLM`: GPT-2, Llama, Qwen2, ...). The same LM reads the sentence as the
+  encoder. A causal LM's state at position t has seen only the first t tokens, so the pooling is a mean whose
+  weights grow with position (SGPT, Muennighoff 2022): the states that have read most of the sentence count most,
+  and every state still gets gradient. z conditions generation twice: `num_memory_slots` vectors projected from z
+  are the first input embeddings of the sequence (a prefix), so every layer's keys and values over them form a
+  memory the sentence attends to, and z (projected) is added to every token embedding. The prefix runs through the
+  LM itself rather than being projected to each layer's keys and values: that works for any architecture through
+  the public `inputs_embeds` argument (no knowledge of head counts, rotary embeddings or layer types), lets the
+  pretrained layers compute the memory, and makes decoding with a key-value cache exact for free, since the prefix
+  is simply the first positions of the sequence.
+
+Both decode with the backbone's own key-value cache (a transformers `Cache`, created by the backbone on its first
+call and updated in place): `start` runs what depends on z only once (the prefix; the cross-attention keys and values
+are cached on the first step), and each `step` feeds one new token per sentence.
+
+Tokens (`adapt_tokenizer`). sentmim's convention is that the tokenizer adds BOS and EOS, and that pad, BOS and EOS
+are three different tokens. A backbone tokenizer that lacks one gets it added as a new special token (GPT-2 has one
+token, <|endoftext|>, for BOS, EOS and unknown, and no pad; T5 has no BOS; Llama has no pad), and its post-processor
+becomes "BOS sentence EOS". New embedding rows are initialised from what the backbone already knows: a new BOS is a
+copy of the token the backbone starts sequences with (T5's decoder start token, GPT-2's <|endoftext|>), so the first
+prediction starts from the pretrained one; a new pad or EOS row is the mean of the pretrained rows. The adapted
+tokenizer keeps the backbone's vocabulary, normalizer, pre-tokenizer and decoder, and is saved with the model as a
+plain `tokenizer.json`, so loading it never needs the backbone's tokenizer class (nor any code from a folder).
+
+Tested families (tests/test_backbones.py, tiny random models built in the test): BART, T5, GPT-2, Llama (and the
+tokenizer conventions of Qwen2). See docs/backbones.md.
+"""
+
+import copy
+import inspect
+
+import torch
+from tokenizers import AddedToken, Tokenizer
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+)
+from transformers.modeling_outputs import BaseModelOutput
+
+from .tokenization import bos_eos_template
+
+# Sentences of a backbone without position embeddings (T5's relative positions) are limited to this many tokens.
+DEFAULT_MAX_LENGTH = 512
+
+
+def build_backbone(config) -> PreTrainedModel:
+    """A randomly initialised backbone from `config.backbone_config` (weights are loaded afterwards)."""
+    backbone_config = config.backbone_config
+    auto_class = AutoModelForSeq2SeqLM if backbone_config.is_encoder_decoder else AutoModelForCausalLM
+    # The backbone shares the config object, so that what changes it (resize_token_embeddings) reaches config.json.
+    return auto_class.from_config(backbone_config, trust_remote_code=False)
+
+
+def build_latent_layers(config, backbone: PreTrainedModel) -> "LatentLayers":
+    layers_class = Seq2SeqLatentLayers if backbone.config.is_encoder_decoder else CausalLatentLayers
+    return layers_class(config, backbone)
+
+
+def pool(states: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.Tensor:
+    """[B, T, H] states -> [B, H]: a weighted mean over the real (mask 1) positions of each row.
+
+    mean: equal weights. weighted_mean: weight t at position t = 1, 2, ... (SGPT). last: only the last real token."""
+    weights = attention_mask.to(states.dtype)
+    if how == "weighted_mean":
+        weights = weights * torch.arange(1, states.size(1) + 1, device=states.device, dtype=states.dtype)
+    elif how == "last":
+        last = attention_mask.long().sum(1) - 1
+        weights = torch.zeros_like(weights).scatter(1, last[:, None], 1.0)
+    elif how != "mean":
+        raise ValueError(f"backbone_pooling={how!r}: must be mean, weighted_mean or last")
+    return (states * weights[:, :, None]).sum(1) / weights.sum(1, keepdim=True)
+
+
+def _cache_argument(backbone: PreTrainedModel) -> str:
+    """The name of the key-value cache argument: transformers 5.24 renamed `past_key_values` to `cache`."""
+    return "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
+
+
+def _returned_cache(output):
+    """The cache a backbone returned (under its 5.24 name `cache`, or `past_key_values` before)."""
+    return output["cache"] if "cache" in output else output["past_key_values"]
+
+
+class LatentLayers(nn.Module):
+    """The layers a backbone model adds: the posterior head, z -> memory, z -> input-embedding offset.
+
+    The backbone itself is passed to every method rather than held: it is the sentmim model's own child, where
+    transformers finds its tied weights, and a module that held it too would save it twice."""
+
+    def __init__(self, config, backbone: PreTrainedModel, memory_width: int):
+        super().__init__()
+        text_config = backbone.config.get_text_config()
+        self.pooling = config.backbone_pooling
+        self.num_memory_slots = config.num_memory_slots
+        self.max_length = config.max_position_embeddings
+        self.memory_width = memory_width
+        self.cache_argument = _cache_argument(backbone)
+        embedding_width = backbone.get_input_embeddings().embedding_dim
+        self.to_posterior = nn.Linear(text_config.hidden_size, 2 * config.latent_size)
+        self.latent_to_memory = nn.Linear(config.latent_size, config.num_memory_slots * memory_width)
+        self.latent_to_input = nn.Linear(config.latent_size, embedding_width)
+
+    def check_length(self, length: int) -> None:
+        if length > self.max_length:
+            raise ValueError(
+                f"sentence of {length} tokens is longer than max_position_embeddings={self.max_length} of this "
+                "backbone model; truncate or drop longer sentences (data max_length)"
+            )
+
+    def posterior(self, states: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, logvar) of q(z|x) from the backbone's final states [B, T, H]."""
+        return self.to_posterior(pool(states, attention_mask, self.pooling)).chunk(2, dim=-1)
+
+    def memory(self, z: torch.Tensor) -> torch.Tensor:
+        return self.latent_to_memory(z).view(z.size(0), self.num_memory_slots, self.memory_width)
+
+    def forward(self, backbone, input_ids: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced next-token logits [B, T, V] for decoder inputs input_ids [B, T] given z."""
+        self.check_length(input_ids.size(1) + 1)
+        return self.step(backbone, input_ids, self.start(backbone, z, use_cache=False))[0]
+
+    def cache_arguments(self, state: dict) -> dict:
+        return {"use_cache": state["use_cache"], self.cache_argument: state["cache"]}
+
+    @staticmethod
+    def reorder_state(state: dict, index: torch.Tensor) -> dict:
+        """Keep / repeat / permute rows. The cache is reordered in place (transformers' Cache API)."""
+        if state["cache"] is not None:
+            state["cache"].reorder_cache(index)
+        return {
+            **state,
+            "offset": state["offset"].index_select(0, index),
+            "memory": None if state["memory"] is None else state["memory"].index_select(0, index),
+        }
+
+
+class Seq2SeqLatentLayers(LatentLayers):
+    """An encoder-decoder backbone: pooled encoder states -> q(z|x); the decoder cross-attends to memory from z."""
+
+    def __init__(self, config, backbone: PreTrainedModel):
+        super().__init__(config, backbone, memory_width=backbone.config.get_text_config().hidden_size)
+
+    def encode(self, backbone, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        self.check_length(input_ids.size(1))
+        states = backbone.get_encoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.posterior(states, attention_mask)
+
+    def start(self, backbone, z: torch.Tensor, use_cache: bool = True) -> dict:
+        return {"memory": self.memory(z), "offset": self.latent_to_input(z), "cache": None, "use_cache": use_cache}
+
+    def step(self, backbone, input_ids: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
+        """Logits [B, T, V] for T new decoder inputs after those already in the state's cache."""
+        embeds = backbone.get_decoder().get_input_embeddings()(input_ids) + state["offset"][:, None]
+        output = backbone(
+            encoder_outputs=BaseModelOutput(last_hidden_state=state["memory"]),
+            decoder_inputs_embeds=embeds,
+            **self.cache_arguments(state),
+        )
+        return output.logits, {**state, "cache": _returned_cache(output) if state["use_cache"] else None}
+
+
+class CausalLatentLayers(LatentLayers):
+    """A decoder-only backbone: the LM's pooled final states -> q(z|x); z becomes a prefix and an input offset."""
+
+    def __init__(self, config, backbone: PreTrainedModel):
+        super().__init__(config, backbone, memory_width=backbone.get_input_embeddings().embedding_dim)
+
+    def encode(self, backbone, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        self.check_length(input_ids.size(1))
+        states = backbone.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.posterior(states, attention_mask)
+
+    def start(self, backbone, z: torch.Tensor, use_cache: bool = True) -> dict:
+        state = {"memory": self.memory(z), "offset": self.latent_to_input(z), "cache": None, "use_cache": use_cache}
+        if use_cache:  # run the prefix once; its keys and values stay in the cache
+            output = backbone.base_model(inputs_embeds=state["memory"], use_cache=True)
+            state.update(cache=_returned_cache(output), memory=None)
+        return state
+
+    def step(self, backbone, input_ids: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
+        """Logits [B, T, V] for T new inputs after the prefix and the tokens already in the state's cache (or, without
+        a cache, for the prefix followed by these T inputs)."""
+        embeds = backbone.get_input_embeddings()(input_ids) + state["offset"][:, None]
+        if not state["use_cache"]:
+            embeds = torch.cat([state["memory"], embeds], dim=1)
+        output = backbone(inputs_embeds=embeds, **self.cache_arguments(state))
+        if not state["use_cache"]:
+            return output.logits[:, self.num_memory_slots :], state
+        return output.logits, {**state, "cache": _returned_cache(output)}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tokenizer: the backbone's, with distinct pad / BOS / EOS and a "BOS sentence EOS" template
+
+
+def adapt_tokenizer(tokenizer) -> PreTrainedTokenizerFast:
+    """The backbone's tokenizer following sentmim's conventions (see the module docstring). Idempotent."""
+    return _adapt_tokenizer(tokenizer)[0]
+
+
+def _adapt_tokenizer(tokenizer) -> tuple[PreTrainedTokenizerFast, dict[str, int]]:
+    """(adapted tokenizer, {"bos_token" / "pad_token" / "eos_token": id} of the tokens it had to add)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise ValueError(
+            f"tokenizer {type(tokenizer).__name__} has no `tokenizers` backend (tokenizer.json); pass a fast "
+            "tokenizer of the backbone (tokenizer=...)"
+        )
+    backend = Tokenizer.from_str(backend.to_str())  # a copy: the caller's tokenizer stays as it was
+    backend.no_truncation()
+    backend.no_padding()
+    eos, unk = tokenizer.eos_token, tokenizer.unk_token
+    bos = tokenizer.bos_token if tokenizer.bos_token not in (None, eos) else None
+    pad = tokenizer.pad_token if tokenizer.pad_token not in (None, bos, eos, unk) else None
+    added = {}
+
+    def add(role: str, candidates: tuple[str, ...]) -> str:
+        vocabulary = backend.get_vocab(with_added_tokens=True)
+        token = next(token for token in candidates if token not in vocabulary)
+        backend.add_special_tokens([AddedToken(token, special=True, normalized=False)])
+        added[role] = backend.token_to_id(token)
+        return token
+
+    if eos is None:
+        eos = add("eos_token", ("</s>", "<|sentmim_eos|>"))
+    if bos is None:
+        bos = add("bos_token", ("<s>", "<|sentmim_bos|>"))
+    if pad is None:
+        pad = add("pad_token", ("<pad>", "<|sentmim_pad|>"))
+    backend.post_processor = bos_eos_template(bos, backend.token_to_id(bos), eos, backend.token_to_id(eos))
+    adapted = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=bos,
+        eos_token=eos,
+        pad_token=pad,
+        unk_token=unk,
+        padding_side="right",
+        model_max_length=tokenizer.model_max_length,
+        clean_up_tokenization_spaces=getattr(tokenizer, "clean_up_tokenization_spaces", False),
+    )
+    return adapted, added
+
+
+def load_backbone_tokenizer(name_or_path: str):
+    """The adapted tokenizer of a backbone (a Hub id or a local folder)."""
+    return adapt_tokenizer(_load_tokenizer(name_or_path))
+
+
+def _load_tokenizer(name_or_path: str):
+    return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# from_backbone
+
+
+def from_backbone(model_class, name_or_path: str, tokenizer=None, **config_kwargs):
+    """A sentmim model (`model_class`, a SentenceMIMModel) around the pretrained backbone `name_or_path`."""
+    from .configuration import SentenceMIMConfig  # here: configuration does not import this module
+
+    try:
+        backbone_config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=False)
+    except OSError as error:
+        reason = (str(error).strip().splitlines() or [""])[0]
+        raise OSError(
+            f"backbone {name_or_path!r}: neither a local folder with a config.json nor a model transformers could "
+            f"fetch from the Hugging Face Hub ({reason})"
+        ) from error
+    auto_class = AutoModelForSeq2SeqLM if backbone_config.is_encoder_decoder else AutoModelForCausalLM
+    backbone = auto_class.from_pretrained(name_or_path, trust_remote_code=False)
+    if tokenizer is None or isinstance(tokenizer, str):
+        tokenizer = _load_tokenizer(tokenizer or name_or_path)
+    adapted, added = _adapt_tokenizer(tokenizer)
+    _make_room_for_tokens(backbone, adapted, added, trained_rows=len(tokenizer))
+
+    text_config = backbone.config.get_text_config()
+    num_memory_slots = config_kwargs.get("num_memory_slots", SentenceMIMConfig().num_memory_slots)
+    settings = dict(
+        vocab_size=backbone.get_input_embeddings().num_embeddings,
+        pad_token_id=adapted.pad_token_id,
+        bos_token_id=adapted.bos_token_id,
+        eos_token_id=adapted.eos_token_id,
+        # Word dropout replaces words by the unknown token; without a distinct one it uses the pad token.
+        unk_token_id=adapted.unk_token_id
+        if adapted.unk_token_id not in (None, adapted.bos_token_id, adapted.eos_token_id)
+        else adapted.pad_token_id,
+        max_position_embeddings=_max_sentence_length(backbone, tokenizer, num_memory_slots),
+        embedding_size=backbone.get_input_embeddings().embedding_dim,
+        hidden_size=text_config.hidden_size,
+        num_layers=text_config.num_hidden_layers,
+        backbone_config=copy.deepcopy(backbone.config),
+        backbone_name_or_path=str(name_or_path),
+    )
+    model = model_class(SentenceMIMConfig(**{**settings, **config_kwargs}))
+    model.backbone.load_state_dict(backbone.state_dict())
+    return model
+
+
+def _make_room_for_tokens(backbone, tokenizer, added: dict[str, int], trained_rows: int) -> None:
+    """Resize the embeddings for the added tokens and initialise their rows (see the module docstring)."""
+    rows = backbone.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        backbone.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    trained_rows = min(trained_rows, rows)
+    start_token = backbone.config.decoder_start_token_id if backbone.config.is_encoder_decoder else None
+    start_token = start_token if start_token is not None else backbone.config.bos_token_id
+    matrices = [backbone.get_input_embeddings().weight]
+    output = backbone.get_output_embeddings()
+    if output is not None and output.weight is not matrices[0]:
+        matrices.append(output.weight)
+    with torch.no_grad():
+        for role, token_id in added.items():
+            copies_start = role == "bos_token" and isinstance(start_token, int) and 0 <= start_token < trained_rows
+            for matrix in matrices:
+                matrix[token_id] = matrix[start_token] if copies_start else matrix[:trained_rows].mean(0)
+
+
+def _max_sentence_length(backbone, tokenizer, num_memory_slots: int) -> int:
+    """The longest sentence (BOS and EOS included) the backbone can position; a prefix takes its share."""
+    limit = getattr(backbone.config.get_text_config(), "max_position_embeddings", None)
+    if limit is None:
+        tokenizer_limit = getattr(tokenizer, "model_max_length", None) or DEFAULT_MAX_LENGTH
+        limit = min(tokenizer_limit, DEFAULT_MAX_LENGTH)
+    if not backbone.config.is_encoder_decoder:
+        limit -= num_memory_slots
+    return limit
