@@ -334,7 +334,12 @@ class SentenceMIMPreTrainedModel(PreTrainedModel):
         with torch.no_grad():
             for tensor in itertools.chain(model.parameters(), model.buffers()):
                 tensor.data = tensor.data.clone()
+        model.freeze_backbone_if_configured()  # loading made new parameters, which require gradients again
         return model
+
+    def freeze_backbone_if_configured(self) -> None:
+        if self.config.architecture == "backbone" and self.config.freeze_backbone:
+            self.backbone.requires_grad_(False)
 
 
 class _PosteriorMeanEncoder(nn.Module):
@@ -391,8 +396,7 @@ class SentenceMIMModel(SentenceMIMPreTrainedModel, GenerationMixin):
         # families (BART's final_logits_bias, T5's rescaling), so `project` is the identity for it.
         self.backbone = backbones.build_backbone(config)
         self.latent = backbones.build_latent_layers(config, self.backbone)
-        if config.freeze_backbone:
-            self.backbone.requires_grad_(False)
+        self.freeze_backbone_if_configured()
 
     @classmethod
     def from_backbone(cls, name_or_path: str, tokenizer=None, **config_kwargs) -> "SentenceMIMModel":

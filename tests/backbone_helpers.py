@@ -51,7 +51,8 @@ def _byte_level_bpe(special_tokens: list[str]) -> tuple[dict, list]:
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     trainer = trainers.BpeTrainer(
-        vocab_size=300, special_tokens=special_tokens, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=300, special_tokens=special_tokens, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tokenizer.train_from_iterator(SENTENCES, trainer)
     return _vocab_and_merges(tokenizer)
@@ -76,14 +77,16 @@ def make_tokenizer(family: str):
     if family == "llama":
         tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
         tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
-        trainer = trainers.BpeTrainer(vocab_size=120, special_tokens=["<unk>", "<s>", "</s>"])
+        trainer = trainers.BpeTrainer(vocab_size=120, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False)
         tokenizer.train_from_iterator(SENTENCES, trainer)
         vocab, merges = _vocab_and_merges(tokenizer)
         return LlamaTokenizer(vocab=vocab, merges=merges)
     if family == "t5":
         tokenizer = Tokenizer(models.Unigram())
         tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
-        trainer = trainers.UnigramTrainer(vocab_size=100, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>")
+        trainer = trainers.UnigramTrainer(
+            vocab_size=100, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>", show_progress=False
+        )
         tokenizer.train_from_iterator(SENTENCES, trainer)
         pieces = [(piece, score) for piece, score in json.loads(tokenizer.to_str())["model"]["vocab"]]
         return T5Tokenizer(vocab=pieces, extra_ids=2)
@@ -129,3 +132,15 @@ def save_backbone(family: str, folder) -> str:
     make_backbone(family, tokenizer).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
+
+
+def fit(model, input_ids, attention_mask, steps: int, learning_rate: float = 1e-2):
+    """`steps` Adam steps on one batch, on the parameters that require gradients; leaves the model in eval mode."""
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=learning_rate)
+    model.train()
+    for _ in range(steps):
+        loss = model(input_ids, attention_mask=attention_mask, return_logits=False).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()

@@ -16,7 +16,7 @@ from transformers.modeling_outputs import BaseModelOutput
 from sentmim import SentenceMIMConfig, SentenceMIMModel, SentenceMIMPipeline, metrics
 from sentmim.backbones import adapt_tokenizer, load_backbone_tokenizer
 from sentmim.generation import beam_search, greedy_or_sample
-from tests.backbone_helpers import SENTENCES, make_backbone, make_tokenizer, save_backbone
+from tests.backbone_helpers import SENTENCES, fit, make_backbone, make_tokenizer, save_backbone
 
 MODEL_FAMILIES = ["bart", "t5", "gpt2", "llama"]
 
@@ -200,13 +200,7 @@ def test_every_objective_trains(backbone_folders, family, objective):
 
     before = loss_with_fixed_noise()
     backbone_before = copy.deepcopy(model.backbone.state_dict())
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    model.train()
-    for _ in range(8):
-        loss = model(input_ids, attention_mask=attention_mask, return_logits=False).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    fit(model, input_ids, attention_mask, steps=8)
     assert loss_with_fixed_noise() < before - 1.0
     after = model.backbone.state_dict()
     assert any(not torch.equal(after[name], value) for name, value in backbone_before.items()), "no backbone training"
@@ -224,15 +218,9 @@ def trained_autoencoders(backbone_folders):
     def get(family):
         if family not in models:
             folder = backbone_folders[family]
-            model = make_model(folder, objective="ae").train()
+            model = make_model(folder, objective="ae")
             input_ids, attention_mask = sentence_batch(load_backbone_tokenizer(folder))
-            optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-            for _ in range(80):
-                loss = model(input_ids, attention_mask=attention_mask, return_logits=False).loss
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-            model.eval()
+            fit(model, input_ids, attention_mask, steps=80)
             with torch.no_grad():
                 z = torch.cat([model.encode(input_ids, attention_mask)[0], torch.randn(3, model.config.latent_size)])
             models[family] = model, z

@@ -1,0 +1,73 @@
+"""LoRA fine-tuning of a backbone model through peft (`pip install "sentmim[lora]"`).
+
+    model = SentenceMIMModel.from_backbone("gpt2", latent_size=32)
+    model = add_lora(model, r=8)              # a peft PeftModel: LoRA on the backbone's attention, latent layers train
+    ... train (sentmim.training.train accepts it) ...
+    model.save_pretrained("adapter")          # adapter_config.json + adapter_model.safetensors (a few MB)
+    model = load_lora(SentenceMIMModel.from_pretrained("base"), "adapter")    # the same model again
+    merged = model.merge_and_unload()         # a plain SentenceMIMModel; save_pretrained it like any other
+
+The backbone's own weights stay frozen. LoRA matrices go into the backbone's attention projections (peft's default
+target modules for the backbone's family, or `target_modules`), and the latent layers (posterior head, z -> memory,
+z -> input offset) are new, so they train in full and are saved with the adapter (peft's `modules_to_save`).
+"""
+
+import re
+
+from transformers import Conv1D
+
+from .configuration import SentenceMIMConfig
+
+LATENT_LAYERS = ["to_posterior", "latent_to_memory", "latent_to_input"]
+
+
+def _peft():
+    try:
+        import peft
+    except ImportError:
+        raise ImportError('LoRA needs peft: pip install "sentmim[lora]" (or pip install peft)') from None
+    return peft
+
+
+def default_target_modules(config: SentenceMIMConfig) -> list[str]:
+    """peft's LoRA target modules for the backbone's model type (e.g. q_proj and v_proj for Llama and BART)."""
+    peft = _peft()
+    model_type = config.backbone_config.model_type
+    names = peft.utils.TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type)
+    if names is None:
+        raise ValueError(
+            f"peft has no default LoRA target modules for model_type={model_type!r}: pass target_modules=[...] "
+            "(names of the backbone's attention projections)"
+        )
+    return names
+
+
+def add_lora(model, r: int = 8, alpha: int = 16, dropout: float = 0.0, target_modules: list[str] | None = None):
+    """Wrap a backbone SentenceMIMModel in a peft model with LoRA adapters on its backbone."""
+    if model.config.architecture != "backbone":
+        raise ValueError(
+            f"LoRA adapts a pretrained backbone; this model's architecture is {model.config.architecture!r} "
+            "(build it with SentenceMIMModel.from_backbone)"
+        )
+    peft = _peft()
+    names = target_modules or default_target_modules(model.config)
+    # Only modules inside the backbone: peft reads a string as a regular expression over full module names.
+    targets = rf"backbone\..*\.({'|'.join(names)})"
+    targeted = [module for name, module in model.named_modules() if re.fullmatch(targets, name)]
+    if not targeted:
+        raise ValueError(f"target_modules={names}: no module of the backbone has one of these names")
+    lora_config = peft.LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=targets,
+        modules_to_save=LATENT_LAYERS,
+        # GPT-2's attention projections are Conv1D layers, which store their weight transposed.
+        fan_in_fan_out=isinstance(targeted[0], Conv1D),
+    )
+    return peft.get_peft_model(model, lora_config)
+
+
+def load_lora(model, adapter_path, is_trainable: bool = False):
+    """The base model `model` with the LoRA adapter saved in `adapter_path` (a folder written by save_pretrained)."""
+    return _peft().PeftModel.from_pretrained(model, adapter_path, is_trainable=is_trainable)
