@@ -273,16 +273,23 @@ def _load_tokenizer(name_or_path: str):
 
 
 def from_backbone(model_class, name_or_path: str, tokenizer=None, **config_kwargs):
-    """A sentmim model (`model_class`, a SentenceMIMModel) around the pretrained backbone `name_or_path`."""
+    """A sentmim model (`model_class`, a SentenceMIMModel) around the pretrained backbone `name_or_path`.
+
+    `tokenizer`: the backbone's own tokenizer (an object, or a folder / Hub id to load it from; default: the one at
+    `name_or_path`). The model follows `adapt_tokenizer(tokenizer)`."""
     from .configuration import SentenceMIMConfig  # here: configuration does not import this module
 
     try:
         backbone_config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=False)
     except OSError as error:
-        reason = (str(error).strip().splitlines() or [""])[0]
         raise OSError(
             f"backbone {name_or_path!r}: neither a local folder with a config.json nor a model transformers could "
-            f"fetch from the Hugging Face Hub ({reason})"
+            f"fetch from the Hugging Face Hub ({_first_line(error)})"
+        ) from error
+    except ValueError as error:  # custom code (auto_map), or a model type this transformers does not know
+        raise ValueError(
+            f"backbone {name_or_path!r}: not a model type of this transformers installation; sentmim never runs "
+            f"code shipped with a model ({_first_line(error)})"
         ) from error
     auto_class = AutoModelForSeq2SeqLM if backbone_config.is_encoder_decoder else AutoModelForCausalLM
     backbone = auto_class.from_pretrained(name_or_path, trust_remote_code=False)
@@ -314,11 +321,21 @@ def from_backbone(model_class, name_or_path: str, tokenizer=None, **config_kwarg
     return model
 
 
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [""])[0]
+
+
 def _make_room_for_tokens(backbone, tokenizer, added: dict[str, int], trained_rows: int) -> None:
-    """Resize the embeddings for the added tokens and initialise their rows (see the module docstring)."""
+    """Resize the embeddings for the added tokens and initialise their rows (see the module docstring).
+
+    `added`: the special tokens adapting the tokenizer added; a special token beyond the backbone's rows (the
+    tokenizer was adapted already) counts as added too."""
     rows = backbone.get_input_embeddings().num_embeddings
     if len(tokenizer) > rows:
         backbone.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    for role in ("bos_token", "pad_token", "eos_token"):
+        if getattr(tokenizer, f"{role}_id") >= rows:
+            added = {**added, role: getattr(tokenizer, f"{role}_id")}
     trained_rows = min(trained_rows, rows)
     start_token = backbone.config.decoder_start_token_id if backbone.config.is_encoder_decoder else None
     start_token = start_token if start_token is not None else backbone.config.bos_token_id

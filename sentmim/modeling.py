@@ -334,10 +334,10 @@ class SentenceMIMPreTrainedModel(PreTrainedModel):
         with torch.no_grad():
             for tensor in itertools.chain(model.parameters(), model.buffers()):
                 tensor.data = tensor.data.clone()
-        model.freeze_backbone_if_configured()  # loading made new parameters, which require gradients again
+        model._freeze_backbone_if_configured()  # loading made new parameters, which require gradients again
         return model
 
-    def freeze_backbone_if_configured(self) -> None:
+    def _freeze_backbone_if_configured(self) -> None:
         if self.config.architecture == "backbone" and self.config.freeze_backbone:
             self.backbone.requires_grad_(False)
 
@@ -396,7 +396,7 @@ class SentenceMIMModel(SentenceMIMPreTrainedModel, GenerationMixin):
         # families (BART's final_logits_bias, T5's rescaling), so `project` is the identity for it.
         self.backbone = backbones.build_backbone(config)
         self.latent = backbones.build_latent_layers(config, self.backbone)
-        self.freeze_backbone_if_configured()
+        self._freeze_backbone_if_configured()
 
     @classmethod
     def from_backbone(cls, name_or_path: str, tokenizer=None, **config_kwargs) -> "SentenceMIMModel":

@@ -5,6 +5,7 @@ The reference path calls the backbone directly (its public forward, without a ca
 model, and does the pooling, the latent projections, the log-likelihood and the objectives by hand."""
 
 import copy
+import json
 import shutil
 
 import pytest
@@ -91,6 +92,18 @@ def test_new_embedding_rows_start_from_what_the_backbone_knows(backbone_folders,
         assert torch.equal(embeddings[config.bos_token_id], pretrained[start])
     if "pad" in ADDED[family]:
         torch.testing.assert_close(embeddings[config.pad_token_id], pretrained[: len(original)].mean(0))
+
+
+@pytest.mark.parametrize("family", ["t5", "gpt2"])
+def test_from_backbone_with_a_tokenizer_object(backbone_folders, family):
+    """Passing the backbone's tokenizer (or, for new rows beyond the backbone's, its adapted version) gives the
+    model the folder's own tokenizer gives."""
+    folder = backbone_folders[family]
+    expected = make_model(folder).state_dict()
+    given = [make_tokenizer(family)] + ([load_backbone_tokenizer(folder)] if family == "gpt2" else [])
+    for tokenizer in given:
+        state = make_model(folder, tokenizer=tokenizer).state_dict()
+        assert all(torch.equal(value, expected[name]) for name, value in state.items())
 
 
 # -- the independent reference --------------------------------------------------------------------------------------
@@ -387,3 +400,15 @@ def test_a_hub_id_goes_to_the_hub():
     with pytest.raises(OSError, match=r"backbone 'sentmim-tests/no-such-model': .*huggingface\.co") as caught:
         SentenceMIMModel.from_backbone("sentmim-tests/no-such-model")
     assert "\n" not in str(caught.value)
+
+
+def test_a_backbone_that_needs_its_own_code_is_refused_without_running_it(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({
+        "model_type": "not-in-transformers", "auto_map": {"AutoConfig": "configuration_custom.CustomConfig"},
+    }))
+    marker = tmp_path / "executed"
+    (tmp_path / "configuration_custom.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    with pytest.raises(ValueError, match="never runs code shipped with a model") as caught:
+        SentenceMIMModel.from_backbone(str(tmp_path))
+    assert "\n" not in str(caught.value)
+    assert not marker.exists()
