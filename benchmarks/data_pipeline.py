@@ -160,7 +160,9 @@ def _child_main(send, function, kwargs) -> None:
 
 
 def time_pipeline(corpus: str, tokenizer, num_proc: int | None, collate_fraction: float) -> dict:
-    from sentmim.data import clean_dataset, load_text_dataset, make_dataloader, tokenize_dataset
+    from sentmim.batching import make_dataloader
+    from sentmim.data import load_text_dataset
+    from sentmim.preprocessing import clean_dataset, tokenize_dataset
 
     stages: dict = {}
     with open(corpus, encoding="utf-8") as lines:
@@ -192,7 +194,9 @@ def time_pipeline(corpus: str, tokenizer, num_proc: int | None, collate_fraction
 
 
 def epoch_memory(corpus: str, streaming: bool, tokenizer, expected_sentences: int) -> dict:
-    from sentmim.data import clean_dataset, load_text_dataset, make_dataloader, tokenize_dataset
+    from sentmim.batching import make_dataloader
+    from sentmim.data import load_text_dataset
+    from sentmim.preprocessing import clean_dataset, tokenize_dataset
 
     start_mib = _status_mib("VmRSS") or peak_mib()
     start = time.perf_counter()

@@ -86,7 +86,8 @@ def plan(args) -> dict:
 def load_data(source: str, max_train_sentences: int | None):
     import datasets
 
-    from sentmim.data import clean_dataset, load_text_dataset, tokenize_dataset
+    from sentmim.data import load_text_dataset
+    from sentmim.preprocessing import clean_dataset, tokenize_dataset
     from sentmim.tokenization import train_tokenizer
 
     datasets.disable_progress_bars()
@@ -173,7 +174,7 @@ def _targets(batch) -> int:
 def training_variants(model, tokenized_train, batch_size: int, seed: int, pad_token_id: int) -> dict:
     """name -> (batch iterator, loss function, optimizer)."""
     from sentmim import modeling
-    from sentmim.data import make_dataloader
+    from sentmim.batching import make_dataloader
     from sentmim.training import TrainingArguments, build_optimizer, fused_adam_supported
 
     def loader(bucket: bool):
@@ -322,7 +323,7 @@ def _measure_decode(model, num_sentences, num_naive, batch_size, seed, tick) -> 
 @torch.no_grad()
 def measure_iw_nll(model, tokenized_valid, num_sentences, num_samples, seed, pad_token_id, tick) -> dict:
     from sentmim import metrics
-    from sentmim.data import make_dataloader
+    from sentmim.batching import make_dataloader
 
     model.eval()
     chosen = torch.randperm(len(tokenized_valid), generator=torch.Generator().manual_seed(seed))[:num_sentences]

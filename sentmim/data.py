@@ -1,49 +1,24 @@
-"""Load any text corpus, clean it, tokenize it and batch it by length.
+"""Where text comes from: any corpus as a dict of splits with one "text" column.
 
-The four steps, each usable alone:
-
-    raw = load_text_dataset("stanfordnlp/imdb")      # or "builtin", "ptb/" (a folder), "corpus.jsonl", ...
-    raw = clean_dataset(raw)                          # drop blank lines, collapse whitespace
-    tokenized, stats = tokenize_dataset(raw, tokenizer, max_length=64)
-    loader = make_dataloader(tokenized["train"], batch_size=32, pad_token_id=tokenizer.pad_token_id,
-                             shuffle=True, seed=0)
+    raw = load_text_dataset("stanfordnlp/imdb")      # a Hub id, "ptb/" (a folder), "corpus.jsonl", a saved dataset
 
 `load_text_dataset` always returns a `datasets.DatasetDict` (an `IterableDatasetDict` when streaming) whose splits
 have exactly one column, "text", and that has a "validation" split whenever it has a "train" split. Every bad input
 raises `DataError` (a `ValueError`) with one line that names the file, column or argument and says what to do.
-
-Batches group sentences of similar length (`LengthBucketSampler`), which wastes far less compute on padding than
-random batches. The order depends only on (seed, epoch), so an interrupted run resumes with the same batches.
+Cleaning and tokenizing are in `sentmim.preprocessing`, batching in `sentmim.batching`.
 """
 
 from __future__ import annotations
 
 import codecs
-import functools
 import hashlib
-import inspect
-import itertools
 import logging
 import os
 import re
-from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-import numpy as np
-import torch
-from datasets import (
-    Dataset,
-    DatasetDict,
-    Features,
-    IterableDataset,
-    IterableDatasetDict,
-    List,
-    Value,
-    load_dataset,
-    load_from_disk,
-)
-
-from .tokenization import BatchEncoder
+from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict, Value, load_dataset, load_from_disk
+from datasets.data_files import DataFilesDict, get_data_patterns
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +39,7 @@ _BINARY_FORMATS = {"parquet", "arrow"}  # no UTF-8 check for these
 # in memory. Their default 10 MB chunk made a stream's memory grow with the file up to that size and sit ~100 MB above
 # the rest; 1 MB chunks keep streaming memory flat and small (benchmarks/data_pipeline) at no measurable cost in speed.
 _STREAM_CHUNK_BYTES = 1 << 20
-# Words in file names that name a split: "ptb.valid.txt", "dev.jsonl", "test-00000-of-00001.parquet".
+# Split names of Hub datasets that mean one of ours.
 SPLIT_ALIASES = {
     "train": "train",
     "training": "train",
@@ -204,18 +179,13 @@ def _extension(path: Path) -> str:
     return extension
 
 
-def _split_of(relative_path: str) -> str:
-    """The split a data file belongs to, from the words in its path; "train" when none names a split."""
-    for word in re.split(r"[^a-z]+", relative_path.lower()):
-        if word in SPLIT_ALIASES:
-            return SPLIT_ALIASES[word]
-    return "train"
-
-
 def _data_files_in_folder(folder: Path) -> tuple[dict[str, list[str]], str]:
-    """Data files under `folder`, grouped by split, and their common extension."""
+    """Data files under `folder` grouped by split, and their common extension.
+
+    The split of a file comes from its name by the rules of `datasets` ("ptb.train.txt", "dev.jsonl",
+    "test-00000-of-00001.parquet"; with no split word in any name, every file is train)."""
     files = sorted(
-        file
+        str(file)
         for file in folder.rglob("*")
         if file.is_file()
         and file.suffix.lower() in FILE_FORMATS
@@ -223,12 +193,20 @@ def _data_files_in_folder(folder: Path) -> tuple[dict[str, list[str]], str]:
     )
     if not files:
         raise DataError(f"no data files in folder {str(folder)!r}: {_LOCAL_HELP}")
-    extensions = sorted({file.suffix.lower() for file in files})
-    if len({FILE_FORMATS[ext] == FILE_FORMATS[extensions[0]] for ext in extensions}) > 1:
+    extensions = sorted({Path(file).suffix.lower() for file in files})
+    builder = FILE_FORMATS[extensions[0]]
+    if any(FILE_FORMATS[extension] != builder for extension in extensions):
         raise DataError(f"folder {str(folder)!r} mixes file types {', '.join(extensions)}: keep one type per folder")
-    by_split: dict[str, list[str]] = {}
-    for file in files:
-        by_split.setdefault(_split_of(str(file.relative_to(folder))), []).append(str(file))
+    resolved = DataFilesDict.from_patterns(
+        get_data_patterns(str(folder)), base_path=str(folder), allowed_extensions=extensions
+    )
+    by_split = {str(split): sorted(names) for split, names in resolved.items() if names}
+    ignored = sorted(set(files) - {name for names in by_split.values() for name in names})
+    if ignored:
+        logger.warning(
+            "folder %s: %d file(s) name no split while others do, and are not read: %s", folder, len(ignored),
+            ", ".join(Path(name).name for name in ignored[:3]) + (" ..." if len(ignored) > 3 else ""),
+        )
     logger.info("data files in %s: %s", folder, {split: len(names) for split, names in by_split.items()})
     return by_split, extensions[0]
 
@@ -416,421 +394,3 @@ def _add_validation_split(splits: AnyDatasetDict, fraction: float, seed: int, so
         logger.info("no validation split in %s: carved %d of %d train rows", source, num_validation, len(train))
     others = {key: ds for key, ds in splits.items() if key != "train"}
     return type(splits)({**carved, **others})
-
-
-# =====================================================================================================================
-# Cleaning
-# =====================================================================================================================
-
-
-def clean_text(text: str | None, lowercase: bool = False, max_chars: int | None = 20_000) -> str:
-    """One line of text: whitespace runs become one space, ends are stripped, overly long lines are cut.
-
-    Cutting at `max_chars` (at a space when there is one) bounds the cost of pathological lines, such as a whole
-    book on one line; such a line is still longer than any sensible `max_length` in tokens, so `tokenize_dataset`
-    then drops or truncates it like any other overlong sentence.
-    """
-    return _clean(text, lowercase, max_chars)[0]
-
-
-def _clean(text: str | None, lowercase: bool, max_chars: int | None) -> tuple[str, bool]:
-    """(the cleaned text, whether text was cut off at max_chars)."""
-    if not text:
-        return "", False
-    cut = False
-    if max_chars is not None and len(text) > 4 * max_chars:  # cheap bound before splitting
-        cut = not text[4 * max_chars :].isspace()
-        text = text[: 4 * max_chars]
-    text = " ".join(text.replace("\ufeff", " ").split())  # str.split() knows all Unicode whitespace
-    if max_chars is not None and len(text) > max_chars:
-        cut = True
-        text = text[:max_chars]
-        if " " in text:
-            text = text.rsplit(" ", 1)[0]
-    return (text.lower() if lowercase else text), cut
-
-
-class _CleanBatch:
-    """Batched map for data in memory: clean, drop the lines left empty, and flag the lines cut ("cut" column).
-
-    Dropping inside the map rather than with a filter keeps the result a plain table: a filter leaves an index
-    mapping that makes every later read (tokenizing, batching) gather rows one by one.
-    """
-
-    def __init__(self, lowercase: bool, max_chars: int | None):
-        self.lowercase = lowercase
-        self.max_chars = max_chars
-
-    def __call__(self, batch: dict) -> dict:
-        texts, cut = [], []
-        for text in batch["text"]:
-            cleaned, was_cut = _clean(text, self.lowercase, self.max_chars)
-            if cleaned:
-                texts.append(cleaned)
-                cut.append(was_cut)
-        return {"text": texts, "cut": cut}
-
-
-class _CleanExample:
-    """Map for streams, one example at a time; logs how many lines it has cut at the 1st, 2nd, 4th, 8th, ... one."""
-
-    def __init__(self, key: str, lowercase: bool, max_chars: int | None):
-        self.key = key
-        self.lowercase = lowercase
-        self.max_chars = max_chars
-        self.num_cut = 0
-
-    def __call__(self, example: dict) -> dict:
-        text, cut = _clean(example["text"], self.lowercase, self.max_chars)
-        if cut:
-            self.num_cut += 1
-            if self.num_cut & (self.num_cut - 1) == 0:
-                count, limit = self.num_cut, self.max_chars
-                logger.warning("clean %s: %d line(s) cut to %d characters so far", self.key, count, limit)
-        return {"text": text}
-
-
-def _is_non_empty(text: str) -> bool:
-    return bool(text)
-
-
-def clean_dataset(
-    ds: AnyDataset | AnyDatasetDict,
-    lowercase: bool = False,
-    max_chars: int | None = 20_000,
-    num_proc: int | None = None,
-):
-    """Clean the "text" column (see `clean_text`) and drop lines that end up empty.
-
-    Works on a single split or a dict of splits, in memory or streaming. Raises DataError if a split (in memory)
-    has no text left. Logs how many lines were dropped, and warns how many were cut at `max_chars` characters.
-    """
-    if isinstance(ds, DatasetDict | IterableDatasetDict):
-        return type(ds)({key: _clean_split(split, key, lowercase, max_chars, num_proc) for key, split in ds.items()})
-    return _clean_split(ds, "data", lowercase, max_chars, num_proc)
-
-
-def _clean_split(ds: AnyDataset, key: str, lowercase: bool, max_chars: int | None, num_proc: int | None):
-    if isinstance(ds, IterableDataset):
-        # Per example, not batched: in `datasets` streaming, a batched transform followed by another batched one
-        # (the tokenizer) slows down quadratically with the batch size.
-        return ds.map(_CleanExample(key, lowercase, max_chars)).filter(_is_non_empty, input_columns="text")
-    clean = _CleanBatch(lowercase, max_chars)
-    features = Features({"text": Value("string"), "cut": Value("bool")})
-    cleaned = ds.map(
-        clean, batched=True, remove_columns=ds.column_names, features=features, num_proc=num_proc, desc=f"clean {key}"
-    )
-    if len(cleaned) == 0:
-        raise DataError(
-            f"split {key!r} is empty after cleaning ({len(ds)} rows, all blank): check the file or the text column"
-        )
-    num_cut = int(_column(cleaned, "cut").sum())
-    cleaned = cleaned.remove_columns("cut")
-    if len(cleaned) < len(ds):
-        logger.info("clean %s: dropped %d blank lines of %d", key, len(ds) - len(cleaned), len(ds))
-    if num_cut:
-        logger.warning("clean %s: cut %d line(s) longer than %d characters", key, num_cut, max_chars)
-    return cleaned
-
-
-# =====================================================================================================================
-# Tokenizing
-# =====================================================================================================================
-
-
-def truncate_keeping_eos(ids: list[int], max_length: int, eos_token_id: int) -> list[int]:
-    """Cut a token sequence to max_length, keeping its final EOS: the decoder must still learn where sentences end."""
-    if len(ids) <= max_length:
-        return ids
-    return ids[: max_length - 1] + ids[-1:] if ids[-1] == eos_token_id else ids[:max_length]
-
-
-class _Tokenize:
-    """Batched map function: text -> input_ids (BOS ... EOS) and length, applying the overlong policy.
-
-    Overlong sentences are dropped inside the map, which keeps the result a plain table (a filter would leave an
-    index mapping that slows every later read); the caller counts them from the number of rows. When truncating
-    data in memory it also returns "original_length" (the length before truncation), to count truncations.
-    """
-
-    def __init__(self, tokenizer, max_length: int, overlong: str, streaming: bool):
-        self.encode = BatchEncoder(tokenizer)
-        self.eos_token_id = tokenizer.eos_token_id
-        self.max_length = max_length
-        self.truncate = overlong == "truncate"
-        self.report_original = self.truncate and not streaming
-
-    def __call__(self, batch: dict) -> dict:
-        input_ids = self.encode(batch["text"])
-        lengths = [len(ids) for ids in input_ids]
-        original = lengths
-        if lengths and max(lengths) > self.max_length:  # the rare batch with an overlong sentence
-            input_ids, original = self._apply_policy(input_ids, lengths)
-            lengths = [len(ids) for ids in input_ids]
-        columns = {"input_ids": input_ids, "length": lengths}
-        if self.report_original:
-            columns["original_length"] = original
-        return columns
-
-    def _apply_policy(self, encoded: list[list[int]], lengths: list[int]) -> tuple[list[list[int]], list[int]]:
-        kept, original = [], []
-        for ids, num_tokens in zip(encoded, lengths, strict=True):
-            if num_tokens > self.max_length:
-                if not self.truncate:
-                    continue
-                ids = truncate_keeping_eos(ids, self.max_length, self.eos_token_id)
-            kept.append(ids)
-            original.append(num_tokens)
-        return kept, original
-
-
-def _column(ds: Dataset, name: str) -> np.ndarray:
-    """A whole column as an array. Slicing reads it in one go; iterating a datasets Column reads row by row."""
-    return np.asarray(ds[name][:], dtype=np.int64)
-
-
-def tokenize_dataset(
-    ds: AnyDataset | AnyDatasetDict,
-    tokenizer,
-    max_length: int,
-    overlong: str = "drop",
-    num_proc: int | None = None,
-):
-    """Tokenize the "text" column into "input_ids" (with BOS and EOS) and "length".
-
-    Args:
-        ds: a split or a dict of splits (in memory or streaming) with a "text" column.
-        tokenizer: a fast tokenizer that adds BOS and EOS (see `sentmim.tokenization`).
-        max_length: the longest sequence kept, BOS and EOS included.
-        overlong: what to do with longer sentences: "drop" them, or "truncate" them to max_length tokens, the last
-            one still EOS.
-        num_proc: processes for `datasets.map` (in memory only).
-
-    Returns:
-        (tokenized, stats). For a single split, stats has num_sentences, num_overlong, num_dropped, num_truncated,
-        num_tokens (after the policy); for a dict, one such dict per split. Streams are tokenized lazily, so their
-        counts are None.
-    """
-    if overlong not in ("drop", "truncate"):
-        raise DataError(f"overlong must be 'drop' or 'truncate', got {overlong!r}")
-    if max_length < 3:
-        raise DataError(f"max_length must be at least 3 (BOS, one token, EOS), got {max_length}")
-    if isinstance(ds, DatasetDict | IterableDatasetDict):
-        tokenized, stats = {}, {}
-        for key, part in ds.items():
-            tokenized[key], stats[key] = _tokenize_split(part, key, tokenizer, max_length, overlong, num_proc)
-        return type(ds)(tokenized), stats
-    return _tokenize_split(ds, "data", tokenizer, max_length, overlong, num_proc)
-
-
-def _tokenize_split(ds: AnyDataset, key: str, tokenizer, max_length: int, overlong: str, num_proc: int | None):
-    streaming = isinstance(ds, IterableDataset)
-    function = _Tokenize(tokenizer, max_length, overlong, streaming)
-    if streaming:
-        tokenized = ds.map(function, batched=True, remove_columns=ds.column_names or ["text"])
-        stats = dict.fromkeys(("num_sentences", "num_overlong", "num_dropped", "num_truncated", "num_tokens"))
-        return tokenized, stats
-    features = Features({"input_ids": List(Value("int32")), "length": Value("int64")})
-    if function.report_original:
-        features["original_length"] = Value("int64")
-    tokenized = ds.map(  # explicit features: the columns exist even if every sentence is dropped
-        function, batched=True, remove_columns=ds.column_names, features=features, num_proc=num_proc,
-        desc=f"tokenize {key}",
-    )
-    if overlong == "truncate":
-        num_overlong = int((_column(tokenized, "original_length") > max_length).sum())
-        tokenized = tokenized.remove_columns("original_length")
-    else:
-        num_overlong = len(ds) - len(tokenized)
-    stats = {
-        "num_sentences": len(ds),
-        "num_overlong": num_overlong,
-        "num_dropped": num_overlong if overlong == "drop" else 0,
-        "num_truncated": num_overlong if overlong == "truncate" else 0,
-        "num_tokens": int(_column(tokenized, "length").sum()),
-    }
-    done = "dropped" if overlong == "drop" else "truncated"
-    log = logger.warning if num_overlong > 0.05 * max(len(ds), 1) else logger.info
-    log("tokenize %s: %d sentences, %d longer than %d tokens %s", key, len(ds), num_overlong, max_length, done)
-    return tokenized, stats
-
-
-# =====================================================================================================================
-# Batching
-# =====================================================================================================================
-
-
-class LengthBucketSampler(torch.utils.data.Sampler[list[int]]):
-    """Batches of indices whose sentences have similar lengths, in an order fixed by (seed, epoch).
-
-    With shuffle, the indices are permuted, cut into chunks of `chunk_batches * batch_size`, each chunk is sorted by
-    length and cut into batches, and the batch order is shuffled. Large chunks give batches of nearly equal length,
-    while the permutation keeps batches random across epochs. `chunk_batches=1` gives plain random batches. Without
-    shuffle, the chunks are taken in dataset order and batches come in order (for evaluation).
-
-    Pass it as `batch_sampler=` to a DataLoader and call `set_epoch(epoch)` before each epoch.
-    """
-
-    def __init__(
-        self,
-        lengths: Sequence[int],
-        batch_size: int,
-        shuffle: bool = True,
-        seed: int = 0,
-        drop_last: bool = False,
-        chunk_batches: int = 100,
-    ):
-        if batch_size < 1 or chunk_batches < 1:
-            raise DataError(f"batch_size and chunk_batches must be >= 1, got {batch_size} and {chunk_batches}")
-        self.lengths = np.asarray(lengths, dtype=np.int64)
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.seed = seed
-        self.drop_last = drop_last
-        self.chunk_size = chunk_batches * batch_size  # a multiple of batch_size: only the last batch can be short
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        if self.drop_last:
-            return len(self.lengths) // self.batch_size
-        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
-
-    def __iter__(self) -> Iterator[list[int]]:
-        rng = np.random.default_rng([self.seed, self.epoch])
-        order = rng.permutation(len(self.lengths)) if self.shuffle else np.arange(len(self.lengths))
-        batches = []
-        for start in range(0, len(order), self.chunk_size):
-            chunk = order[start : start + self.chunk_size]
-            chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
-            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
-        if batches and self.drop_last and len(batches[-1]) < self.batch_size:
-            batches.pop()
-        if self.shuffle:
-            batches = [batches[i] for i in rng.permutation(len(batches))]
-        for batch in batches:
-            yield batch.tolist()
-
-
-def collate_batch(examples: Sequence[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Pad "input_ids" on the right to the longest example; attention_mask is 1 on tokens, 0 on padding."""
-    sequences = [_as_list(example["input_ids"]) for example in examples]
-    lengths = np.fromiter(map(len, sequences), dtype=np.int64, count=len(sequences))
-    mask = np.arange(lengths.max()) < lengths[:, None]
-    input_ids = np.full(mask.shape, pad_token_id, dtype=np.int64)
-    # One copy of all tokens, row after row, into the positions the mask marks (numpy fills them in row order).
-    input_ids[mask] = np.fromiter(itertools.chain.from_iterable(sequences), dtype=np.int64, count=int(lengths.sum()))
-    return {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask.astype(np.int64))}
-
-
-def _as_list(sequence) -> list | tuple:
-    return sequence if isinstance(sequence, list | tuple) else sequence.tolist()  # a tensor or an array
-
-
-class _BucketedStream(torch.utils.data.IterableDataset):
-    """Length bucketing for streams: read a window of examples, sort it by length, yield its batches shuffled.
-
-    Only one window is held at a time, so memory stays flat however large the stream is.
-    """
-
-    def __init__(
-        self,
-        dataset,
-        batch_size: int,
-        shuffle: bool,
-        seed: int,
-        window: int,
-        drop_last: bool,
-        collate: Callable[[Sequence[dict]], dict],
-    ):
-        self.dataset = dataset
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.seed = seed
-        self.window = window
-        self.drop_last = drop_last
-        self.collate = collate
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        rng = np.random.default_rng([self.seed, self.epoch])
-        source = self.dataset
-        if self.shuffle and isinstance(source, IterableDataset):
-            source = _shuffle_stream(source, self.seed, self.window)  # shuffles shards and examples
-            source.set_epoch(self.epoch)
-        buffer: list[list[int]] = []
-        for example in source:
-            buffer.append(example["input_ids"])
-            if len(buffer) == self.window:
-                yield from self._batches(buffer, rng)
-                buffer = []
-        if buffer:
-            yield from self._batches(buffer, rng)
-
-    def _batches(self, buffer: list, rng: np.random.Generator) -> Iterator[dict[str, torch.Tensor]]:
-        order = sorted(range(len(buffer)), key=lambda i: len(buffer[i]))
-        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        if self.drop_last and len(batches[-1]) < self.batch_size:  # only the last window can be short
-            batches.pop()
-        if self.shuffle:
-            batches = [batches[i] for i in rng.permutation(len(batches))]
-        for batch in batches:
-            yield self.collate([{"input_ids": buffer[i]} for i in batch])
-
-
-def _shuffle_stream(stream: IterableDataset, seed: int, buffer_size: int) -> IterableDataset:
-    """`stream.shuffle`, without the shard interleaving of datasets >= 5 for a single shard of Python examples.
-
-    That interleaving hands every example over between threads, which took more than half the time of iterating a
-    one-file stream; with one shard there is nothing to interleave, and the examples come in the same order. (Streams
-    still read as Arrow tables, without a map, are left alone: their buffer fills by tables of another size then.)
-    """
-    options = {}
-    examples_only = getattr(getattr(stream, "_ex_iterable", None), "iter_arrow", True) is None
-    one_shard = stream.num_shards == 1 and examples_only
-    if one_shard and "max_buffer_input_shards" in inspect.signature(stream.shuffle).parameters:
-        options["max_buffer_input_shards"] = 1
-    return stream.shuffle(seed=seed, buffer_size=buffer_size, **options)
-
-
-def make_dataloader(
-    tokenized_ds,
-    batch_size: int,
-    pad_token_id: int,
-    shuffle: bool = True,
-    seed: int = 0,
-    bucket: bool = True,
-    drop_last: bool = False,
-    num_workers: int = 0,
-    bucket_batches: int = 100,
-) -> torch.utils.data.DataLoader:
-    """A DataLoader of padded batches {"input_ids", "attention_mask"} over a tokenized split.
-
-    In memory, batches come from a `LengthBucketSampler` (reach it as `loader.batch_sampler`). For a stream,
-    length bucketing works over a window of `bucket_batches * batch_size` examples (reach it as `loader.dataset`).
-    Either way, call `set_epoch(epoch)` on that object before each epoch (accelerate's prepared loader does it
-    for you on one process); `bucket=False` gives random batches with the same (seed, epoch) determinism.
-    """
-    collate = functools.partial(collate_batch, pad_token_id=pad_token_id)
-    window_batches = bucket_batches if bucket else 1
-    if isinstance(tokenized_ds, IterableDataset | torch.utils.data.IterableDataset):
-        window = window_batches * batch_size
-        stream = _BucketedStream(tokenized_ds, batch_size, shuffle, seed, window, drop_last, collate)
-        return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=num_workers)
-    columns = getattr(tokenized_ds, "column_names", None) or []
-    if "length" in columns:
-        lengths = _column(tokenized_ds, "length")
-    elif "input_ids" in columns:
-        lengths = [len(ids) for ids in tokenized_ds["input_ids"][:]]
-    else:
-        lengths = [len(tokenized_ds[i]["input_ids"]) for i in range(len(tokenized_ds))]
-    if "input_ids" in columns and len(columns) > 1:
-        tokenized_ds = tokenized_ds.select_columns(["input_ids"])  # do not read columns we do not batch
-    sampler = LengthBucketSampler(lengths, batch_size, shuffle, seed, drop_last, chunk_batches=window_batches)
-    loader = torch.utils.data.DataLoader
-    return loader(tokenized_ds, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers)

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import torch
 
-from .data import make_dataloader, tokenize_dataset
+from .batching import make_dataloader
 from .evaluation import evaluate
 from .experiment import RunOptions, load_splits, run_training
 from .pipeline import SentenceMIMPipeline
+from .preprocessing import tokenize_dataset
 from .training import TrainingArguments
 
 DEMO_MODEL = {"architecture": "gru", "embedding_size": 64, "hidden_size": 128, "latent_size": 16}

@@ -407,7 +407,8 @@ def load_split_texts(dataset, dataset_config=None, split: str = "test", text_col
     the default fraction and seed), so "validation" and "train" mean the same sentences as during training. A slice
     such as "test[:100]" is passed to `load_text_dataset` as is, with no carving.
     """
-    from .data import DataError, clean_dataset, load_text_dataset
+    from .data import DataError, load_text_dataset
+    from .preprocessing import clean_dataset
 
     if any(char in split for char in "[+"):
         splits = load_text_dataset(dataset, dataset_config, split=split, text_column=text_column,
@@ -430,7 +431,8 @@ def load_eval_batches(tokenizer, texts, batch_size: int = 64, max_length: int = 
     Sentences longer than max_length are truncated (EOS kept), never dropped, so every sentence counts;
     stats["num_truncated"] says how many. The loader's `batch_sampler` gives the dataset index of every row.
     """
-    from .data import make_dataloader, tokenize_dataset
+    from .batching import make_dataloader
+    from .preprocessing import tokenize_dataset
 
     tokenized, stats = tokenize_dataset(texts, tokenizer, max_length=max_length, overlong="truncate")
     loader = make_dataloader(tokenized, batch_size, pad_token_id=tokenizer.pad_token_id, shuffle=False)

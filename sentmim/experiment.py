@@ -16,8 +16,9 @@ from pathlib import Path
 from accelerate.utils import set_seed
 
 from .configuration import SentenceMIMConfig
-from .data import DataError, clean_dataset, load_text_dataset, tokenize_dataset
+from .data import DataError, load_text_dataset
 from .modeling import SentenceMIMModel
+from .preprocessing import clean_dataset, tokenize_dataset
 from .tokenization import SPECIAL_TOKENS, load_tokenizer, train_tokenizer, unknown_token_rate
 from .training import RUN_FOLDER, TrainingArguments, prepare_output_dir, train
 

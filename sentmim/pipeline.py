@@ -19,8 +19,9 @@ from pathlib import Path
 import torch
 
 from . import gaussian
-from .data import collate_batch, truncate_keeping_eos
+from .batching import collate_batch
 from .modeling import SentenceMIMModel
+from .preprocessing import truncate_keeping_eos
 from .tokenization import decode_keep_unknown, load_tokenizer
 
 logger = logging.getLogger(__name__)

@@ -38,7 +38,7 @@ from datasets.distributed import split_dataset_by_node
 from tqdm.auto import tqdm
 
 from . import checkpointing, metrics
-from .data import make_dataloader
+from .batching import make_dataloader
 from .objectives import kl_weight_from_config
 
 logger = logging.getLogger(__name__)

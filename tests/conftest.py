@@ -47,7 +47,7 @@ def batch():
 def builtin_splits():
     """(tokenizer, tokenized splits) of 200 / 40 / 10 built-in corpus sentences of at most 32 tokens."""
     from sentmim.corpus import load_builtin_corpus
-    from sentmim.data import tokenize_dataset
+    from sentmim.preprocessing import tokenize_dataset
     from sentmim.tokenization import train_tokenizer
 
     raw = load_builtin_corpus(num_train=200, num_validation=40, num_test=10)

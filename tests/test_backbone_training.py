@@ -10,8 +10,8 @@ from datasets import Dataset, DatasetDict
 
 from sentmim import SentenceMIMModel, SentenceMIMPipeline
 from sentmim.backbones import load_backbone_tokenizer
-from sentmim.data import tokenize_dataset
 from sentmim.lora import add_lora, load_lora
+from sentmim.preprocessing import tokenize_dataset
 from sentmim.training import TrainingArguments, train
 from tests.backbone_helpers import SENTENCES, fit, save_backbone
 from tests.test_training import interrupt_after_checkpoint

@@ -10,18 +10,12 @@ import pytest
 import torch
 from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict
 
+import sentmim.batching as batching_module
 import sentmim.data as data_module
+from sentmim.batching import LengthBucketSampler, collate_batch, make_dataloader
 from sentmim.corpus import builtin_sentences
-from sentmim.data import (
-    DataError,
-    LengthBucketSampler,
-    clean_dataset,
-    clean_text,
-    collate_batch,
-    load_text_dataset,
-    make_dataloader,
-    tokenize_dataset,
-)
+from sentmim.data import DataError, load_text_dataset
+from sentmim.preprocessing import clean_dataset, clean_text, tokenize_dataset
 from sentmim.tokenization import train_tokenizer
 
 SENTENCES = builtin_sentences(60, seed=5)
@@ -279,14 +273,14 @@ def test_clean_text():
 
 def test_cleaning_counts_the_lines_it_cuts(caplog):
     raw = ["short", "x " * 30, "a" + " " * 200, "   ", "y" * 100]  # max_chars=20: two lines lose text
-    with caplog.at_level("INFO", logger="sentmim.data"):
+    with caplog.at_level("INFO", logger="sentmim.preprocessing"):
         cleaned = clean_dataset(Dataset.from_dict({"text": raw}), max_chars=20)
     assert list(cleaned["text"]) == ["short", "x x x x x x x x x x", "a", "y" * 20]
     assert "cut 2 line(s) longer than 20 characters" in caplog.text  # "a" + spaces loses nothing
     assert "dropped 1 blank lines of 5" in caplog.text
     caplog.clear()
     stream = clean_dataset(Dataset.from_dict({"text": raw}).to_iterable_dataset(), max_chars=20)
-    with caplog.at_level("WARNING", logger="sentmim.data"):
+    with caplog.at_level("WARNING", logger="sentmim.preprocessing"):
         assert [example["text"] for example in stream] == list(cleaned["text"])
     assert "1 line(s) cut to 20 characters so far" in caplog.text
     assert "2 line(s) cut to 20 characters so far" in caplog.text
@@ -453,15 +447,23 @@ def add_one(example):
     return {"x": example["x"] + 1}
 
 
-@pytest.mark.parametrize("num_shards,mapped", [(1, True), (1, False), (3, True)])
-def test_streams_shuffle_as_datasets_does(num_shards, mapped):
+@pytest.mark.parametrize("num_shards", [1, 3])
+def test_streams_shuffle_as_datasets_does(num_shards):
+    """Tokenized streams (mapped: examples, not Arrow tables) come in datasets' own shuffled order; every stream is
+    shuffled (a permutation that depends on the seed and the epoch)."""
     stream = Dataset.from_dict({"x": list(range(500))}).to_iterable_dataset(num_shards=num_shards)
-    stream = stream.map(add_one) if mapped else stream  # mapped: examples, as tokenize_dataset gives them
-    for epoch in (0, 3):
-        ours, theirs = data_module._shuffle_stream(stream, 7, 64), stream.shuffle(seed=7, buffer_size=64)
-        ours.set_epoch(epoch)
-        theirs.set_epoch(epoch)
-        assert [example["x"] for example in ours] == [example["x"] for example in theirs]
+    for mapped in (True, False):
+        source = stream.map(add_one) if mapped else stream
+        orders = {}
+        for epoch in (0, 3):
+            ours, theirs = batching_module._shuffle_stream(source, 7, 64), source.shuffle(seed=7, buffer_size=64)
+            ours.set_epoch(epoch)
+            theirs.set_epoch(epoch)
+            orders[epoch] = [example["x"] for example in ours]
+            assert sorted(orders[epoch]) == sorted(example["x"] for example in source)
+            if mapped:
+                assert orders[epoch] == [example["x"] for example in theirs]
+        assert orders[0] != orders[3] and orders[0] != sorted(orders[0])
 
 
 def batches_of(loader, pad_token_id):
@@ -509,3 +511,19 @@ def test_streaming_dataloader_buckets_a_window(tokenizer):
     permutation = np.random.default_rng(0).permutation(len(row_lengths))
     random_batches = [permutation[i : i + 8].tolist() for i in range(0, len(row_lengths), 8)]
     assert padding_fraction(bucketed, row_lengths) < 0.25 * padding_fraction(random_batches, row_lengths)
+
+
+def test_folder_files_naming_no_split_are_reported_not_read(tmp_path, caplog):
+    """Split names come from datasets' rules; a file naming no split beside ones that do is left out, and said so."""
+    write_lines(tmp_path / "train.txt", SENTENCES[:20])
+    write_lines(tmp_path / "dev.txt", SENTENCES[20:30])
+    write_lines(tmp_path / "notes.txt", ["not a sentence of the corpus"])
+    with caplog.at_level("WARNING", logger="sentmim.data"):
+        splits = load_text_dataset(tmp_path)
+    assert {key: len(split) for key, split in splits.items()} == {"train": 20, "validation": 10}
+    assert "notes.txt" in caplog.text and "not read" in caplog.text
+    (tmp_path / "train.txt").unlink()
+    (tmp_path / "dev.txt").unlink()
+    write_lines(tmp_path / "more.txt", SENTENCES[:5])
+    only = load_text_dataset(tmp_path, validation_fraction=0.0)
+    assert list(only) == ["train"] and len(only["train"]) == 6  # no split word anywhere: every file is train

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from sentmim import SentenceMIMConfig, SentenceMIMModel, checkpointing, training
 from sentmim.checkpointing import CheckpointError
 from sentmim.corpus import load_builtin_corpus
-from sentmim.data import tokenize_dataset
+from sentmim.preprocessing import tokenize_dataset
 from sentmim.tokenization import train_tokenizer
 from sentmim.training import TrainingArguments, TrainingDiverged, train
 

@@ -1,0 +1,255 @@
+"""From raw text to token ids: clean each line, then tokenize it with BOS and EOS under a length rule.
+
+    raw = clean_dataset(raw)                          # drop blank lines, collapse whitespace
+    tokenized, stats = tokenize_dataset(raw, tokenizer, max_length=64)
+
+Both work on one split or a dict of splits, in memory or streaming.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from datasets import Dataset, DatasetDict, Features, IterableDataset, IterableDatasetDict, List, Value
+
+from .data import AnyDataset, AnyDatasetDict, DataError
+from .tokenization import BatchEncoder
+
+logger = logging.getLogger(__name__)
+
+# =====================================================================================================================
+# Cleaning
+# =====================================================================================================================
+
+
+def clean_text(text: str | None, lowercase: bool = False, max_chars: int | None = 20_000) -> str:
+    """One line of text: whitespace runs become one space, ends are stripped, overly long lines are cut.
+
+    Cutting at `max_chars` (at a space when there is one) bounds the cost of pathological lines, such as a whole
+    book on one line; such a line is still longer than any sensible `max_length` in tokens, so `tokenize_dataset`
+    then drops or truncates it like any other overlong sentence.
+    """
+    return _clean(text, lowercase, max_chars)[0]
+
+
+def _clean(text: str | None, lowercase: bool, max_chars: int | None) -> tuple[str, bool]:
+    """(the cleaned text, whether text was cut off at max_chars)."""
+    if not text:
+        return "", False
+    cut = False
+    if max_chars is not None and len(text) > 4 * max_chars:  # cheap bound before splitting
+        cut = not text[4 * max_chars :].isspace()
+        text = text[: 4 * max_chars]
+    text = " ".join(text.replace("\ufeff", " ").split())  # str.split() knows all Unicode whitespace
+    if max_chars is not None and len(text) > max_chars:
+        cut = True
+        text = text[:max_chars]
+        if " " in text:
+            text = text.rsplit(" ", 1)[0]
+    return (text.lower() if lowercase else text), cut
+
+
+class _CleanBatch:
+    """Batched map for data in memory: clean, drop the lines left empty, and flag the lines cut ("cut" column).
+
+    Dropping inside the map rather than with a filter keeps the result a plain table: a filter leaves an index
+    mapping that makes every later read (tokenizing, batching) gather rows one by one.
+    """
+
+    def __init__(self, lowercase: bool, max_chars: int | None):
+        self.lowercase = lowercase
+        self.max_chars = max_chars
+
+    def __call__(self, batch: dict) -> dict:
+        texts, cut = [], []
+        for text in batch["text"]:
+            cleaned, was_cut = _clean(text, self.lowercase, self.max_chars)
+            if cleaned:
+                texts.append(cleaned)
+                cut.append(was_cut)
+        return {"text": texts, "cut": cut}
+
+
+class _CleanExample:
+    """Map for streams, one example at a time; logs how many lines it has cut at the 1st, 2nd, 4th, 8th, ... one."""
+
+    def __init__(self, key: str, lowercase: bool, max_chars: int | None):
+        self.key = key
+        self.lowercase = lowercase
+        self.max_chars = max_chars
+        self.num_cut = 0
+
+    def __call__(self, example: dict) -> dict:
+        text, cut = _clean(example["text"], self.lowercase, self.max_chars)
+        if cut:
+            self.num_cut += 1
+            if self.num_cut & (self.num_cut - 1) == 0:
+                count, limit = self.num_cut, self.max_chars
+                logger.warning("clean %s: %d line(s) cut to %d characters so far", self.key, count, limit)
+        return {"text": text}
+
+
+def _is_non_empty(text: str) -> bool:
+    return bool(text)
+
+
+def clean_dataset(
+    ds: AnyDataset | AnyDatasetDict,
+    lowercase: bool = False,
+    max_chars: int | None = 20_000,
+    num_proc: int | None = None,
+):
+    """Clean the "text" column (see `clean_text`) and drop lines that end up empty.
+
+    Works on a single split or a dict of splits, in memory or streaming. Raises DataError if a split (in memory)
+    has no text left. Logs how many lines were dropped, and warns how many were cut at `max_chars` characters.
+    """
+    if isinstance(ds, DatasetDict | IterableDatasetDict):
+        return type(ds)({key: _clean_split(split, key, lowercase, max_chars, num_proc) for key, split in ds.items()})
+    return _clean_split(ds, "data", lowercase, max_chars, num_proc)
+
+
+def _clean_split(ds: AnyDataset, key: str, lowercase: bool, max_chars: int | None, num_proc: int | None):
+    if isinstance(ds, IterableDataset):
+        # Per example, not batched: in `datasets` streaming, a batched transform followed by another batched one
+        # (the tokenizer) slows down quadratically with the batch size.
+        return ds.map(_CleanExample(key, lowercase, max_chars)).filter(_is_non_empty, input_columns="text")
+    clean = _CleanBatch(lowercase, max_chars)
+    features = Features({"text": Value("string"), "cut": Value("bool")})
+    cleaned = ds.map(
+        clean, batched=True, remove_columns=ds.column_names, features=features, num_proc=num_proc, desc=f"clean {key}"
+    )
+    if len(cleaned) == 0:
+        raise DataError(
+            f"split {key!r} is empty after cleaning ({len(ds)} rows, all blank): check the file or the text column"
+        )
+    num_cut = int(column_as_array(cleaned, "cut").sum())
+    cleaned = cleaned.remove_columns("cut")
+    if len(cleaned) < len(ds):
+        logger.info("clean %s: dropped %d blank lines of %d", key, len(ds) - len(cleaned), len(ds))
+    if num_cut:
+        logger.warning("clean %s: cut %d line(s) longer than %d characters", key, num_cut, max_chars)
+    return cleaned
+
+
+# =====================================================================================================================
+# Tokenizing
+# =====================================================================================================================
+
+
+def truncate_keeping_eos(ids: list[int], max_length: int, eos_token_id: int) -> list[int]:
+    """Cut a token sequence to max_length, keeping its final EOS: the decoder must still learn where sentences end."""
+    if len(ids) <= max_length:
+        return ids
+    return ids[: max_length - 1] + ids[-1:] if ids[-1] == eos_token_id else ids[:max_length]
+
+
+class _Tokenize:
+    """Batched map function: text -> input_ids (BOS ... EOS) and length, applying the overlong policy.
+
+    Overlong sentences are dropped inside the map, which keeps the result a plain table (a filter would leave an
+    index mapping that slows every later read); the caller counts them from the number of rows. When truncating
+    data in memory it also returns "original_length" (the length before truncation), to count truncations.
+    """
+
+    def __init__(self, tokenizer, max_length: int, overlong: str, streaming: bool):
+        self.encode = BatchEncoder(tokenizer)
+        self.eos_token_id = tokenizer.eos_token_id
+        self.max_length = max_length
+        self.truncate = overlong == "truncate"
+        self.report_original = self.truncate and not streaming
+
+    def __call__(self, batch: dict) -> dict:
+        input_ids = self.encode(batch["text"])
+        lengths = [len(ids) for ids in input_ids]
+        original = lengths
+        if lengths and max(lengths) > self.max_length:  # the rare batch with an overlong sentence
+            input_ids, original = self._apply_policy(input_ids, lengths)
+            lengths = [len(ids) for ids in input_ids]
+        columns = {"input_ids": input_ids, "length": lengths}
+        if self.report_original:
+            columns["original_length"] = original
+        return columns
+
+    def _apply_policy(self, encoded: list[list[int]], lengths: list[int]) -> tuple[list[list[int]], list[int]]:
+        kept, original = [], []
+        for ids, num_tokens in zip(encoded, lengths, strict=True):
+            if num_tokens > self.max_length:
+                if not self.truncate:
+                    continue
+                ids = truncate_keeping_eos(ids, self.max_length, self.eos_token_id)
+            kept.append(ids)
+            original.append(num_tokens)
+        return kept, original
+
+
+def column_as_array(ds: Dataset, name: str) -> np.ndarray:
+    """A whole column as an array. Slicing reads it in one go; iterating a datasets Column reads row by row."""
+    return np.asarray(ds[name][:], dtype=np.int64)
+
+
+def tokenize_dataset(
+    ds: AnyDataset | AnyDatasetDict,
+    tokenizer,
+    max_length: int,
+    overlong: str = "drop",
+    num_proc: int | None = None,
+):
+    """Tokenize the "text" column into "input_ids" (with BOS and EOS) and "length".
+
+    Args:
+        ds: a split or a dict of splits (in memory or streaming) with a "text" column.
+        tokenizer: a fast tokenizer that adds BOS and EOS (see `sentmim.tokenization`).
+        max_length: the longest sequence kept, BOS and EOS included.
+        overlong: what to do with longer sentences: "drop" them, or "truncate" them to max_length tokens, the last
+            one still EOS.
+        num_proc: processes for `datasets.map` (in memory only).
+
+    Returns:
+        (tokenized, stats). For a single split, stats has num_sentences, num_overlong, num_dropped, num_truncated,
+        num_tokens (after the policy); for a dict, one such dict per split. Streams are tokenized lazily, so their
+        counts are None.
+    """
+    if overlong not in ("drop", "truncate"):
+        raise DataError(f"overlong must be 'drop' or 'truncate', got {overlong!r}")
+    if max_length < 3:
+        raise DataError(f"max_length must be at least 3 (BOS, one token, EOS), got {max_length}")
+    if isinstance(ds, DatasetDict | IterableDatasetDict):
+        tokenized, stats = {}, {}
+        for key, part in ds.items():
+            tokenized[key], stats[key] = _tokenize_split(part, key, tokenizer, max_length, overlong, num_proc)
+        return type(ds)(tokenized), stats
+    return _tokenize_split(ds, "data", tokenizer, max_length, overlong, num_proc)
+
+
+def _tokenize_split(ds: AnyDataset, key: str, tokenizer, max_length: int, overlong: str, num_proc: int | None):
+    streaming = isinstance(ds, IterableDataset)
+    function = _Tokenize(tokenizer, max_length, overlong, streaming)
+    if streaming:
+        tokenized = ds.map(function, batched=True, remove_columns=ds.column_names or ["text"])
+        stats = dict.fromkeys(("num_sentences", "num_overlong", "num_dropped", "num_truncated", "num_tokens"))
+        return tokenized, stats
+    features = Features({"input_ids": List(Value("int32")), "length": Value("int64")})
+    if function.report_original:
+        features["original_length"] = Value("int64")
+    tokenized = ds.map(  # explicit features: the columns exist even if every sentence is dropped
+        function, batched=True, remove_columns=ds.column_names, features=features, num_proc=num_proc,
+        desc=f"tokenize {key}",
+    )
+    if overlong == "truncate":
+        num_overlong = int((column_as_array(tokenized, "original_length") > max_length).sum())
+        tokenized = tokenized.remove_columns("original_length")
+    else:
+        num_overlong = len(ds) - len(tokenized)
+    stats = {
+        "num_sentences": len(ds),
+        "num_overlong": num_overlong,
+        "num_dropped": num_overlong if overlong == "drop" else 0,
+        "num_truncated": num_overlong if overlong == "truncate" else 0,
+        "num_tokens": int(column_as_array(tokenized, "length").sum()),
+    }
+    done = "dropped" if overlong == "drop" else "truncated"
+    log = logger.warning if num_overlong > 0.05 * max(len(ds), 1) else logger.info
+    log("tokenize %s: %d sentences, %d longer than %d tokens %s", key, len(ds), num_overlong, max_length, done)
+    return tokenized, stats
