@@ -14,7 +14,7 @@ import numpy as np
 from datasets import Dataset, DatasetDict, Features, IterableDataset, IterableDatasetDict, List, Value
 
 from .data import AnyDataset, AnyDatasetDict, DataError
-from .tokenization import BatchEncoder
+from .tokenization import encode_batch
 
 logger = logging.getLogger(__name__)
 
@@ -154,14 +154,14 @@ class _Tokenize:
     """
 
     def __init__(self, tokenizer, max_length: int, overlong: str, streaming: bool):
-        self.encode = BatchEncoder(tokenizer)
+        self.tokenizer = tokenizer
         self.eos_token_id = tokenizer.eos_token_id
         self.max_length = max_length
         self.truncate = overlong == "truncate"
         self.report_original = self.truncate and not streaming
 
     def __call__(self, batch: dict) -> dict:
-        input_ids = self.encode(batch["text"])
+        input_ids = encode_batch(self.tokenizer, batch["text"])
         lengths = [len(ids) for ids in input_ids]
         original = lengths
         if lengths and max(lengths) > self.max_length:  # the rare batch with an overlong sentence

@@ -19,7 +19,6 @@ Special tokens always come first, so their ids are fixed for every kind: ``<pad>
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -184,123 +183,24 @@ def unknown_token_rate(tokenizer: PreTrainedTokenizerFast, texts: Iterable[str],
     return num_unknown, num_tokens
 
 
-# --- fast batch encoding ---------------------------------------------------------------------------------------------
-
-# str.split() splits at these four control characters; the Rust WhitespaceSplit does not. Every other code point is
-# whitespace to both or to neither (checked over all of Unicode with tokenizers 0.23).
-_SPLIT_DISAGREES = ("\x1c", "\x1d", "\x1e", "\x1f")
+# --- batch encoding ----------------------------------------------------------------------------------------------
 
 
-class BatchEncoder:
+def encode_batch(tokenizer, texts: Sequence[str]) -> list[list[int]]:
     """`tokenizer(texts)["input_ids"]` (BOS and EOS added, no truncation, no padding), computed faster.
 
-    A word-level tokenizer as `train_tokenizer(kind="word")` builds it (whitespace split, optional lowercasing,
-    special tokens in the vocabulary, a BOS ... EOS template) is applied in Python: `str.split()` and dict lookups
-    are about 7x faster than the Rust pipeline, which tracks character offsets that we never use. Texts on which the
-    two could disagree still go through the tokenizer: a special token glued to other characters ("a<unk>b"), the
-    control characters 0x1c-0x1f, and non-ASCII text when lowercasing (Python and Rust follow different Unicode
-    versions). Other tokenizers use the backend's `encode_batch_fast` (no offsets) when nothing in the backend
-    differs from what the tokenizer call sets. tests/test_tokenization.py checks that the ids are equal.
+    The tokenizers backend's `encode_batch_fast` skips the character offsets that the tokenizer call tracks and we
+    never use (about 2x faster on PTB). When the backend is set up differently from what the tokenizer call would
+    do (truncation, padding, special-token splitting), the tokenizer call itself gives the ids.
     """
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        self.backend = getattr(tokenizer, "backend_tokenizer", None)
-        self.word_level = _word_level_plan(tokenizer, self.backend)
-
-    def __call__(self, texts: Sequence[str]) -> list[list[int]]:
-        if self.word_level is None:
-            return self._with_tokenizer(texts)
-        encode = self.word_level.encode
-        joined = "\n".join(texts)  # one scan of the batch for the rare characters
-        if any(character in joined for character in _SPLIT_DISAGREES):
-            ids = [None if any(c in text for c in _SPLIT_DISAGREES) else encode(text) for text in texts]
-        else:
-            ids = [encode(text) for text in texts]
-        slow = [i for i, encoded in enumerate(ids) if encoded is None]
-        if slow:
-            for i, encoded in zip(slow, self._with_tokenizer([texts[i] for i in slow]), strict=True):
-                ids[i] = encoded
-        return ids
-
-    def _with_tokenizer(self, texts: Sequence[str]) -> list[list[int]]:
-        backend = self.backend
-        if (
-            backend is None
-            or not hasattr(backend, "encode_batch_fast")
-            or backend.truncation is not None  # the tokenizer call turns these off; do the same for the same ids
-            or backend.padding is not None
-            or backend.encode_special_tokens != getattr(self.tokenizer, "split_special_tokens", False)
-        ):
-            return self.tokenizer(list(texts), add_special_tokens=True, verbose=False)["input_ids"]
-        return [encoding.ids for encoding in backend.encode_batch_fast(list(texts), add_special_tokens=True)]
-
-
-class _WordLevelPlan:
-    def __init__(self, vocab: dict[str, int], unk_id: int, added: list[str], lowercase: bool, prefix, suffix):
-        self.vocab = vocab
-        self.unk_id = unk_id
-        self.added = added
-        self.added_starts = sorted({token[0] for token in added})
-        self.lowercase = lowercase
-        self.prefix = list(prefix)
-        self.suffix = list(suffix)
-
-    def encode(self, text: str) -> list[int] | None:
-        """The ids of one text, or None when only the tokenizer itself can be trusted with it."""
-        if self.lowercase and not text.isascii():
-            return None
-        words = text.split()
-        # The tokenizer matches special tokens anywhere in the raw text. As whole words, the vocabulary lookup gives
-        # them the same ids; an occurrence inside a longer word ("a<unk>b") is left to the tokenizer.
-        if any(start in text for start in self.added_starts):
-            for token in self.added:
-                count = text.count(token)
-                if count and count != words.count(token):
-                    return None
-        if self.lowercase:
-            words = text.lower().split()
-        get, unk = self.vocab.get, self.unk_id
-        return [*self.prefix, *[get(word, unk) for word in words], *self.suffix]
-
-
-def _word_level_plan(tokenizer, backend) -> _WordLevelPlan | None:
-    """What the Python path needs, if it reproduces this tokenizer exactly; None otherwise."""
-    if backend is None or getattr(tokenizer, "split_special_tokens", False):
-        return None
-    spec = json.loads(backend.to_str())
-    model = spec.get("model") or {}
-    if model.get("type") != "WordLevel" or spec.get("pre_tokenizer") != {"type": "WhitespaceSplit"}:
-        return None
-    if spec.get("normalizer") not in (None, {"type": "Lowercase"}):
-        return None
-    vocab, unk = model.get("vocab", {}), model.get("unk_token")
-    added = spec.get("added_tokens") or []
-    for token in added:
-        content = token["content"]
-        plain = not (token["normalized"] or token["single_word"] or token["lstrip"] or token["rstrip"])
-        if not plain or vocab.get(content) != token["id"] or not content or content != "".join(content.split()):
-            return None  # a token the vocabulary lookup would not reproduce
-    ends = _template_ends(spec.get("post_processor"))
-    if unk not in vocab or ends is None:
-        return None
-    lowercase = spec.get("normalizer") is not None
-    return _WordLevelPlan(vocab, vocab[unk], [token["content"] for token in added], lowercase, *ends)
-
-
-def _template_ends(post_processor: dict | None) -> tuple[list[int], list[int]] | None:
-    """(ids before, ids after) the sentence, for no post-processor or a template around one sequence."""
-    if post_processor is None:
-        return [], []
-    if post_processor.get("type") != "TemplateProcessing":
-        return None
-    pieces = post_processor["single"]
-    sequences = [i for i, piece in enumerate(pieces) if "Sequence" in piece]
-    if len(sequences) != 1 or pieces[sequences[0]]["Sequence"]["id"] != "A":
-        return None
-    special = post_processor.get("special_tokens", {})
-
-    def ids(part: list[dict]) -> list[int]:
-        return [i for piece in part for i in special[piece["SpecialToken"]["id"]]["ids"]]
-
-    return ids(pieces[: sequences[0]]), ids(pieces[sequences[0] + 1 :])
+    texts = list(texts)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if (
+        backend is None
+        or not hasattr(backend, "encode_batch_fast")
+        or backend.truncation is not None  # the tokenizer call turns these off; do the same for the same ids
+        or backend.padding is not None
+        or backend.encode_special_tokens != getattr(tokenizer, "split_special_tokens", False)
+    ):
+        return tokenizer(texts, add_special_tokens=True, verbose=False)["input_ids"]
+    return [encoding.ids for encoding in backend.encode_batch_fast(texts, add_special_tokens=True)]
