@@ -16,6 +16,9 @@ Options are spelled with dashes (`--output-dir`); the underscore spelling of the
 
 import argparse
 import logging
+import math
+import os
+import re
 import sys
 from pathlib import Path
 
@@ -23,6 +26,45 @@ from .checkpointing import CheckpointError
 from .training import TrainingArguments, TrainingDiverged
 
 logger = logging.getLogger("sentmim")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the CLI's one-line errors (exit status 2); sub-commands inherit it."""
+
+    def error(self, message):
+        message = re.sub(r"(--[\w-]+)/--\w+", r"\1", message)  # "--batch-size/--batch_size": name one spelling
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def number(kind, valid, words: str):
+    """An argparse type: an int or a finite float for which `valid(value)` holds; the error states the range."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            kind_name = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {kind_name}") from None
+        if not (math.isfinite(value) and valid(value)):
+            raise argparse.ArgumentTypeError(f"{text} is out of range: must be {words}")
+        return value
+
+    return parse
+
+
+MAX_LENGTH = number(int, lambda value: value >= 3, "an integer >= 3 (BOS, a token, EOS)")
+VOCAB_SIZE = number(int, lambda value: value >= 5, "an integer >= 5 (the 4 special tokens and a word)")
+POSITIVE_INT = number(int, lambda value: value >= 1, "an integer >= 1")
+COUNT = number(int, lambda value: value >= 0, "an integer >= 0")
+POSITIVE = number(float, lambda value: value > 0, "a finite number > 0")
+NON_NEGATIVE = number(float, lambda value: value >= 0, "a finite number >= 0")
+FRACTION = number(float, lambda value: 0 <= value < 1, "a number >= 0 and < 1")
+SEED = number(int, lambda value: 0 <= value < 2**32, "an integer >= 0 and < 2**32")
+
+
+def is_main_process() -> bool:
+    """False in the processes other than the first of a torchrun / accelerate launch (they print nothing)."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def add(parser, name: str, **kwargs) -> None:
@@ -42,16 +84,26 @@ def add_data_options(parser, split_default: str | None) -> None:
     add(parser, "--lowercase", action="store_true")
 
 
+RESUME_HELP = (  # sentmim.training.RESUME_* are the rules; tests/test_resume_safety.py checks this text against them
+    "continue the run in output-dir exactly from its last checkpoint: the same command plus --resume. Any other "
+    "change of the data, tokenizer, model or training options, or of the number of processes, is refused. "
+    "May change: --logging-steps, --save-steps, --report-to, --cpu; --max-steps and --epochs (not with "
+    "--lr-scheduler cosine); --eval-steps and --eval-batch-size (not with --lr-scheduler plateau or "
+    "--early-stopping-patience > 0)"
+)
+
+
 def add_train_parser(commands) -> None:
     parser = commands.add_parser("train", help="train or fine-tune a model on a dataset")
     add_data_options(parser, split_default=None)
-    add(parser, "--max-length", type=int, default=64, help="longest sentence in tokens, BOS and EOS included")
+    add(parser, "--max-length", type=MAX_LENGTH, default=64, help="longest sentence in tokens, BOS and EOS included")
     add(parser, "--overlong", choices=["drop", "truncate"], default="drop", help="what to do with longer sentences")
     add(parser, "--streaming", action="store_true", help="read lazily (corpora larger than memory); needs --max-steps")
-    add(parser, "--validation-fraction", type=float, default=0.05, help="carved off train when there is no validation")
+    add(parser, "--validation-fraction", type=FRACTION, default=0.05,
+        help="carved off train when there is no validation")
     add(parser, "--tokenizer", choices=["word", "bpe", "unigram"], default="word")
-    add(parser, "--vocab-size", type=int, default=10000)
-    add(parser, "--min-frequency", type=int, default=1)
+    add(parser, "--vocab-size", type=VOCAB_SIZE, default=10000)
+    add(parser, "--min-frequency", type=COUNT, default=1)
     add(parser, "--init-from", default=None, help="fine-tune this trained model folder (keeps its tokenizer)")
     add(parser, "--objective", choices=["mim", "vae", "ae"], default=None, help="default: mim")
     add(parser, "--architecture", choices=["gru", "transformer"], default=None, help="default: gru")
@@ -59,35 +111,37 @@ def add_train_parser(commands) -> None:
         ("--latent-size", "default 128"), ("--hidden-size", "default 512"), ("--embedding-size", "default 300"),
         ("--num-layers", "default 1"), ("--num-attention-heads", "Transformer, default 4"),
     ]:
-        add(parser, name, type=int, default=None, help=help_text)
-    add(parser, "--dropout", type=float, default=None)
-    add(parser, "--embedding-dropout", type=float, default=None, help="dropout on the decoder's input embeddings")
-    add(parser, "--word-dropout", type=float, default=None, help="rate of decoder input words replaced by UNK")
+        add(parser, name, type=POSITIVE_INT, default=None, help=help_text)
+    add(parser, "--dropout", type=FRACTION, default=None)
+    add(parser, "--embedding-dropout", type=FRACTION, default=None, help="dropout on the decoder's input embeddings")
+    add(parser, "--word-dropout", type=FRACTION, default=None, help="rate of decoder input words replaced by UNK")
     add(parser, "--kl-schedule", choices=["constant", "linear", "logistic", "cyclical"], default=None)
-    add(parser, "--kl-anneal-steps", type=int, default=None)
-    add(parser, "--kl-cycle-steps", type=int, default=None)
-    add(parser, "--free-bits", type=float, default=None, help="VAE per-dimension KL floor (nats)")
+    add(parser, "--kl-anneal-steps", type=POSITIVE_INT, default=None)
+    add(parser, "--kl-cycle-steps", type=POSITIVE_INT, default=None)
+    add(parser, "--free-bits", type=NON_NEGATIVE, default=None, help="VAE per-dimension KL floor (nats)")
     add(parser, "--output-dir", required=True)
-    add(parser, "--overwrite", action="store_true", help="replace whatever output-dir holds")
-    add(parser, "--resume", action="store_true", help="continue the run in output-dir from its last checkpoint")
-    add(parser, "--batch-size", type=int, default=32, help="per process")
-    add(parser, "--eval-batch-size", type=int, default=128)
-    add(parser, "--max-steps", type=int, default=None, help="optimizer steps (overrides --epochs)")
-    add(parser, "--epochs", type=float, default=1.0)
-    add(parser, "--learning-rate", type=float, default=1e-3)
+    add(parser, "--overwrite", action="store_true",
+        help="replace the earlier run in output-dir (deletes only files a run wrote; refuses a folder holding others)")
+    add(parser, "--resume", action="store_true", help=RESUME_HELP)
+    add(parser, "--batch-size", type=POSITIVE_INT, default=32, help="per process")
+    add(parser, "--eval-batch-size", type=POSITIVE_INT, default=128)
+    add(parser, "--max-steps", type=POSITIVE_INT, default=None, help="optimizer steps (overrides --epochs)")
+    add(parser, "--epochs", type=POSITIVE, default=1.0)
+    add(parser, "--learning-rate", type=POSITIVE, default=1e-3)
     add(parser, "--optimizer", choices=["adam", "adamw"], default="adam")
-    add(parser, "--weight-decay", type=float, default=0.0)
-    add(parser, "--max-grad-norm", type=float, default=5.0)
+    add(parser, "--weight-decay", type=NON_NEGATIVE, default=0.0)
+    add(parser, "--max-grad-norm", type=POSITIVE, default=5.0)
     add(parser, "--lr-scheduler", choices=["constant", "cosine", "plateau"], default="constant")
-    add(parser, "--warmup-steps", type=int, default=0)
-    add(parser, "--gradient-accumulation-steps", type=int, default=1)
+    add(parser, "--warmup-steps", type=COUNT, default=0)
+    add(parser, "--gradient-accumulation-steps", type=POSITIVE_INT, default=1)
     add(parser, "--mixed-precision", choices=["no", "bf16", "fp16"], default="no")
-    add(parser, "--eval-steps", type=int, default=500)
-    add(parser, "--save-steps", type=int, default=None, help="checkpoint every N steps (default: --eval-steps)")
-    add(parser, "--logging-steps", type=int, default=50)
-    add(parser, "--early-stopping-patience", type=int, default=0, help="evaluations without improvement; 0: never")
+    add(parser, "--eval-steps", type=POSITIVE_INT, default=500)
+    add(parser, "--save-steps", type=POSITIVE_INT, default=None,
+        help="checkpoint every N steps (default: --eval-steps)")
+    add(parser, "--logging-steps", type=POSITIVE_INT, default=50)
+    add(parser, "--early-stopping-patience", type=COUNT, default=0, help="evaluations without improvement; 0: never")
     add(parser, "--report-to", choices=["none", "tensorboard"], default="none")
-    add(parser, "--seed", type=int, default=0)
+    add(parser, "--seed", type=SEED, default=0)
     add(parser, "--cpu", action="store_true", help="train on CPU even when a GPU is present")
     parser.set_defaults(handler=run_train)
 
@@ -117,8 +171,9 @@ def run_train(args) -> None:
         seed=args.seed, resume=args.resume, overwrite=args.overwrite, report_to=args.report_to, cpu=args.cpu,
     )
     _, _, results = run_training(options, training_args)
-    print(f"trained {results['step']} steps; best validation loss {results['best_val_loss']}; "
-          f"model in {args.output_dir}")
+    if is_main_process():
+        print(f"trained {results['step']} steps; best validation loss {results['best_val_loss']}; "
+              f"model in {args.output_dir}")
 
 
 # -- evaluation and text tools ------------------------------------------------------------------------------------
@@ -128,11 +183,11 @@ def add_evaluate_parser(commands) -> None:
     parser = commands.add_parser("evaluate", help="every metric of a model on a split (IW-NLL, ELBO, MI, BLEU, ...)")
     parser.add_argument("model_dir")
     add_data_options(parser, split_default="test")
-    add(parser, "--batch-size", type=int, default=64)
-    add(parser, "--iw-samples", type=int, default=500, help="importance samples for IW-NLL (0 skips it)")
-    add(parser, "--max-sentences", type=int, default=None)
+    add(parser, "--batch-size", type=POSITIVE_INT, default=64)
+    add(parser, "--iw-samples", type=COUNT, default=500, help="importance samples for IW-NLL (0 skips it)")
+    add(parser, "--max-sentences", type=POSITIVE_INT, default=None)
     add(parser, "--plots", default=None, metavar="DIR", help="write PNG plots to DIR")
-    add(parser, "--seed", type=int, default=0)
+    add(parser, "--seed", type=SEED, default=0)
     parser.set_defaults(handler=run_evaluate)
 
 
@@ -174,22 +229,22 @@ def add_text_parsers(commands) -> None:
     parser.add_argument("sentences", nargs="*")
     add(parser, "--input", default=None, help="file with one sentence per line")
     add(parser, "--mode", choices=["mean", "sample", "perturb"], default="mean")
-    add(parser, "--num-beams", type=int, default=1)
+    add(parser, "--num-beams", type=POSITIVE_INT, default=1)
     parser.set_defaults(handler=run_reconstruct)
 
     parser = commands.add_parser("interpolate", help="decode points on the path between two sentences")
     parser.add_argument("model_dir")
     parser.add_argument("first")
     parser.add_argument("second")
-    add(parser, "--steps", type=int, default=8, help="points between the two endpoints")
+    add(parser, "--steps", type=COUNT, default=8, help="points between the two endpoints")
     add(parser, "--method", choices=["linear", "slerp"], default="linear")
     parser.set_defaults(handler=run_interpolate)
 
     parser = commands.add_parser("sample", help="decode sentences from the prior")
     parser.add_argument("model_dir")
-    parser.add_argument("-n", "--num-samples", type=int, default=10)
-    add(parser, "--temperature", type=float, default=1.0, help="token sampling temperature (0 = greedy)")
-    add(parser, "--seed", type=int, default=None)
+    parser.add_argument("-n", "--num-samples", type=POSITIVE_INT, default=10)
+    add(parser, "--temperature", type=NON_NEGATIVE, default=1.0, help="token sampling temperature (0 = greedy)")
+    add(parser, "--seed", type=SEED, default=None)
     parser.set_defaults(handler=run_sample)
 
     parser = commands.add_parser("encode", help="write posterior means of sentences to a .npy file")
@@ -224,8 +279,9 @@ def run_encode(args) -> None:
 
     sentences = read_sentences(args)  # a bad --input fails before the model loads
     latents = load_pipeline(args.model_dir).encode(sentences).cpu().numpy().astype("float32")
-    np.save(args.output, latents)
-    print(f"wrote {latents.shape[0]} x {latents.shape[1]} posterior means to {args.output}")
+    output = args.output if args.output.endswith(".npy") else f"{args.output}.npy"  # what np.save writes
+    np.save(output, latents)
+    print(f"wrote {latents.shape[0]} x {latents.shape[1]} posterior means to {output}")
 
 
 # -- demo -----------------------------------------------------------------------------------------------------------
@@ -234,8 +290,8 @@ def run_encode(args) -> None:
 def add_demo_parser(commands) -> None:
     parser = commands.add_parser("demo", help="MIM vs VAE on the built-in corpus, in a few minutes on a CPU")
     add(parser, "--output-dir", default="runs/demo")
-    add(parser, "--max-steps", type=int, default=3000)
-    add(parser, "--seed", type=int, default=0)
+    add(parser, "--max-steps", type=POSITIVE_INT, default=3000)
+    add(parser, "--seed", type=SEED, default=0)
     parser.set_defaults(handler=run_demo)
 
 
@@ -288,7 +344,7 @@ def run_benchmark(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sentmim", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="sentmim", description=__doc__.split("\n\n")[0])
     parser.add_argument("--verbose", action="store_true", help="log at INFO level")
     commands = parser.add_subparsers(dest="command", required=True)
     add_demo_parser(commands)
@@ -300,16 +356,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_request:  # --help (0) or an argument error, already printed on one line (2)
+        return exit_request.code
+    main_process = is_main_process()
+    talkative = args.verbose or args.command in ("train", "demo")
     logging.basicConfig(
         format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
-        level=logging.INFO if args.verbose or args.command in ("train", "demo") else logging.WARNING,
+        level=logging.INFO if talkative and main_process else logging.WARNING if main_process else logging.ERROR,
     )
     try:
         args.handler(args)
     except (ValueError, CheckpointError, TrainingDiverged, OSError, ImportError) as error:  # OSError: files, disk
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        print(f"sentmim {args.command}: error: {message}", file=sys.stderr)
+        # Under several processes each one that fails says so (a failure may be its own), marked with its rank.
+        where = "" if main_process else f" (process {os.environ.get('RANK')})"
+        print(f"sentmim {args.command}{where}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"sentmim {args.command}: interrupted; a training run continues with --resume", file=sys.stderr)

@@ -6,9 +6,13 @@ fine-tuning the same way:
 - a new run trains a tokenizer on the training split and builds a model from the options;
 - `init_from=DIR` fine-tunes a trained model: its tokenizer and architecture are kept (words it does not know
   become <unk>; the rate is logged) and only the objective / KL settings given may change;
-- `resume=True` rebuilds the model and tokenizer saved in output_dir/checkpoints/run and continues.
+- `resume=True` rebuilds the model and tokenizer saved in output_dir/checkpoints/run and continues. Every option
+  here defines the run: a resume refuses any that differs from run_options.json (and a model option that differs
+  from the run's config), naming it with both values.
 """
 
+import dataclasses
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,10 +21,12 @@ from accelerate.utils import set_seed
 
 from .configuration import SentenceMIMConfig
 from .data import DataError, load_text_dataset
+from .files import read_json
+from .model_folder import load_config, load_model
 from .modeling import SentenceMIMModel
 from .preprocessing import clean_dataset, tokenize_dataset
-from .tokenization import SPECIAL_TOKENS, load_tokenizer, train_tokenizer, unknown_token_rate
-from .training import RUN_FOLDER, TrainingArguments, prepare_output_dir, train
+from .tokenization import SPECIAL_TOKENS, TOKENIZER_KINDS, load_tokenizer, train_tokenizer, unknown_token_rate
+from .training import RUN_FOLDER, TrainingArguments, out_of_range, prepare_output_dir, train
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +48,55 @@ class RunOptions:
     streaming: bool = False  # read the corpus lazily (larger than memory); training then needs max_steps
     max_validation_sentences: int = 5000  # streams only: the first this many carved-off sentences validate
     model: dict = field(default_factory=dict)  # SentenceMIMConfig fields (architecture, objective, sizes, ...)
+
+    def __post_init__(self):
+        choices = {"overlong": ("drop", "truncate"), "tokenizer": TOKENIZER_KINDS}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"run option {name}={getattr(self, name)!r} is invalid: use {', '.join(allowed)}")
+        ranges = {"max_length": (3, None, True), "validation_fraction": (0, None, False),
+                  "min_frequency": (0, None, True), "max_validation_sentences": (1, None, True)}
+        for name, (low, high, integer) in ranges.items():
+            problem = out_of_range(getattr(self, name), low, high, integer)
+            if name == "validation_fraction" and not problem and self.validation_fraction >= 1:
+                problem = "a number >= 0 and < 1"
+            if problem:
+                raise ValueError(f"run option {name}={getattr(self, name)!r} is invalid: must be {problem}")
+
+
+def options_record(options: RunOptions) -> dict:
+    """The options as saved in run_options.json: JSON values, local paths made absolute (a resume may start from
+    another working directory)."""
+    record = dataclasses.asdict(options)
+    for name in ("dataset", "init_from"):
+        if record[name] and Path(record[name]).exists():
+            record[name] = str(Path(record[name]).resolve())
+    return json.loads(json.dumps(record))
+
+
+def check_resume_options(output_dir: Path, options: RunOptions) -> None:
+    """Refuse a resume whose data, tokenizer or model options differ from those the run started with."""
+    config_path = output_dir / RUN_FOLDER / "config.json"
+    config = load_config(output_dir / RUN_FOLDER)
+    for name, new in options.model.items():
+        old = getattr(config, name, None)
+        if old != new:
+            raise ValueError(
+                f"--resume: model option {name} was {old!r} when this run started ({config_path}), now {new!r}; "
+                f"resume with {old!r} (or without the option), or train into another output folder"
+            )
+    saved_path = output_dir / "run_options.json"
+    if not saved_path.is_file():
+        logger.warning("%s is missing: the resumed run's data options cannot be checked", saved_path)
+        return
+    new_record = options_record(options)
+    for name, old in read_json(saved_path).items():
+        if name != "model" and name in new_record and new_record[name] != old:
+            raise ValueError(
+                f"--resume: option {name} was {old!r} when this run started ({saved_path}), now "
+                f"{new_record[name]!r}: it would change the run; resume with {old!r}, or train into another "
+                "output folder"
+            )
 
 
 def load_splits(options: RunOptions, seed: int):
@@ -88,9 +143,9 @@ def prepare_tokenizer(options: RunOptions, train_texts, output_dir: Path, resume
 
 def prepare_model(options: RunOptions, tokenizer, output_dir: Path, resume: bool) -> SentenceMIMModel:
     if resume:
-        return SentenceMIMModel(SentenceMIMConfig.from_pretrained(output_dir / RUN_FOLDER))
+        return SentenceMIMModel(load_config(output_dir / RUN_FOLDER))
     if options.init_from:
-        config = SentenceMIMConfig.from_pretrained(options.init_from)
+        config = load_config(options.init_from)
         changeable = {"objective", "dropout", "embedding_dropout", "word_dropout", "logvar_min", "free_bits"} | {
             name for name in options.model if name.startswith("kl_")
         }
@@ -104,12 +159,13 @@ def prepare_model(options: RunOptions, tokenizer, output_dir: Path, resume: bool
                 )
         config.validate()
         # Built from the updated config, so a changed dropout rate reaches the dropout modules, not just config.json.
-        return SentenceMIMModel.from_pretrained(options.init_from, config=config)
+        return load_model(options.init_from, config=config)
+    fields = dict(options.model)
     config = SentenceMIMConfig(
         vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, unk_token_id=tokenizer.unk_token_id,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        max_position_embeddings=max(options.max_length, options.model.pop("max_position_embeddings", 0)),
-        **options.model,
+        max_position_embeddings=max(options.max_length, fields.pop("max_position_embeddings", 0)),
+        **fields,
     )
     return SentenceMIMModel(config)
 
@@ -121,7 +177,9 @@ def run_training(
 
     `splits` (cleaned text splits, as `load_splits` returns them) and `tokenizer` may be passed in so that several
     runs share one loaded dataset and one vocabulary (sentmim.benchmark); by default both come from `options`."""
-    output_dir = prepare_output_dir(args)  # refuse a used folder before spending time on data
+    output_dir = prepare_output_dir(args, dataset=options.dataset)  # refuse a folder before spending time on data
+    if args.resume:
+        check_resume_options(output_dir, options)
     if splits is None:
         splits = load_splits(options, args.seed)
     if tokenizer is None:
@@ -137,5 +195,5 @@ def run_training(
                 f"all {counts['num_sentences']} {split} sentences are longer than --max-length {options.max_length} "
                 "tokens: raise --max-length or pass --overlong truncate"
             )
-    results = train(model, tokenizer, tokenized, args)
+    results = train(model, tokenizer, tokenized, args, run_options=options_record(options))
     return model, tokenizer, results

@@ -11,6 +11,8 @@ Output convention (public API): the generated tokens after BOS, up to and includ
 BOS and padding are never generated (their logits are masked), so a decoded row reads as a sentence.
 """
 
+import math
+
 import torch
 
 
@@ -30,8 +32,8 @@ def decode_latents(
         raise ValueError(f"max_length={max_length}: must be >= 1")
     if num_beams < 1:
         raise ValueError(f"num_beams={num_beams}: must be >= 1")
-    if do_sample and temperature <= 0:
-        raise ValueError(f"temperature={temperature}: must be > 0 when sampling (use do_sample=False for greedy)")
+    if do_sample and not 0 < temperature < math.inf:  # nan fails this test too
+        raise ValueError(f"temperature={temperature}: must be finite and > 0 when sampling (do_sample=False: greedy)")
     if num_beams > 1:
         if do_sample:
             raise ValueError("num_beams > 1 with do_sample=True is not supported: beam search is deterministic")

@@ -519,6 +519,12 @@ class SentenceMIMModel(SentenceMIMPreTrainedModel, GenerationMixin):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Token ids [B, <=max_length]: the generated tokens after BOS, up to and including EOS, then padding."""
+        if not isinstance(z, torch.Tensor) or z.dim() != 2 or z.size(1) != self.config.latent_size:
+            shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+            raise ValueError(f"z must be a tensor [batch, {self.config.latent_size}], got {shape}")
+        if not torch.isfinite(z).all():  # would decode silently into runs of one token
+            row = int((~torch.isfinite(z)).any(1).nonzero()[0, 0])
+            raise ValueError(f"z holds nan or inf values (first in row {row}): decode finite latent codes only")
         if max_length is None:
             max_length = self.config.max_position_embeddings - 1
         positioned = self.config.architecture in ("transformer", "backbone")

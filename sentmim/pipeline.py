@@ -13,6 +13,7 @@ An empty string is a valid sentence: it encodes as BOS EOS. Unknown words become
 
 import logging
 import math
+import numbers
 import os
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import torch
 
 from . import gaussian
 from .batching import collate_batch
+from .model_folder import load_config, load_model
 from .modeling import SentenceMIMModel
 from .preprocessing import truncate_keeping_eos
 from .tokenization import decode_keep_unknown, load_tokenizer
@@ -49,13 +51,11 @@ class SentenceMIMPipeline:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device | None = None, **kwargs):
+        """Model and tokenizer saved in `path`; never runs code from the folder (sentmim.model_folder)."""
         path = Path(path)
-        if not (path / "config.json").is_file():
-            raise ValueError(
-                f"{path}: no config.json here; pass a folder written by `sentmim train` or save_pretrained"
-            )
+        config = load_config(path)
         tokenizer = load_tokenizer(path)
-        model = SentenceMIMModel.from_pretrained(path)
+        model = load_model(path, config)
         if device is not None:
             model = model.to(device)
         return cls(model, tokenizer, **kwargs)
@@ -78,8 +78,6 @@ class SentenceMIMPipeline:
     # -- sentences <-> token ids -------------------------------------------------------------------------------
 
     def _tokenize(self, sentences: list[str]) -> dict[str, torch.Tensor]:
-        if isinstance(sentences, str):
-            raise TypeError("pass a list of sentences, e.g. pipe.encode([sentence])")
         encoded = self.tokenizer(list(sentences), add_special_tokens=True, verbose=False)["input_ids"]
         too_long = sum(len(ids) > self.max_length for ids in encoded)
         if too_long:
@@ -100,6 +98,11 @@ class SentenceMIMPipeline:
     @torch.no_grad()
     def encode_posterior(self, sentences: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, logvar) of q(z|x) for each sentence, each [N, latent]."""
+        if isinstance(sentences, str):
+            raise TypeError("pass a list of sentences, e.g. pipe.encode([sentence])")
+        for index, sentence in enumerate(sentences):
+            if not isinstance(sentence, str):
+                raise TypeError(f"sentences[{index}] is {type(sentence).__name__}, not a string: pass text only")
         means, logvars = [], []
         for start in range(0, len(sentences), self.batch_size):
             batch = self._tokenize(sentences[start : start + self.batch_size])
@@ -161,10 +164,11 @@ class SentenceMIMPipeline:
     def sample(self, n: int = 10, temperature: float = 1.0, latent_temperature: float = 1.0, seed: int | None = None):
         """n sentences from the prior: z ~ N(0, latent_temperature^2 I), decoded by sampling tokens at
         `temperature` (temperature=0 decodes greedily)."""
-        if n < 1:
-            raise ValueError(f"n={n}: must be >= 1")
-        if temperature < 0 or latent_temperature < 0 or math.isnan(temperature):
-            raise ValueError("temperature and latent_temperature must be >= 0")
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+            raise ValueError(f"n={n!r}: must be an integer >= 1")
+        for name, value in (("temperature", temperature), ("latent_temperature", latent_temperature)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < math.inf:
+                raise ValueError(f"{name}={value!r}: must be a finite number >= 0")
         generator = torch.Generator(device=self.device)
         if seed is None:  # fresh randomness each call, without re-seeding torch's global generator (torch.seed())
             seed = int.from_bytes(os.urandom(8), "little") >> 1

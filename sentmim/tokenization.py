@@ -23,7 +23,9 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
+
+from .files import read_json
 
 PAD_TOKEN, UNK_TOKEN, BOS_TOKEN, EOS_TOKEN = "<pad>", "<unk>", "<s>", "</s>"
 SPECIAL_TOKENS = [PAD_TOKEN, UNK_TOKEN, BOS_TOKEN, EOS_TOKEN]  # this order fixes the ids 0, 1, 2, 3
@@ -130,7 +132,11 @@ def bos_eos_template(bos: str, bos_id: int, eos: str, eos_id: int) -> processors
 
 
 def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerFast:
-    """Load a tokenizer saved with `save_pretrained` (for example next to a trained model)."""
+    """Load a tokenizer saved with `save_pretrained` (for example next to a trained model).
+
+    It is always built as a `PreTrainedTokenizerFast` from tokenizer.json: a `tokenizer_class` or `auto_map` in the
+    folder's tokenizer_config.json is ignored, so loading never runs code from the folder (AutoTokenizer would
+    offer to)."""
     path = os.fspath(path)
     if not os.path.isfile(os.path.join(path, "tokenizer.json")):
         where = "folder does not exist" if not os.path.isdir(path) else "folder has no tokenizer.json"
@@ -138,7 +144,16 @@ def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerFast:
             f"no tokenizer in {path!r} ({where}): train one with sentmim.tokenization.train_tokenizer(...) "
             f"and save it with tokenizer.save_pretrained({path!r})"
         )
-    return AutoTokenizer.from_pretrained(path)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        if os.path.isfile(os.path.join(path, name)):
+            read_json(os.path.join(path, name), "the tokenizer is damaged; copy the model folder again or retrain")
+    try:
+        return PreTrainedTokenizerFast.from_pretrained(path, trust_remote_code=False, local_files_only=True)
+    except Exception as error:  # noqa: BLE001 - `tokenizers` raises plain Exceptions for a malformed tokenizer.json
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise ValueError(
+            f"{path}: the tokenizer could not be loaded ({reason}); copy the folder again or retrain"
+        ) from None
 
 
 def decode_keep_unknown(tokenizer: PreTrainedTokenizerFast, ids) -> list[str]:

@@ -8,15 +8,20 @@ Launch the same code on several processes with `accelerate launch` or `torchrun`
 What a run leaves in output_dir:
     config.json, model.safetensors, tokenizer files   the model with the best validation loss (or the last one when
                                                        there is no validation split): load it with
-                                                       SentenceMIMPipeline / AutoModel.from_pretrained
+                                                       SentenceMIMPipeline / AutoModel.from_pretrained. Published
+                                                       atomically: a reader sees the previous model or the new one
     checkpoints/step_N/, checkpoints/latest            resumable states (see sentmim.checkpointing)
     checkpoints/run/                                   the run's tokenizer and config (resume rebuilds from them)
     log.jsonl                                          one JSON object per logging / evaluation event
-    training_args.json, train_results.json
+    training_args.json, run_options.json               the options the run started with (resume checks them)
+    train_results.json
+    .sentmim-run                                       marks the folder as a run's; locked while a run writes it
+                                                       (see sentmim.run_folder)
 
 Resume (`resume=True`) continues exactly where the last checkpoint stopped: same weights, optimizer, learning-rate
 and KL schedules, random state and position in the (seeded, length-bucketed) batch order, so an interrupted run
-ends with the same parameters as an uninterrupted one.
+ends with the same parameters as an uninterrupted one. It refuses options that would change the run
+(RESUME_MAY_CHANGE lists the ones that may change) and a different number of processes.
 """
 
 import dataclasses
@@ -37,8 +42,9 @@ from datasets import IterableDataset
 from datasets.distributed import split_dataset_by_node
 from tqdm.auto import tqdm
 
-from . import checkpointing, metrics
+from . import checkpointing, metrics, run_folder
 from .batching import make_dataloader
+from .files import fsync_path, read_json, write_json_atomic
 from .objectives import kl_weight_from_config
 
 logger = logging.getLogger(__name__)
@@ -76,26 +82,78 @@ class TrainingArguments:
     progress: bool = True
 
     def __post_init__(self):
-        checks = {
-            "batch_size": self.batch_size >= 1,
-            "eval_batch_size": self.eval_batch_size >= 1,
-            "max_steps": self.max_steps is None or self.max_steps >= 1,
-            "epochs": self.epochs > 0,
-            "learning_rate": self.learning_rate > 0,
-            "optimizer": self.optimizer in ("adam", "adamw"),
-            "lr_scheduler": self.lr_scheduler in ("constant", "cosine", "plateau"),
-            "gradient_accumulation_steps": self.gradient_accumulation_steps >= 1,
-            "mixed_precision": self.mixed_precision in ("no", "bf16", "fp16"),
-            "eval_steps": self.eval_steps >= 1,
-            "logging_steps": self.logging_steps >= 1,
-            "save_total_limit": self.save_total_limit >= 1,
-            "report_to": self.report_to in ("none", "tensorboard"),
+        choices = {"optimizer": ("adam", "adamw"), "lr_scheduler": ("constant", "cosine", "plateau"),
+                   "mixed_precision": ("no", "bf16", "fp16"), "report_to": ("none", "tensorboard")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                value = getattr(self, name)
+                raise ValueError(f"training argument {name}={value!r} is invalid: use {', '.join(allowed)}")
+        ranges = {  # name: (lowest, highest, integer?); a strict lower bound is written as (low, "exclusive")
+            "batch_size": (1, None, True), "eval_batch_size": (1, None, True), "max_steps": (1, None, True),
+            "epochs": ((0, "exclusive"), None, False), "learning_rate": ((0, "exclusive"), None, False),
+            "weight_decay": (0, None, False), "max_grad_norm": ((0, "exclusive"), None, False),
+            "warmup_steps": (0, None, True), "plateau_factor": ((0, "exclusive"), 1, False),
+            "plateau_patience": (1, None, True), "gradient_accumulation_steps": (1, None, True),
+            "eval_steps": (1, None, True), "save_steps": (1, None, True), "logging_steps": (1, None, True),
+            "early_stopping_patience": (0, None, True), "save_total_limit": (1, None, True),
+            "seed": (0, 2**32 - 1, True),
         }
-        for name, ok in checks.items():
-            if not ok:
-                raise ValueError(f"training argument {name}={getattr(self, name)!r} is invalid")
+        for name, (low, high, integer) in ranges.items():
+            value = getattr(self, name)
+            if value is None and name in ("max_steps", "save_steps"):
+                continue
+            problem = out_of_range(value, low, high, integer)
+            if problem:
+                raise ValueError(f"training argument {name}={value!r} is invalid: must be {problem}")
         if self.resume and self.overwrite:
             raise ValueError("resume and overwrite exclude each other: resume continues a run, overwrite deletes it")
+
+
+def out_of_range(value, low, high=None, integer: bool = False) -> str | None:
+    """None if `value` is a finite number (an integer if asked) in the range, else the range in words.
+    `low` may be (number, "exclusive") for a strict lower bound."""
+    exclusive = isinstance(low, tuple)
+    low = low[0] if exclusive else low
+    kind = "an integer" if integer else "a finite number"
+    words = f"{kind} {'>' if exclusive else '>='} {low}" + (f" and <= {high}" if high is not None else "")
+    if isinstance(value, bool) or not isinstance(value, int if integer else int | float):
+        return words
+    if not math.isfinite(value) or value < low or (exclusive and value == low) or (high is not None and value > high):
+        return words
+    return None
+
+
+# Options that may differ when a run is resumed, because they cannot change the weights it ends with: where and how
+# verbosely it runs, how often it logs and checkpoints, how many checkpoints it keeps.
+RESUME_MAY_CHANGE = {"output_dir", "resume", "overwrite", "cpu", "progress", "report_to", "logging_steps",
+                     "save_steps", "save_total_limit"}
+# May change unless the cosine schedule, which decays over the run's length, is used: the run's length.
+RESUME_LENGTH = {"max_steps", "epochs"}
+# May change unless evaluations steer training (plateau schedule, early stopping): evaluation settings.
+RESUME_EVALUATION = {"eval_steps", "eval_batch_size"}
+
+
+def check_resume_arguments(saved: dict, args: TrainingArguments, source: Path) -> None:
+    """Refuse, naming the option with its old and new values, a resume whose arguments would change the run."""
+    steered = args.lr_scheduler == "plateau" or args.early_stopping_patience > 0
+    for name, old in saved.items():
+        if not hasattr(args, name) or name in RESUME_MAY_CHANGE:
+            continue
+        new = getattr(args, name)
+        if new == old:
+            continue
+        if name in RESUME_LENGTH and args.lr_scheduler != "cosine":
+            continue
+        if name in RESUME_EVALUATION and not steered:
+            continue
+        why = {
+            **dict.fromkeys(RESUME_LENGTH, "the cosine schedule decays over the run's length"),
+            **dict.fromkeys(RESUME_EVALUATION, "evaluations steer this run (plateau schedule or early stopping)"),
+        }.get(name, "it would change the run")
+        raise ValueError(
+            f"--resume: option {name} was {old!r} when this run started ({source}), now {new!r}: {why}; resume with "
+            f"{old!r}, or train into another output folder"
+        )
 
 
 class TrainingDiverged(RuntimeError):
@@ -135,22 +193,51 @@ class LearningRateSchedule:
         self.best = math.inf if state["best"] is None else state["best"]
 
 
-def prepare_output_dir(args: TrainingArguments) -> Path:
-    """Refuse to mix two runs in one folder: a used folder needs resume (continue) or overwrite (replace)."""
+def prepare_output_dir(args: TrainingArguments, dataset: str | None = None) -> Path:
+    """Check, writing nothing, that this run may use args.output_dir; every process calls it before any writes.
+
+    The folder must be writable and not in use by a live run. A new run needs an empty or new folder; `overwrite`
+    replaces an earlier run's folder, only if it holds nothing else and not `dataset`; `resume` needs a checkpoint
+    and the options the run started with."""
     output_dir = Path(args.output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise ValueError(f"output dir {output_dir} is a file: pass a folder path")
+    run_folder.check_writable(output_dir)
+    run_folder.check_not_locked(output_dir)
     used = output_dir.is_dir() and any(output_dir.iterdir())
-    checkpoints = output_dir / "checkpoints"
     if args.resume:
-        if checkpointing.latest_checkpoint(checkpoints) is None:
-            raise ValueError(f"--resume: no checkpoint in {checkpoints}; start the run without --resume")
-    elif used and not args.overwrite:
+        if checkpointing.latest_checkpoint(output_dir / "checkpoints") is None:
+            raise ValueError(nothing_to_resume(output_dir))
+        saved = output_dir / "training_args.json"
+        if saved.is_file():
+            check_resume_arguments(read_json(saved), args, saved)
+        else:
+            logger.warning("%s is missing: the resumed run's options cannot be checked against the run's", saved)
+    elif args.overwrite:
+        run_folder.check_overwrite(output_dir, run_folder.RUN_LAYOUT, dataset)
+    elif used and run_folder.is_marked(output_dir):
         raise ValueError(
-            f"output dir {output_dir} already holds files (another run?): pass --overwrite to replace it or "
-            "--resume to continue it"
+            f"output dir {output_dir} already holds a run: pass --overwrite to replace it (only the files the run "
+            "wrote are deleted) or --resume to continue it"
         )
+    elif used:
+        held = run_folder.describe(sorted(output_dir.iterdir()), output_dir)
+        raise ValueError(f"output dir {output_dir} already holds files ({held}): choose a new or empty folder")
     return output_dir
+
+
+def nothing_to_resume(output_dir: Path) -> str:
+    """Why --resume cannot start, and what to do, never advising a deletion of checkpoints that exist."""
+    checkpoints = output_dir / "checkpoints"
+    partial = sorted(p for p in checkpoints.glob("step_*") if p.is_dir()) if checkpoints.is_dir() else []
+    if partial:
+        lacking = checkpointing.missing_files(partial[-1])
+        return (f"--resume: no complete checkpoint in {checkpoints} ({partial[-1].name} lacks {', '.join(lacking)}); "
+                "restore the missing files, or train into another output folder")
+    if run_folder.is_marked(output_dir):
+        return (f"--resume: the run in {output_dir} stopped before its first checkpoint, so there is nothing to "
+                "resume; start it again with --overwrite")
+    return f"--resume: no run to resume in {output_dir}; start the run without --resume"
 
 
 @torch.no_grad()
@@ -192,18 +279,40 @@ def _validation_metrics(model, loader, kl_weight: float) -> dict:
 
 
 class JsonlLog:
-    """Appends one JSON object per event; on resume drops the events logged after the checkpoint's step."""
+    """Appends one JSON object per event; on resume drops the events logged after the checkpoint's step.
+
+    A torn last line (the process or the machine died while writing it) is dropped: its event comes after the
+    checkpoint, because the log is flushed to disk before every checkpoint, and is logged again. A damaged line
+    elsewhere is an error that names the file and the line."""
 
     def __init__(self, path: Path, keep_until_step: int | None):
         self.path = path
         if keep_until_step is not None and path.is_file():
-            lines = path.read_text().splitlines()
-            kept = [line for line in lines if json.loads(line).get("step", 0) <= keep_until_step]
+            lines = path.read_bytes().decode("utf-8", errors="replace").splitlines()
+            kept = []
+            for number, line in enumerate(lines, start=1):
+                try:
+                    record = json.loads(line)
+                    if not isinstance(record, dict):
+                        raise json.JSONDecodeError("not a JSON object", line, 0)
+                except json.JSONDecodeError as error:
+                    if number == len(lines):
+                        logger.warning("%s: dropped its torn last line %r; its event is logged again", path, line[:60])
+                        break
+                    raise ValueError(
+                        f"{path} line {number} is not JSON ({error.msg}): delete that line, then resume again"
+                    ) from None
+                if record.get("step", 0) <= keep_until_step:
+                    kept.append(line)
             checkpointing.write_text_atomic(path, "".join(line + "\n" for line in kept))
 
     def write(self, record: dict) -> None:
         with self.path.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
+
+    def flush_to_disk(self) -> None:
+        if self.path.is_file():
+            fsync_path(self.path)
 
 
 def fused_adam_supported(device: torch.device) -> bool:
@@ -223,12 +332,17 @@ def build_optimizer(model, args: TrainingArguments, fused: bool) -> torch.optim.
     return optimizer_class(model.parameters(), **options)
 
 
-def train(model, tokenizer, splits, args: TrainingArguments) -> dict:
+def train(model, tokenizer, splits, args: TrainingArguments, run_options: dict | None = None) -> dict:
     """Train `model` on splits["train"] (tokenized: an "input_ids" column), validating on splits["validation"]
-    when present. Returns the final metrics; the best model and tokenizer are saved in args.output_dir."""
+    when present. Returns the final metrics; the best model and tokenizer are saved in args.output_dir.
+
+    run_options: what else defines the run (data, tokenizer and model options; sentmim.experiment passes its
+    RunOptions), saved as run_options.json so that a resume can check them."""
     for name in ("train", "validation"):  # an empty train split would loop forever over empty epochs
         if name in splits and hasattr(splits[name], "__len__") and len(splits[name]) == 0:
             raise ValueError(f"the {name} split has no sentences (all dropped as too long?)")
+    if isinstance(splits["train"], IterableDataset) and not args.max_steps:
+        raise ValueError("a streamed train split has no length, so epochs cannot be counted: pass --max-steps")
     # accelerate keeps one AcceleratorState per process and refuses a second run in it (a notebook, the benchmark)
     # with another mixed precision; start afresh, keeping the process group (PartialState).
     AcceleratorState._reset_state(reset_partial_state=False)
@@ -242,24 +356,48 @@ def train(model, tokenizer, splits, args: TrainingArguments) -> dict:
     # Every process checks the folder before any of them writes to it: otherwise a slower process would find the
     # main process's first files and refuse the folder as "another run".
     output_dir = prepare_output_dir(args)
+    if args.resume:
+        check_num_processes(checkpointing.latest_checkpoint(output_dir / "checkpoints"), accelerator.num_processes)
     accelerator.wait_for_everyone()
+    # The main process holds the folder's lock for the whole run; it alone writes the folder's shared files.
+    lock = run_folder.RunLock(output_dir) if accelerator.is_main_process else None
+    try:
+        return _train(model, tokenizer, splits, args, accelerator, output_dir, run_options)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def check_num_processes(checkpoint: Path, num_processes: int) -> None:
+    """A step's batch is batch_size per process and each process has its own random state: a resume on another
+    number of processes would not continue the same run, so it is refused."""
+    saved = checkpointing.saved_num_processes(checkpoint)
+    if saved != num_processes:
+        raise ValueError(
+            f"--resume: checkpoint {checkpoint} was written by {saved} process(es), this run has {num_processes}: "
+            f"the batch of each step and the random states depend on it; resume with {saved} process(es)"
+        )
+
+
+def _train(model, tokenizer, splits, args: TrainingArguments, accelerator, output_dir: Path, run_options) -> dict:
     main = accelerator.is_main_process
     if main:
-        if args.overwrite and output_dir.exists():
-            shutil.rmtree(output_dir)
+        if args.overwrite:
+            run_folder.check_overwrite(output_dir, run_folder.RUN_LAYOUT)  # again, now that the folder is locked
+            run_folder.clear(output_dir, run_folder.RUN_LAYOUT)
         (output_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         if not args.resume:
             tokenizer.save_pretrained(output_dir / RUN_FOLDER)
             model.config.save_pretrained(output_dir / RUN_FOLDER)
-        (output_dir / "training_args.json").write_text(json.dumps(dataclasses.asdict(args), indent=2))
+            if run_options is not None:
+                write_json_atomic(output_dir / "run_options.json", run_options)
+        write_json_atomic(output_dir / "training_args.json", dataclasses.asdict(args))
     accelerator.wait_for_everyone()
     set_seed(args.seed)
     logger.info("%s", accelerator.state)
 
     config = model.config
     streaming = isinstance(splits["train"], IterableDataset)
-    if streaming and not args.max_steps:
-        raise ValueError("a streamed train split has no length, so epochs cannot be counted: pass --max-steps")
     train_split = splits["train"]
     if streaming and accelerator.num_processes > 1:  # each process reads its own part of the stream
         train_split = split_dataset_by_node(train_split, accelerator.process_index, accelerator.num_processes)
@@ -315,6 +453,7 @@ def train(model, tokenizer, splits, args: TrainingArguments) -> dict:
             trainer_state = {**state, "running": sums | {"count": state["running"]["count"]},
                              "schedule": schedule.state_dict()}
             checkpointing.save_main_state(staging, unwrapped.state_dict(), optimizer, trainer_state)
+            log.flush_to_disk()  # every event up to this step is on disk before the checkpoint that follows it
         accelerator.wait_for_everyone()
         if main:
             checkpointing.publish(checkpoints_dir, state["step"], args.save_total_limit)
@@ -340,16 +479,6 @@ def train(model, tokenizer, splits, args: TrainingArguments) -> dict:
         loader = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
         loader.set_epoch(epoch)
         return loader
-
-    def save_model(folder: Path) -> None:
-        """save_pretrained into a staging folder, then swap it in, so the model folder is never half written."""
-        staging = folder.parent / f"{checkpointing.TMP_PREFIX}{folder.name}-model"
-        shutil.rmtree(staging, ignore_errors=True)
-        unwrapped.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        for item in staging.iterdir():
-            item.replace(folder / item.name)
-        staging.rmdir()
 
     progress = tqdm(total=total_steps, initial=state["step"], disable=not (main and args.progress), desc="train")
     # After a resume, wall-clock training time counts on from the checkpoint's
@@ -397,18 +526,20 @@ def train(model, tokenizer, splits, args: TrainingArguments) -> dict:
                     improved = state["best_val_loss"] is None or record["val_loss"] < state["best_val_loss"]
                     if improved:
                         state["best_val_loss"], state["evals_without_improvement"] = record["val_loss"], 0
-                        save_model(output_dir)
+                        checkpointing.publish_model(output_dir, unwrapped, tokenizer)
                     else:
                         state["evals_without_improvement"] += 1
                     schedule.report(record["val_loss"])
                     accelerator.log(record, step=step)
                 if accelerator.num_processes > 1:  # only the main process evaluated: share its decisions
+                    best = math.nan if state["best_val_loss"] is None else state["best_val_loss"]
                     shared = torch.tensor(
-                        [schedule.scale, state["evals_without_improvement"]], device=accelerator.device,
+                        [schedule.scale, state["evals_without_improvement"], best], device=accelerator.device,
                         dtype=torch.float64,
                     )
-                    shared = broadcast(shared, from_process=0)
-                    schedule.scale, state["evals_without_improvement"] = float(shared[0]), int(shared[1])
+                    shared = broadcast(shared, from_process=0).tolist()
+                    schedule.scale, state["evals_without_improvement"] = shared[0], int(shared[1])
+                    state["best_val_loss"] = None if math.isnan(shared[2]) else shared[2]
                 patience = args.early_stopping_patience
                 stop = patience > 0 and state["evals_without_improvement"] >= patience
             if step % (args.save_steps or args.eval_steps) == 0 or step == total_steps or stop:
@@ -422,7 +553,7 @@ def train(model, tokenizer, splits, args: TrainingArguments) -> dict:
     accelerator.wait_for_everyone()
     if main:
         if validation_loader is None or state["best_val_loss"] is None:
-            save_model(output_dir)
+            checkpointing.publish_model(output_dir, unwrapped, tokenizer)
         results = {"step": state["step"], "epoch": state["epoch"], "best_val_loss": state["best_val_loss"],
                    "stopped_early": stop, "train_seconds": round(time.time() - started, 1)}
         (output_dir / "train_results.json").write_text(json.dumps(results, indent=2))

@@ -6,6 +6,7 @@ import tempfile
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="sentmim-hf-home-"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("SENTMIM_FSYNC", "0")  # tests do not survive power losses; tests/test_files.py checks fsync
 
 import pytest
 import torch
