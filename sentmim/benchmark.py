@@ -39,7 +39,6 @@ import json
 import multiprocessing
 import os
 import platform
-import shutil
 import time
 import typing
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -48,10 +47,11 @@ from pathlib import Path
 
 import torch
 
-from . import checkpointing
+from . import checkpointing, run_folder
 from .benchmark_report import summary_line, write_plots, write_report
 from .evaluation import encode_split, evaluate, library_progress_bars, load_eval_batches, save_results
 from .experiment import RunOptions, load_splits, prepare_tokenizer, run_training
+from .files import TMP_PREFIX, read_json
 from .pipeline import SentenceMIMPipeline
 from .training import TrainingArguments
 
@@ -63,6 +63,12 @@ MODEL_VARIANTS = {
     "ae": "AE",
 }
 RESULT_FILE = "benchmark_result.json"
+# What a benchmark writes in its folder; each model folder is a training run's (plus its scores).
+BENCHMARK_LAYOUT = {
+    "settings.json": None, "results.json": None, "results.md": None, "samples.md": None, "plots": {"*.png": None},
+    "models": {"*": {**run_folder.RUN_LAYOUT, RESULT_FILE: None, f".{RESULT_FILE}.*.tmp": None}},
+    f"{TMP_PREFIX}*": None, ".results.json.*.tmp": None, ".settings.json.*.tmp": None,  # files being written
+}
 # Settings that pick which models run or how fast, not what a model is: they may change between resumed runs.
 SELECTION_FIELDS = ("objectives", "latent_sizes", "num_threads", "num_workers", "cpu")
 # The sentenceMIM demo's logistic schedule: beta(0) = 1 / (1 + exp(k * x0)) with k * x0 = 0.0025 * 2500.
@@ -295,7 +301,7 @@ def train_model(settings, variant, latent_size, folder: Path, splits, tokenizer,
     with library_progress_bars(progress):
         # A resumed run rebuilds from its own saved tokenizer (the same vocabulary, trained on the same data).
         run_training(options, args, splits=splits, tokenizer=None if resume else tokenizer)
-    return json.loads((folder / "train_results.json").read_text())
+    return read_json(folder / "train_results.json")
 
 
 def evaluate_model(settings, folder: Path, test_split, plot_path: Path, progress: bool) -> dict:
@@ -339,15 +345,23 @@ def settings_fingerprint(settings: BenchmarkSettings) -> dict:
 
 
 def prepare_benchmark_dir(output_dir: Path, settings: BenchmarkSettings, overwrite: bool) -> None:
-    """Start or continue a benchmark in output_dir; refuse a folder that holds other settings or other files."""
-    if overwrite and output_dir.exists():
-        shutil.rmtree(output_dir)
+    """Start or continue a benchmark in output_dir; refuse a folder that holds other settings or other files.
+
+    overwrite deletes an earlier benchmark's files (BENCHMARK_LAYOUT), and only those: a folder that holds anything
+    else, or the dataset being read, is refused with nothing deleted."""
+    run_folder.check_writable(output_dir)
     saved_path = output_dir / "settings.json"
+    if overwrite:
+        run_folder.check_overwrite(output_dir, BENCHMARK_LAYOUT, settings.dataset, marked=is_benchmark(output_dir))
+        if output_dir.is_dir():
+            for model_dir in (output_dir / "models").glob("*"):
+                run_folder.check_not_locked(model_dir)  # a model still being trained by another benchmark
+            run_folder.clear(output_dir, BENCHMARK_LAYOUT)
     wanted = settings_fingerprint(settings)
     if saved_path.is_file():
         # A setting added after the folder was written counts as its default (the value that run used).
         defaults = settings_fingerprint(BenchmarkSettings())
-        saved = {**defaults, **json.loads(saved_path.read_text())}
+        saved = {**defaults, **read_json(saved_path)}
         changed = [f"{name}: {saved.get(name)!r} -> {value!r}" for name, value in wanted.items()
                    if saved.get(name) != value]
         if changed:
@@ -359,6 +373,16 @@ def prepare_benchmark_dir(output_dir: Path, settings: BenchmarkSettings, overwri
         raise ValueError(f"{output_dir} already holds files that are not a benchmark: use an empty or new folder")
     output_dir.mkdir(parents=True, exist_ok=True)
     save_results(wanted, saved_path)
+
+
+def is_benchmark(output_dir: Path) -> bool:
+    """Whether output_dir holds a benchmark: its settings.json is one this module wrote."""
+    try:
+        saved = read_json(output_dir / "settings.json")
+    except (OSError, ValueError):
+        return False
+    names = {item.name for item in fields(BenchmarkSettings)}
+    return isinstance(saved, dict) and "dataset" in saved and set(saved) <= names
 
 
 def machine_info() -> dict:
@@ -383,7 +407,7 @@ def benchmark_model(settings, variant: str, latent_size: int, output_dir: Path, 
     began = time.time()
     if (folder / "train_results.json").is_file():  # the benchmark stopped between training and scoring
         log(f"{name}: trained earlier, not scored yet")
-        train_results = json.loads((folder / "train_results.json").read_text())
+        train_results = read_json(folder / "train_results.json")
     else:
         resume = checkpointing.latest_checkpoint(folder / "checkpoints") is not None
         log(f"{name}: {'resuming' if resume else 'training'} ({MODEL_VARIANTS[variant]}, latent {latent_size})")
@@ -419,7 +443,7 @@ def run_benchmark(
     for index, (variant, latent_size) in enumerate(todo):
         result_file = output_dir / "models" / model_name(variant, latent_size) / RESULT_FILE
         if result_file.is_file():
-            records[index] = json.loads(result_file.read_text())
+            records[index] = read_json(result_file)
             log(f"[{index + 1}/{len(todo)}] {model_name(variant, latent_size)}: already done, skipped")
         else:
             pending.append((index, variant, latent_size))

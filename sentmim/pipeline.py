@@ -53,9 +53,8 @@ class SentenceMIMPipeline:
     def from_pretrained(cls, path: str | Path, device: str | torch.device | None = None, **kwargs):
         """Model and tokenizer saved in `path`; never runs code from the folder (sentmim.model_folder)."""
         path = Path(path)
-        config = load_config(path)
+        model = load_model(path, load_config(path))  # weights last: a folder a run is still publishing has none
         tokenizer = load_tokenizer(path)
-        model = load_model(path, config)
         if device is not None:
             model = model.to(device)
         return cls(model, tokenizer, **kwargs)

@@ -32,7 +32,7 @@ RUN_LAYOUT = {
     "tokenizer.json": None, "tokenizer_config.json": None, "special_tokens_map.json": None,  # its tokenizer
     "checkpoints": CHECKPOINTS_LAYOUT,
     "log.jsonl": None, "training_args.json": None, "run_options.json": None, "train_results.json": None,
-    "eval_results_*.json": None, ".eval_results_*": None,  # recipes/train.py's test evaluation
+    "eval_results_*.json": None, ".eval_results_*.tmp": None,  # recipes/train.py's test evaluation
     "sentmim": None,  # TensorBoard events (--report-to tensorboard)
     f"{TMP_PREFIX}*": None,  # files being written
 }

@@ -480,7 +480,9 @@ def _train(model, tokenizer, splits, args: TrainingArguments, accelerator, outpu
         loader.set_epoch(epoch)
         return loader
 
-    progress = tqdm(total=total_steps, initial=state["step"], disable=not (main and args.progress), desc="train")
+    # On a terminal only (disable=None): in a log file a bar is noise, and it would share the line of an error.
+    progress = tqdm(total=total_steps, initial=state["step"], disable=None if main and args.progress else True,
+                    desc="train")
     # After a resume, wall-clock training time counts on from the checkpoint's
     stop, started = False, time.time() - state.get("train_seconds", 0.0)
     model.train()

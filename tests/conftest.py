@@ -55,3 +55,28 @@ def builtin_splits():
     tokenizer = train_tokenizer(raw["train"]["text"], vocab_size=300)
     splits, _ = tokenize_dataset(raw, tokenizer, max_length=32)
     return tokenizer, splits
+
+
+# A tiny model trained through the CLI, shared by the tests of bad input and reliability (copy it before changing it).
+TINY_TRAIN = ["--max-steps", "3", "--eval-steps", "2", "--vocab-size", "200", "--max-length", "24", "--embedding-size",
+              "16", "--hidden-size", "32", "--latent-size", "8", "--batch-size", "8"]
+
+
+@pytest.fixture(scope="session")
+def corpus_file(tmp_path_factory):
+    """100 built-in sentences in a .txt file."""
+    from sentmim.corpus import builtin_sentences
+
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text("\n".join(builtin_sentences(100, seed=0)) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def cli_run(corpus_file, tmp_path_factory):
+    """The output folder of `sentmim train --dataset corpus_file ... TINY_TRAIN` (3 steps, checkpoints at 2 and 3)."""
+    from sentmim.cli import main
+
+    output_dir = tmp_path_factory.mktemp("cli-run") / "run"
+    assert main(["train", "--dataset", str(corpus_file), "--output-dir", str(output_dir), *TINY_TRAIN]) == 0
+    return output_dir
