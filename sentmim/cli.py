@@ -62,9 +62,18 @@ FRACTION = number(float, lambda value: 0 <= value < 1, "a number >= 0 and < 1")
 SEED = number(int, lambda value: 0 <= value < 2**32, "an integer >= 0 and < 2**32")
 
 
+def process_rank() -> int:
+    """This process's rank in a torchrun / accelerate launch (0 when there is only one process)."""
+    import torch.distributed
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return int(os.environ.get("RANK", "0"))
+
+
 def is_main_process() -> bool:
-    """False in the processes other than the first of a torchrun / accelerate launch (they print nothing)."""
-    return os.environ.get("RANK", "0") == "0"
+    """Only the first process of a launch prints results and logs; the others print nothing but their errors."""
+    return process_rank() == 0
 
 
 def add(parser, name: str, **kwargs) -> None:
@@ -371,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, CheckpointError, TrainingDiverged, OSError, ImportError) as error:  # OSError: files, disk
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         # Under several processes each one that fails says so (a failure may be its own), marked with its rank.
-        where = "" if main_process else f" (process {os.environ.get('RANK')})"
+        where = "" if main_process else f" (process {process_rank()})"
         print(f"sentmim {args.command}{where}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -136,7 +136,8 @@ RESUME_EVALUATION = {"eval_steps", "eval_batch_size"}
 def check_resume_arguments(saved: dict, args: TrainingArguments, source: Path) -> None:
     """Refuse, naming the option with its old and new values, a resume whose arguments would change the run."""
     steered = args.lr_scheduler == "plateau" or args.early_stopping_patience > 0
-    for name, old in saved.items():
+    conditional = RESUME_LENGTH | RESUME_EVALUATION
+    for name, old in sorted(saved.items(), key=lambda item: item[0] in conditional):  # the plain refusals first
         if not hasattr(args, name) or name in RESUME_MAY_CHANGE:
             continue
         new = getattr(args, name)
