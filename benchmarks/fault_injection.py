@@ -251,11 +251,8 @@ def run_fault_injection(work: Path, kills: int, seed: int = 0, launch: str = "ex
                         timeout: float = 300.0, log=print) -> dict:
     """Kill the run `kills` times (kind drawn from `kinds`, seeded), resume each time, finish, compare. Returns the
     figures; raises AssertionError at the first violation."""
-    import transformers
-
     from sentmim.corpus import builtin_sentences
 
-    transformers.utils.logging.disable_progress_bar()  # the checks load models after every kill
     started = time.time()
     work.mkdir(parents=True, exist_ok=True)
     corpus = work / "corpus.txt"
@@ -359,6 +356,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--output", default=None, help="write results.json here")
     args = parser.parse_args(argv)
     import tempfile
+
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()  # the checks load models after every kill
 
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="sentmim-fault-injection-"))
     results = run_fault_injection(work, args.kills, args.seed, args.launch)
