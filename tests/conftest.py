@@ -80,3 +80,37 @@ def cli_run(corpus_file, tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("cli-run") / "run"
     assert main(["train", "--dataset", str(corpus_file), "--output-dir", str(output_dir), *TINY_TRAIN]) == 0
     return output_dir
+
+
+@pytest.fixture
+def quiet_progress_bars():
+    """The libraries' progress bars also go to stderr; without them stderr holds only what the CLI itself says."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    yield
+    datasets.enable_progress_bars()
+    transformers.utils.logging.enable_progress_bar()
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of `sentmim argv...` called in-process; no traceback may ever reach the user."""
+    from sentmim.cli import main
+
+    capsys.readouterr()
+    status = main([str(arg) for arg in argv])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err and "Traceback" not in out
+    return status, out, err
+
+
+def cli_error_line(capsys, *argv) -> str:
+    """Run a command that must fail: exit status 2 and exactly one line on stderr, which is returned."""
+    status, _, err = run_cli(capsys, *argv)
+    lines = err.strip().splitlines()
+    assert status == 2, err
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"sentmim {argv[0]}: error: ")
+    return lines[0]

@@ -5,35 +5,15 @@ is read), the file name `encode` really writes, and only the main process printi
 import json
 import math
 
-import datasets
 import pytest
 import torch
-import transformers
 
 from sentmim import SentenceMIMModel
 from sentmim.cli import main
 from sentmim.pipeline import SentenceMIMPipeline
-from tests.conftest import TINY_TRAIN
+from tests.conftest import TINY_TRAIN, cli_error_line
 
-
-@pytest.fixture(autouse=True)
-def quiet_progress_bars():
-    datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
-    yield
-    datasets.enable_progress_bars()
-    transformers.utils.logging.enable_progress_bar()
-
-
-def error_line(capsys, *argv) -> str:
-    capsys.readouterr()
-    status = main([str(arg) for arg in argv])
-    out, err = capsys.readouterr()
-    assert status == 2, err
-    assert "Traceback" not in out + err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    return lines[0]
+pytestmark = pytest.mark.usefixtures("quiet_progress_bars")
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +87,7 @@ def test_sampling_decoder_refuses_an_infinite_temperature(tiny_config):
     ("--warmup-steps", "1.5", None),
 ])
 def test_train_states_the_valid_range_before_reading_data(option, value, valid, tmp_path, capsys):
-    line = error_line(capsys, "train", "--dataset", tmp_path / "missing.txt", "--output-dir", tmp_path / "run",
+    line = cli_error_line(capsys, "train", "--dataset", tmp_path / "missing.txt", "--output-dir", tmp_path / "run",
                       *[arg for arg in TINY_TRAIN], option, value)
     assert line.startswith(f"sentmim train: error: argument {option}: ")
     assert (f"{value} is out of range: must be {valid}" if valid else f"'{value}' is not an integer") in line
@@ -122,7 +102,7 @@ def test_train_states_the_valid_range_before_reading_data(option, value, valid, 
     (["evaluate", "{model}", "--batch-size", "0"], "--batch-size"),
 ])
 def test_text_commands_state_the_valid_range(argv, option, cli_run, capsys):
-    line = error_line(capsys, *[arg.format(model=cli_run) for arg in argv])
+    line = cli_error_line(capsys, *[arg.format(model=cli_run) for arg in argv])
     assert f"argument {option}: " in line and "is out of range: must be" in line
 
 

@@ -16,40 +16,14 @@ from safetensors.torch import load_file
 from sentmim.cli import main
 from sentmim.corpus import builtin_sentences
 from sentmim.pipeline import SentenceMIMPipeline
+from tests.conftest import cli_error_line as error_line
+from tests.conftest import run_cli as run
 
 TINY = ["--max-steps", "3", "--eval-steps", "2", "--vocab-size", "200", "--max-length", "24", "--embedding-size", "16",
         "--hidden-size", "32", "--latent-size", "8", "--batch-size", "8"]
 SENTENCES = builtin_sentences(100, seed=0)
 NEW_WORDS = ["the zyzzyva met a quokka .", "a quokka and the zyzzyva sat ."]  # words the first run never saw
-
-
-@pytest.fixture(autouse=True)
-def quiet_progress_bars():
-    """The libraries' progress bars also go to stderr; without them stderr holds only what the CLI itself says."""
-    datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
-    yield
-    datasets.enable_progress_bars()
-    transformers.utils.logging.enable_progress_bar()
-
-
-def run(capsys, *argv):
-    """(exit status, stdout, stderr) of `sentmim argv...`; no traceback may ever reach the user."""
-    capsys.readouterr()
-    status = main([str(arg) for arg in argv])
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err and "Traceback" not in out
-    return status, out, err
-
-
-def error_line(capsys, *argv) -> str:
-    """Run a command that must fail: exit status 2 and exactly one line on stderr, which is returned."""
-    status, _, err = run(capsys, *argv)
-    lines = err.strip().splitlines()
-    assert status == 2, err
-    assert len(lines) == 1, err
-    assert lines[0].startswith(f"sentmim {argv[0]}: error: ")
-    return lines[0]
+pytestmark = pytest.mark.usefixtures("quiet_progress_bars")
 
 
 @pytest.fixture(scope="module")

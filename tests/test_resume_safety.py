@@ -7,43 +7,19 @@ import json
 import re
 import shutil
 
-import datasets
 import pytest
 import torch
-import transformers
 from safetensors.torch import load_file
 
 from sentmim import SentenceMIMConfig, SentenceMIMModel, checkpointing
 from sentmim.cli import build_parser, main
 from sentmim.training import TrainingArguments, train
-from tests.conftest import TINY_TRAIN
+from tests.conftest import TINY_TRAIN, cli_error_line, run_cli
+from tests.test_training import interrupt_after_checkpoint
+
+pytestmark = pytest.mark.usefixtures("quiet_progress_bars")
 
 MORE = [arg if arg != "3" else "5" for arg in TINY_TRAIN]  # --max-steps 5
-
-
-@pytest.fixture(autouse=True)
-def quiet_progress_bars():
-    datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
-    yield
-    datasets.enable_progress_bars()
-    transformers.utils.logging.enable_progress_bar()
-
-
-def run(capsys, *argv) -> tuple[int, str, str]:
-    capsys.readouterr()
-    status = main([str(arg) for arg in argv])
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err
-    return status, out, err
-
-
-def error_line(capsys, *argv) -> str:
-    status, _, err = run(capsys, *argv)
-    assert status == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def copy_run(cli_run, tmp_path):
@@ -80,7 +56,7 @@ def test_resume_refuses_an_option_that_changes_the_run(flag, value, saved, cli_r
     before = {name: (folder / name).read_bytes() for name in ("training_args.json", "run_options.json", "log.jsonl")}
     argv = with_option(["train", "--dataset", str(corpus_file), "--output-dir", str(folder), "--resume", *MORE],
                        flag, value)
-    line = error_line(capsys, *argv)
+    line = cli_error_line(capsys, *argv)
     name = flag[2:].replace("-", "_")
     assert f"option {name} was {saved} when this run started" in line and f"now {value}" in line.replace("'", "")
     assert {name: (folder / name).read_bytes() for name in before} == before  # nothing rewritten
@@ -91,7 +67,7 @@ def test_resume_refuses_other_data(cli_run, corpus_file, tmp_path, capsys):
     folder = copy_run(cli_run, tmp_path)
     other = tmp_path / "other.txt"
     shutil.copy(corpus_file, other)
-    line = error_line(capsys, "train", "--dataset", other, "--output-dir", folder, "--resume", *MORE)
+    line = cli_error_line(capsys, "train", "--dataset", other, "--output-dir", folder, "--resume", *MORE)
     assert f"option dataset was '{corpus_file}'" in line and str(other) in line
 
 
@@ -99,7 +75,7 @@ def test_resume_may_extend_the_run_and_change_how_it_reports(cli_run, corpus_fil
     folder = copy_run(cli_run, tmp_path)
     argv = with_option(with_option(["train", "--dataset", str(corpus_file), "--output-dir", str(folder), "--resume",
                                     *MORE], "--eval-steps", "1"), "--logging-steps", "1")
-    status, out, err = run(capsys, *argv, "--save-steps", "1")
+    status, out, err = run_cli(capsys, *argv, "--save-steps", "1")
     assert status == 0, err
     assert "trained 5 steps" in out
     saved = json.loads((folder / "training_args.json").read_text())
@@ -158,18 +134,6 @@ def test_help_states_the_resume_rules():
 # -- item 6: a torn log line ------------------------------------------------------------------------------------------
 
 
-def interrupt_after_checkpoint(monkeypatch, step: int) -> None:
-    real_publish = checkpointing.publish
-
-    def publish_then_interrupt(checkpoints_dir, published_step, keep):
-        folder = real_publish(checkpoints_dir, published_step, keep)
-        if published_step == step:
-            raise KeyboardInterrupt
-        return folder
-
-    monkeypatch.setattr(checkpointing, "publish", publish_then_interrupt)
-
-
 def read_log_without_time(folder) -> list[dict]:
     records = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
     return [{key: value for key, value in record.items() if key != "elapsed_s"} for record in records]
@@ -199,7 +163,7 @@ def test_damaged_log_line_before_the_end_names_file_and_line(cli_run, corpus_fil
     lines = (folder / "log.jsonl").read_text().splitlines()
     lines[1] = lines[1][:10]
     (folder / "log.jsonl").write_text("\n".join(lines) + "\n")
-    line = error_line(capsys, "train", "--dataset", corpus_file, "--output-dir", folder, "--resume", *MORE)
+    line = cli_error_line(capsys, "train", "--dataset", corpus_file, "--output-dir", folder, "--resume", *MORE)
     assert f"{folder / 'log.jsonl'} line 2 is not JSON" in line
 
 
@@ -207,7 +171,7 @@ def test_damaged_log_line_before_the_end_names_file_and_line(cli_run, corpus_fil
 def test_damaged_run_json_names_the_file(name, cli_run, corpus_file, tmp_path, capsys):
     folder = copy_run(cli_run, tmp_path)
     (folder / name).write_text('{"max_steps": 3,')
-    line = error_line(capsys, "train", "--dataset", corpus_file, "--output-dir", folder, "--resume", *MORE)
+    line = cli_error_line(capsys, "train", "--dataset", corpus_file, "--output-dir", folder, "--resume", *MORE)
     assert str(folder / name) in line or str((folder / name).parent) in line
     assert "--overwrite" not in line
 
@@ -252,17 +216,17 @@ def test_no_advice_to_delete_checkpoints_that_exist(cli_run, corpus_file, tmp_pa
     folder = copy_run(cli_run, tmp_path)
     for step in ("step_2", "step_3"):  # every checkpoint incomplete: nothing to resume, yet not for deleting
         (folder / "checkpoints" / step / "rng_state_0.pt").unlink()
-    line = error_line(capsys, "train", "--dataset", corpus_file, "--output-dir", folder, "--resume", *MORE)
+    line = cli_error_line(capsys, "train", "--dataset", corpus_file, "--output-dir", folder, "--resume", *MORE)
     assert "no complete checkpoint" in line and "step_3 lacks rng_state_0.pt" in line
     assert "--overwrite" not in line
 
     folder = copy_run(cli_run, tmp_path / "second")
     weights = folder / "checkpoints" / "step_3" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
-    line = error_line(capsys, "train", "--dataset", corpus_file, "--output-dir", folder, "--resume", *MORE)
+    line = cli_error_line(capsys, "train", "--dataset", corpus_file, "--output-dir", folder, "--resume", *MORE)
     assert "unreadable" in line and "move that folder out" in line and "--overwrite" not in line
     shutil.move(folder / "checkpoints" / "step_3", tmp_path / "aside")  # the advice, followed: resume from step 2
-    status, out, err = run(capsys, "train", "--dataset", corpus_file, "--output-dir", folder, "--resume", *MORE)
+    status, out, err = run_cli(capsys, "train", "--dataset", corpus_file, "--output-dir", folder, "--resume", *MORE)
     assert status == 0, err
     assert "trained 5 steps" in out
 

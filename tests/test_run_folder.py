@@ -17,19 +17,9 @@ from sentmim.benchmark import BenchmarkSettings, prepare_benchmark_dir
 from sentmim.cli import main
 from sentmim.pipeline import SentenceMIMPipeline
 from sentmim.training import TrainingArguments, train
-from tests.conftest import TINY_TRAIN
+from tests.conftest import TINY_TRAIN, cli_error_line
 
-
-def error_line(capsys, *argv) -> str:
-    """The single stderr line of a command that must fail with exit status 2 (no traceback)."""
-    capsys.readouterr()
-    status = main([str(arg) for arg in argv])
-    out, err = capsys.readouterr()
-    assert status == 2, err
-    assert "Traceback" not in err + out
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    return lines[0]
+pytestmark = pytest.mark.usefixtures("quiet_progress_bars")
 
 
 def snapshot(folder) -> dict:
@@ -47,7 +37,7 @@ def test_overwrite_refuses_the_folder_holding_the_dataset(corpus_file, tmp_path,
     shutil.copy(corpus_file, data / "train.txt")
     (data / "notes.md").write_text("my notes")
     before = snapshot(data)
-    line = error_line(capsys, "train", "--dataset", data / "train.txt", "--output-dir", data, "--overwrite",
+    line = cli_error_line(capsys, "train", "--dataset", data / "train.txt", "--output-dir", data, "--overwrite",
                       *TINY_TRAIN)
     assert "would delete the dataset being read" in line and str(data / "train.txt") in line
     assert snapshot(data) == before
@@ -58,7 +48,8 @@ def test_overwrite_refuses_the_dataset_even_under_a_run_file_name(cli_run, tmp_p
     shutil.copytree(cli_run, run)
     (run / "log.jsonl").write_text('{"text": "a sentence ."}\n' * 50)  # the user's data, named like a run's log
     before = snapshot(run)
-    line = error_line(capsys, "train", "--dataset", run / "log.jsonl", "--output-dir", run, "--overwrite", *TINY_TRAIN)
+    line = cli_error_line(capsys, "train", "--dataset", run / "log.jsonl", "--output-dir", run, "--overwrite",
+                          *TINY_TRAIN)
     assert "would delete the dataset" in line and str(run / "log.jsonl") in line
     assert snapshot(run) == before
 
@@ -70,7 +61,7 @@ def test_overwrite_refuses_a_run_folder_holding_other_files(cli_run, corpus_file
         (run / name).write_text("mine")
     (run / "checkpoints" / "keep.me").write_text("mine too")
     before = snapshot(run)
-    line = error_line(capsys, "train", "--dataset", corpus_file, "--output-dir", run, "--overwrite", *TINY_TRAIN)
+    line = cli_error_line(capsys, "train", "--dataset", corpus_file, "--output-dir", run, "--overwrite", *TINY_TRAIN)
     assert "b.txt, c.txt, checkpoints/keep.me and 2 more" in line and "nothing was deleted" in line
     assert snapshot(run) == before
 
@@ -82,7 +73,7 @@ def test_overwrite_refuses_a_folder_no_run_wrote(cli_run, corpus_file, tmp_path,
     for name in ("config.json", "model.safetensors", "tokenizer.json"):
         shutil.copy(cli_run / name, other / name)
     before = snapshot(other)
-    line = error_line(capsys, "train", "--dataset", corpus_file, "--output-dir", other, "--overwrite", *TINY_TRAIN)
+    line = cli_error_line(capsys, "train", "--dataset", corpus_file, "--output-dir", other, "--overwrite", *TINY_TRAIN)
     assert "not written by a sentmim run" in line and "config.json" in line
     assert snapshot(other) == before
 
@@ -118,7 +109,7 @@ def test_benchmark_overwrite_deletes_only_a_benchmark(tmp_path, corpus_file, cap
     data = tmp_path / "data"
     data.mkdir()
     shutil.copy(corpus_file, data / "train.txt")
-    line = error_line(capsys, "benchmark", "--preset", "smoke", "--output-dir", data, "--overwrite",
+    line = cli_error_line(capsys, "benchmark", "--preset", "smoke", "--output-dir", data, "--overwrite",
                       "--dataset", data / "train.txt")
     assert "would delete the dataset" in line
     assert (data / "train.txt").read_bytes() == corpus_file.read_bytes()
@@ -154,7 +145,7 @@ def test_second_writer_is_refused_until_the_holder_dies(cli_run, corpus_file, tm
         before = snapshot(run)
         # Refused before the (missing) dataset is even looked at, resumed or not.
         for extra in (["--resume"], ["--overwrite"]):
-            line = error_line(capsys, "train", "--dataset", tmp_path / "missing.txt", "--output-dir", run, *extra,
+            line = cli_error_line(capsys, "train", "--dataset", tmp_path / "missing.txt", "--output-dir", run, *extra,
                               *TINY_TRAIN)
             assert f"{run} is being written by another sentmim run (pid {holder}" in line
         assert snapshot(run) == before
@@ -303,7 +294,8 @@ def test_a_different_model_never_pairs_with_the_old_weights(builtin_splits, tmp_
 
 def test_unwritable_output_folder_is_reported_before_the_data(tmp_path, capsys):
     unwritable = "/proc/sentmim-cannot-write-here/run"  # procfs takes no new files, even from root
-    line = error_line(capsys, "train", "--dataset", tmp_path / "missing.txt", "--output-dir", unwritable, *TINY_TRAIN)
+    line = cli_error_line(capsys, "train", "--dataset", tmp_path / "missing.txt", "--output-dir", unwritable,
+                          *TINY_TRAIN)
     assert unwritable in line and "cannot write in /proc" in line
 
 
@@ -313,7 +305,7 @@ def test_read_only_output_folder(tmp_path, capsys):
     folder.mkdir()
     folder.chmod(0o555)
     try:
-        line = error_line(capsys, "train", "--dataset", tmp_path / "missing.txt", "--output-dir", folder / "run",
+        line = cli_error_line(capsys, "train", "--dataset", tmp_path / "missing.txt", "--output-dir", folder / "run",
                           *TINY_TRAIN)
         assert "cannot write in" in line and "Permission denied" in line
     finally:

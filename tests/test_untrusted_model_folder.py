@@ -8,36 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import datasets
 import pytest
-import transformers
 
 from sentmim.cli import main
 from sentmim.pipeline import SentenceMIMPipeline
-from tests.conftest import TINY_TRAIN
+from tests.conftest import TINY_TRAIN, cli_error_line
+
+pytestmark = pytest.mark.usefixtures("quiet_progress_bars")
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def quiet_progress_bars():
-    """Library progress bars also go to stderr; without them stderr holds only what the CLI says."""
-    datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
-    yield
-    datasets.enable_progress_bars()
-    transformers.utils.logging.enable_progress_bar()
-
-
-def error_line(capsys, *argv) -> str:
-    capsys.readouterr()
-    status = main([str(arg) for arg in argv])
-    out, err = capsys.readouterr()
-    assert status == 2, err
-    assert "Traceback" not in err + out
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 # -- item 2: a model folder with code in it ---------------------------------------------------------------------------
@@ -123,7 +102,7 @@ def test_truncated_weights_give_one_line_naming_the_file(command, cli_run, corpu
         "init-from": ["train", "--dataset", corpus_file, "--init-from", folder, "--output-dir", tmp_path / "ft",
                       *TINY_TRAIN],
     }[command]
-    line = error_line(capsys, *argv)
+    line = cli_error_line(capsys, *argv)
     assert str(folder / "model.safetensors") in line and "damaged" in line and "copy it again" in line
 
 
@@ -131,7 +110,7 @@ def test_weights_that_are_not_safetensors(cli_run, tmp_path, capsys):
     folder = tmp_path / "garbage"
     shutil.copytree(cli_run, folder)
     (folder / "model.safetensors").write_bytes(b"\x00" * 1000)
-    line = error_line(capsys, "sample", folder)
+    line = cli_error_line(capsys, "sample", folder)
     assert str(folder / "model.safetensors") in line
 
 
@@ -144,13 +123,13 @@ def disk_full(*args, **kwargs):
 
 def test_disk_full_during_a_checkpoint(corpus_file, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("sentmim.checkpointing.save_file", disk_full)
-    line = error_line(capsys, "train", "--dataset", corpus_file, "--output-dir", tmp_path / "run", *TINY_TRAIN)
+    line = cli_error_line(capsys, "train", "--dataset", corpus_file, "--output-dir", tmp_path / "run", *TINY_TRAIN)
     assert "could not write checkpoint" in line and "No space left on device" in line and "--resume" in line
 
 
 def test_disk_full_during_the_best_model_publication(corpus_file, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("transformers.modeling_utils.safe_save_file", disk_full)
-    line = error_line(capsys, "train", "--dataset", corpus_file, "--output-dir", tmp_path / "run", *TINY_TRAIN)
+    line = cli_error_line(capsys, "train", "--dataset", corpus_file, "--output-dir", tmp_path / "run", *TINY_TRAIN)
     assert "could not write the model" in line and "No space left on device" in line
     assert [p.name for p in tmp_path.iterdir()] == ["run"]  # nothing written beside the output folder
 
@@ -160,7 +139,7 @@ def test_disk_full_for_torch_save(corpus_file, tmp_path, monkeypatch, capsys):
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
 
     monkeypatch.setattr("torch.save", torch_disk_full)
-    line = error_line(capsys, "train", "--dataset", corpus_file, "--output-dir", tmp_path / "run", *TINY_TRAIN)
+    line = cli_error_line(capsys, "train", "--dataset", corpus_file, "--output-dir", tmp_path / "run", *TINY_TRAIN)
     assert "could not write checkpoint" in line and "free disk space" in line
 
 
@@ -174,7 +153,7 @@ def test_config_that_disagrees_with_the_weights(field, value, cli_run, tmp_path,
     config = json.loads((folder / "config.json").read_text())
     config[field] = value
     (folder / "config.json").write_text(json.dumps(config))
-    line = error_line(capsys, "reconstruct", folder, "the cat sat .")
+    line = cli_error_line(capsys, "reconstruct", folder, "the cat sat .")
     assert f"{folder / 'config.json'} does not match {folder / 'model.safetensors'}" in line
 
 
@@ -184,5 +163,5 @@ def test_damaged_json_in_a_model_folder_names_the_file(name, cli_run, tmp_path, 
     shutil.copytree(cli_run, folder)
     text = (folder / name).read_text()
     (folder / name).write_text(text[: len(text) // 2])
-    line = error_line(capsys, "sample", folder)
+    line = cli_error_line(capsys, "sample", folder)
     assert str(folder / name) in line and "not valid JSON" in line
