@@ -21,12 +21,13 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from . import run_folder
 from .files import TMP_PREFIX, read_json, replace_durably, write_text_atomic
 
 logger = logging.getLogger(__name__)
 LATEST = "latest"
 CHECKPOINT_FILES = ("model.safetensors", "optimizer.pt", "trainer_state.json", "rng_state_0.pt")
-WEIGHTS = "model.safetensors"
+WEIGHTS = "model.safetensors"  # a checkpoint's weights
 MODEL_STAGING = f"{TMP_PREFIX}model"  # inside the output folder: the best model being written
 
 
@@ -176,9 +177,10 @@ def publish_model(output_dir: Path, model, tokenizer) -> None:
 
     Everything is first written into a staging folder inside output_dir (one file system, so renames are atomic).
     The files that describe the model (config, generation config, tokenizer) move into place first and the weights
-    last, in one rename. Within a run only the weights change; should a description file differ from the one in
-    place (another model), the old weights are removed before it moves, so that meanwhile a reader finds no model
-    rather than a mismatched one."""
+    (*.safetensors) last, in one rename. Within a run only the weights change; should a description file differ from
+    the one in place (another model), or the weights come in several files, the old weights are removed first, so
+    that meanwhile a reader finds no model rather than a mismatched one. The names are recorded in the folder's list
+    of run files first (sentmim.run_folder), so that --overwrite knows them as the run's."""
     output_dir = Path(output_dir)
     staging = output_dir / MODEL_STAGING
     shutil.rmtree(staging, ignore_errors=True)
@@ -189,15 +191,18 @@ def publish_model(output_dir: Path, model, tokenizer) -> None:
         raise OSError(
             f"could not write the model into {staging} ({first_line(error)}); free disk space, then --resume"
         ) from None
-    if not (staging / WEIGHTS).is_file():  # save_pretrained shards only beyond 50 GB
-        raise RuntimeError(f"save_pretrained wrote no single {WEIGHTS} in {staging}")
-    described = [item for item in sorted(staging.iterdir()) if item.name != WEIGHTS]
+    files = sorted(staging.iterdir())
+    weights = [item for item in files if item.name.endswith(".safetensors")]
+    if not weights:
+        raise RuntimeError(f"save_pretrained wrote no .safetensors file in {staging}")
+    described = [item for item in files if item not in weights]
     changed = [item for item in described if not same_bytes(item, output_dir / item.name)]
-    if changed and (output_dir / WEIGHTS).exists():
-        (output_dir / WEIGHTS).unlink()
-    for item in changed:
+    run_folder.record_written(output_dir, [item.name for item in files])
+    if changed or len(weights) > 1:
+        for old in output_dir.glob("*.safetensors"):
+            old.unlink()
+    for item in changed + weights:
         replace_durably(item, output_dir / item.name)
-    replace_durably(staging / WEIGHTS, output_dir / WEIGHTS)
     shutil.rmtree(staging)
 
 

@@ -20,14 +20,15 @@ import time
 from fnmatch import fnmatch
 from pathlib import Path
 
-from .files import TMP_PREFIX
+from .files import TMP_PREFIX, read_json, write_json_atomic
 
 MARKER = ".sentmim-run"
+WRITTEN = ".sentmim-files"  # names a run put in the folder beyond RUN_LAYOUT (whatever save_pretrained wrote)
 
 # What a training run writes (glob patterns; a dict describes a folder's own contents, None accepts the entry whole).
 CHECKPOINTS_LAYOUT = {"step_*": None, f"{TMP_PREFIX}*": None, "latest": None, "run": None}
 RUN_LAYOUT = {
-    MARKER: None,
+    MARKER: None, WRITTEN: None,
     "config.json": None, "generation_config.json": None, "model.safetensors": None,  # the best model
     "tokenizer.json": None, "tokenizer_config.json": None, "special_tokens_map.json": None,  # its tokenizer
     "checkpoints": CHECKPOINTS_LAYOUT,
@@ -42,9 +43,23 @@ class RunFolderError(ValueError):
     """A folder a run may not use as it was asked to; the message says which files are in the way."""
 
 
+def record_written(folder: Path, names: list[str]) -> None:
+    """Add `names` to the folder's list of files its run wrote (before the files appear there)."""
+    listed = written_names(folder)
+    if not set(names) <= listed:
+        write_json_atomic(Path(folder) / WRITTEN, sorted(listed | set(names)))
+
+
+def written_names(folder: Path) -> set[str]:
+    path = Path(folder) / WRITTEN
+    return set(read_json(path)) if path.is_file() else set()
+
+
 def foreign_entries(folder: Path, layout: dict) -> list[Path]:
-    """Entries of `folder` (recursively where the layout describes sub-folders) that the layout does not name."""
+    """Entries of `folder` (recursively where the layout describes sub-folders) that neither the layout nor the
+    folder's list of written files names."""
     foreign = []
+    layout = {**layout, **dict.fromkeys(written_names(folder))}
     for entry in sorted(Path(folder).iterdir()):
         pattern = next((pattern for pattern in layout if fnmatch(entry.name, pattern)), None)
         if pattern is None:

@@ -310,3 +310,30 @@ def test_read_only_output_folder(tmp_path, capsys):
         assert "cannot write in" in line and "Permission denied" in line
     finally:
         folder.chmod(0o755)
+
+
+class AdapterLike:
+    """A model whose save_pretrained writes other names than ours (as a peft LoRA model does)."""
+
+    def save_pretrained(self, folder):
+        from safetensors.torch import save_file
+
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "adapter_config.json").write_text("{}")
+        (folder / "README.md").write_text("model card")
+        save_file({"lora_A": torch.zeros(2, 2)}, folder / "adapter_model.safetensors")
+
+
+def test_files_a_publication_writes_count_as_the_runs(builtin_splits, tmp_path):
+    from sentmim import run_folder
+
+    tokenizer, _ = builtin_splits
+    run = tmp_path / "run"
+    run_folder.RunLock(run).release()
+    checkpointing.publish_model(run, AdapterLike(), tokenizer)
+    assert {"README.md", "adapter_config.json", "adapter_model.safetensors"} <= run_folder.written_names(run)
+    assert run_folder.foreign_entries(run, run_folder.RUN_LAYOUT) == []
+    run_folder.check_overwrite(run, run_folder.RUN_LAYOUT)  # all of it the run's: may be overwritten
+    (run / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"holds files a run did not write \(notes\.txt\)"):
+        run_folder.check_overwrite(run, run_folder.RUN_LAYOUT)
