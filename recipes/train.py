@@ -87,9 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     training = parser.add_argument_group("training")
     training.add_argument("--output_dir", required=True)
-    training.add_argument("--overwrite_output_dir", action="store_true", help="replace whatever output_dir holds")
+    training.add_argument("--overwrite_output_dir", action="store_true",
+                          help="replace the earlier run in output_dir (only files a run wrote; see docs/errors.md)")
     training.add_argument("--resume_from_checkpoint", action="store_true",
-                          help="continue the run in output_dir from its latest checkpoint")
+                          help="continue the run in output_dir exactly from its latest checkpoint: the same command "
+                          "plus this flag (options that would change the run are refused; see docs/errors.md)")
     training.add_argument("--per_device_train_batch_size", type=int, default=32)
     training.add_argument("--per_device_eval_batch_size", type=int, default=128)
     training.add_argument("--learning_rate", type=float, default=1e-3)

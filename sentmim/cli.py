@@ -324,7 +324,8 @@ def add_benchmark_parser(commands) -> None:
     add(parser, "--preset", choices=list(PRESETS), default="cpu",
         help="smoke: tiny test run; cpu: PTB in ~45 min on 2 cores; paper: the sentenceMIM demo's (GPU)")
     add(parser, "--output-dir", required=True)
-    add(parser, "--overwrite", action="store_true", help="delete output-dir and start over")
+    add(parser, "--overwrite", action="store_true",
+        help="delete the earlier benchmark's files in output-dir and start over (refuses a folder holding others)")
     add(parser, "--disable-tqdm", action="store_true")
     settings = parser.add_argument_group("settings (default: the preset's; lists as '16 128 512' or '16,128,512')")
     add_settings_arguments(settings, lambda name: list(dict.fromkeys([f"--{name.replace('_', '-')}", f"--{name}"])))
