@@ -49,6 +49,7 @@ import torch
 
 from . import checkpointing, run_folder
 from .benchmark_report import summary_line, write_plots, write_report
+from .configuration import SentenceMIMConfig
 from .evaluation import encode_split, evaluate, library_progress_bars, load_eval_batches, save_results
 from .experiment import RunOptions, load_splits, prepare_tokenizer, run_training
 from .files import TMP_PREFIX, read_json
@@ -287,9 +288,8 @@ def load_benchmark_data(settings: BenchmarkSettings):
     return training_splits, tokenizer, test_split
 
 
-def train_model(settings, variant, latent_size, folder: Path, splits, tokenizer, resume: bool, progress: bool) -> dict:
-    """Train one model into `folder`, or continue it from its last checkpoint; returns its train_results.json."""
-    args = TrainingArguments(
+def training_arguments(settings: BenchmarkSettings, folder: Path, resume: bool, progress: bool) -> TrainingArguments:
+    return TrainingArguments(
         output_dir=str(folder), batch_size=settings.batch_size, eval_batch_size=settings.eval_batch_size,
         max_steps=settings.max_steps, epochs=settings.epochs, learning_rate=settings.learning_rate,
         max_grad_norm=settings.max_grad_norm,
@@ -297,6 +297,20 @@ def train_model(settings, variant, latent_size, folder: Path, splits, tokenizer,
         eval_steps=settings.eval_steps, logging_steps=settings.logging_steps, seed=settings.seed, resume=resume,
         overwrite=not resume, cpu=settings.cpu, progress=progress,
     )
+
+
+def check_settings(settings: BenchmarkSettings) -> None:
+    """Build every model's options once, so that a value out of range is refused before anything is written."""
+    training_arguments(settings, Path("."), resume=False, progress=False)
+    for variant in settings.objectives:
+        model = model_fields(settings, variant, settings.latent_sizes[0])
+        run_options(settings, model)
+        SentenceMIMConfig(**model)
+
+
+def train_model(settings, variant, latent_size, folder: Path, splits, tokenizer, resume: bool, progress: bool) -> dict:
+    """Train one model into `folder`, or continue it from its last checkpoint; returns its train_results.json."""
+    args = training_arguments(settings, folder, resume, progress)
     options = run_options(settings, model_fields(settings, variant, latent_size))
     with library_progress_bars(progress):
         # A resumed run rebuilds from its own saved tokenizer (the same vocabulary, trained on the same data).
@@ -432,6 +446,7 @@ def run_benchmark(
     """Train and score every (objective, latent size) pair, writing the report after each model. Returns
     the content of results.json."""
     output_dir = Path(output_dir)
+    check_settings(settings)
     prepare_benchmark_dir(output_dir, settings, overwrite)
     started = time.time()
     header = {"benchmark": "sentenceMIM vs text VAE vs AE: posterior collapse side by side", "preset": preset,

@@ -161,3 +161,14 @@ def test_only_the_main_process_prints_the_results(corpus_file, tmp_path, monkeyp
     best = json.loads((tmp_path / "run" / "train_results.json").read_text())["best_val_loss"]
     assert main_report["stdout"] == f"trained 3 steps; best validation loss {best}; model in {tmp_path / 'run'}\n"
     assert other["stdout"] == ""
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--batch-size", "0", "batch_size=0 is invalid: must be an integer >= 1"),
+    ("--learning-rate", "nan", "learning_rate=nan is invalid: must be a finite number > 0"),
+    ("--dropout", "2", "dropout=2.0: must be in [0, 1)"),
+])
+def test_benchmark_refuses_bad_settings_before_writing(option, value, message, tmp_path, capsys):
+    line = cli_error_line(capsys, "benchmark", "--preset", "smoke", "--output-dir", tmp_path / "bench", option, value)
+    assert message in line
+    assert not (tmp_path / "bench").exists()  # no settings.json holding the bad value, to be refused next time
