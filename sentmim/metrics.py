@@ -1,16 +1,23 @@
 """Evaluation metrics for sentence-level latent variable LMs (definitions: docs/metrics.md). Logs are natural (nats).
 
 - ``importance_weighted_nll``: -log p(x) ~= -(logsumexp_k [log p(x|z_k) + log N(z_k; 0, I) - log q(z_k|x)] - log K),
-  z_k ~ q(z|x). Label it "IW-NLL (K samples)"; the only likelihood comparable across MIM / VAE / AE.
+  z_k ~ q(z|x). Label it "IW-NLL (K samples)"; the only likelihood comparable across MIM / VAE / AE. With
+  ``proposal_width`` s > 0 the proposal is q widened to N(mean, exp(logvar) + s^2): label it "IW-NLL, widened
+  proposal (s = ...)"; still an upper bound on -log p(x), tighter for near-deterministic encoders. Choose s with
+  ``choose_proposal_width`` on held-out sentences.
 - ``elbo_nll``: -log p(x|z) + KL(q(z|x) || N(0, I)), one z ~ q(z|x). Label it "ELBO-NLL"; an upper bound on -log p(x).
 - ``melbo_nll``: -log p(x|z) + log N, one z ~ q(z|x), N = sentences in the split. Label it "MELBO-NLL (sentenceMIM
   paper measure, not a likelihood)"; never compare it with IW-NLL or ELBO-NLL.
 - ``perplexity``: exp(sum of per-sentence NLL / sum of predicted targets); name it after its NLL (IW-PPL, ELBO-PPL...).
-- ``kl_divergence``: closed form 1/2 sum_d (mean^2 + exp(logvar) - logvar - 1). Label it "KL".
+- ``kl_divergence``: closed form 1/2 sum_d (mean^2 + exp(logvar) - logvar - 1). Label it "KL". ``kl_parts`` splits
+  it into the code energy 1/2 sum_d mean^2 and the variance part 1/2 sum_d (exp(logvar) - logvar - 1).
 - ``mutual_information``: I_q(x; z), He et al. (2019) estimator over the whole split (batch_size=None, cap ~ log N)
   or averaged over batches of b (cap ~ log b; b = 32 is He et al.'s setting). Label it "MI (split)" / "MI (batch b)".
+  ``mutual_information_with_se``: the same from S draws of z per sentence, with its Monte Carlo standard error.
 - ``active_units``: number of latent dims whose posterior-mean variance across the split (unbiased) is >= 0.01.
-  Label it "AU".
+  Label it "AU (absolute, 0.01)". ``active_units_relative``: dims whose posterior-mean variance divided by the mean
+  posterior variance is >= 0.01. Label it "AU (relative, 0.01)".
+- ``distinct_n``, ``eos_share``, ``language_model_perplexity``: quality of decoded samples.
 - ``corpus_bleu``: sacreBLEU corpus BLEU-4, tokenize='none', 0-100; print ``bleu_signature()`` with it.
 - ``mean_sentence_bleu1``: mean over sentences of sentence BLEU-1 (clipped unigram precision x brevity penalty),
   0-1 scale. Label it "mean sentence BLEU-1 (sentenceMIM demo)"; it is not corpus BLEU.
@@ -19,6 +26,7 @@
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from sacrebleu.metrics import BLEU
@@ -31,8 +39,17 @@ _MI_MEMORY_BYTES = 256 * 1024**2
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Mutual information and active units
+# KL, mutual information and active units
 # ---------------------------------------------------------------------------------------------------------------------
+
+
+def kl_parts(mean: torch.Tensor, logvar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(code energy, variance part) of KL(q(z|x) || N(0, I)) per sentence, each [B]; they sum to ``kl_divergence``.
+
+    code energy = 1/2 sum_d mean_d^2, set by where the posterior sits; variance part = 1/2 sum_d (exp(logvar_d) -
+    logvar_d - 1) >= 0, set by its width alone (MIM's logvar floor of -10 costs ~4.5 nats per dimension whatever x).
+    """
+    return gaussian.kl_code_energy(mean), gaussian.kl_variance_part(logvar)
 
 
 def _pairwise_log_normal(z: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -51,19 +68,36 @@ def _pairwise_log_normal(z: torch.Tensor, mean: torch.Tensor, logvar: torch.Tens
     return const - 0.5 * quadratic
 
 
-def _sum_log_aggregate_posterior(
+def _log_mixture_density(
     z: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor, chunk_size: int | None
 ) -> torch.Tensor:
-    """sum_i log q_agg(z_i), q_agg = 1/M sum_j N(mean_j, exp(logvar_j)) over the M rows given, chunked over i."""
+    """[n] log q_agg(z_i), q_agg = 1/M sum_j N(mean_j, exp(logvar_j)) over the M rows given, chunked over i."""
     num = mean.shape[0]
     if chunk_size is None:
         # About four [chunk, M] float64 temporaries are alive at once (two products, their sum, logsumexp).
         chunk_size = max(1, _MI_MEMORY_BYTES // (4 * 8 * num))
-    total = z.new_zeros(())
-    for start in range(0, z.shape[0], chunk_size):
-        log_density = _pairwise_log_normal(z[start : start + chunk_size], mean, logvar)
-        total = total + (torch.logsumexp(log_density, dim=1) - math.log(num)).sum()
-    return total
+    chunks = [
+        torch.logsumexp(_pairwise_log_normal(z[start : start + chunk_size], mean, logvar), dim=1)
+        for start in range(0, z.shape[0], chunk_size)
+    ]
+    return torch.cat(chunks) - math.log(num)
+
+
+def _mutual_information_terms(
+    mean: torch.Tensor, logvar: torch.Tensor, z: torch.Tensor, batch_size: int | None, chunk_size: int | None
+) -> torch.Tensor:
+    """[N] per-sentence terms of He et al.'s estimator for one draw z [N, d] (float64): neg_entropy_i -
+    log q_agg(z_i), q_agg the mixture over the whole split (batch_size None) or over the batch of b consecutive rows
+    that holds i. Their mean is the MI estimate."""
+    num, dim = z.shape
+    neg_entropy = -0.5 * dim * LOG_2PI - 0.5 * (1 + logvar).sum(-1)
+    step = num if batch_size is None else batch_size
+    log_q_agg = torch.cat([
+        _log_mixture_density(z[start : start + step], mean[start : start + step], logvar[start : start + step],
+                             chunk_size)
+        for start in range(0, num, step)
+    ])
+    return neg_entropy - log_q_agg
 
 
 @torch.no_grad()
@@ -76,10 +110,11 @@ def mutual_information(
     generator: torch.Generator | None = None,
     chunk_size: int | None = None,
 ) -> float:
-    """Mutual information I_q(x; z) in nats, He et al. (2019)'s estimator (docs/metrics.md).
+    """Mutual information I_q(x; z) in nats, He et al. (2019)'s estimator with one z per sentence (docs/metrics.md).
 
     MI = mean_i [-d/2 log 2pi - 1/2 sum_d (1 + logvar_i,d)] - mean_i log q_agg(z_i), z_i ~ q(z|x_i), where
     log q_agg(z_i) = logsumexp_j log N(z_i; mean_j, exp(logvar_j)) - log M over the M examples of the set.
+    ``mutual_information_with_se`` averages S draws per sentence and gives the standard error.
 
     Args:
         mean, logvar: [N, d] posterior parameters of the N sentences of a split.
@@ -93,18 +128,64 @@ def mutual_information(
     # float64 throughout: logsumexp over tens of thousands of densities loses digits in float32.
     mean, logvar = mean.double(), logvar.double()
     z = gaussian.sample(mean, logvar, generator) if z is None else z.double()
-    num, dim = mean.shape
-    neg_entropy = (-0.5 * dim * LOG_2PI - 0.5 * (1 + logvar).sum(-1)).mean()
+    return float(_mutual_information_terms(mean, logvar, z, batch_size, chunk_size).mean())
 
-    if batch_size is None:
-        log_q_agg = _sum_log_aggregate_posterior(z, mean, logvar, chunk_size)
-    else:
-        # Each batch uses its own aggregate posterior; summing over i and dividing by N weights batches by size.
-        log_q_agg = 0.0
-        for s in range(0, num, batch_size):
-            rows = slice(s, s + batch_size)
-            log_q_agg = log_q_agg + _sum_log_aggregate_posterior(z[rows], mean[rows], logvar[rows], chunk_size)
-    return float(neg_entropy - log_q_agg / num)
+
+class Estimate(NamedTuple):
+    """A Monte Carlo estimate and its standard error, in the same unit; print it as "value +- standard_error"."""
+
+    value: float
+    standard_error: float
+
+
+@torch.no_grad()
+def mutual_information_with_se(
+    mean: torch.Tensor,
+    logvar: torch.Tensor,
+    num_samples: int = 10,
+    batch_size: int | None = None,
+    *,
+    z: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    chunk_size: int | None = None,
+) -> Estimate:
+    """He et al.'s MI estimate from S = ``num_samples`` draws z_si ~ q(z|x_i) per sentence, with its standard error.
+
+    With t_si = neg_entropy_i - log q_agg(z_si) (the terms of ``mutual_information``), the estimate is
+    mean_i t_i, t_i = mean_s t_si, and
+
+        SE = sqrt( sum_i s_i^2 / S ) / N,   s_i^2 = unbiased variance of t_i1 ... t_iS.
+
+    What the SE covers: the Monte Carlo noise of the z draws, given the split's posteriors, i.e. the spread of
+    estimates over reruns with other seeds. Given the posteriors, q_agg is a fixed function, so the t_i are
+    independent and Var(estimate) = sum_i Var(t_si) / (S N^2). It does not cover which sentences make up the split
+    (nor the estimator's bias near its cap log M). The estimate is the mean over s of
+    ``mutual_information(mean, logvar, z=z[s])``.
+
+    Args:
+        mean, logvar: [N, d] posterior parameters of the split.
+        num_samples: S >= 2 (the per-sentence variance needs two draws); the SE shrinks as 1 / sqrt(S), the cost
+            grows as S (each draw is one [N, M] density matrix).
+        batch_size: as in ``mutual_information`` (None: whole split, cap ~log N; b: per batch, cap ~log b).
+        z: [S, N, d] draws to use; when None, S draws of [N, d] one after the other from ``generator``.
+    """
+    mean, logvar = mean.double(), logvar.double()
+    if z is not None and (z.dim() != 3 or z.shape[1:] != mean.shape):
+        raise ValueError(f"z must be [S, N, d] with [N, d] = {list(mean.shape)}, got {list(z.shape)}")
+    num_draws = num_samples if z is None else z.shape[0]
+    if num_draws < 2:
+        raise ValueError(f"num_samples={num_draws}: a standard error needs at least 2 draws of z per sentence")
+    # One draw at a time: memory stays that of the one-draw estimate, [N, d] plus the chunked [chunk, M] matrices.
+    terms = torch.stack([
+        _mutual_information_terms(
+            mean, logvar, gaussian.sample(mean, logvar, generator) if z is None else z[draw].double(), batch_size,
+            chunk_size,
+        )
+        for draw in range(num_draws)
+    ])  # [S, N]
+    per_sentence_variance = terms.var(dim=0, unbiased=True)
+    standard_error = float(per_sentence_variance.sum().div(num_draws).sqrt()) / mean.shape[0]
+    return Estimate(float(terms.mean()), standard_error)
 
 
 @torch.no_grad()
@@ -118,9 +199,49 @@ def active_units(means: torch.Tensor, threshold: float = 0.01) -> int:
     return int((variance >= threshold).sum())
 
 
+@torch.no_grad()
+def posterior_mean_variance_ratio(means: torch.Tensor, logvars: torch.Tensor) -> torch.Tensor:
+    """[d] float64: Var_x E[z_d|x] / E_x Var(z_d|x) per latent dimension, over the N sentences of a split.
+
+    The numerator is the unbiased (N - 1) variance of the posterior means, the denominator the mean posterior
+    variance, mean_x exp(logvar_d). It is the dimension's signal-to-noise ratio: by the law of total variance,
+    ratio / (1 + ratio) is the share of the aggregate posterior's variance in dimension d that x explains, and
+    rescaling z_d changes nothing.
+    """
+    means, logvars = means.double(), logvars.double()
+    if means.shape != logvars.shape or means.dim() != 2 or means.shape[0] < 2:
+        raise ValueError(f"means and logvars must both be [N, d] with N >= 2, got {list(means.shape)} and "
+                         f"{list(logvars.shape)}")
+    return means.var(dim=0, unbiased=True) / logvars.exp().mean(dim=0)
+
+
+@torch.no_grad()
+def active_units_relative(means: torch.Tensor, logvars: torch.Tensor, threshold: float = 0.01) -> int:
+    """Number of latent dims whose ``posterior_mean_variance_ratio`` (Var_x E[z_d|x] / E_x Var(z_d|x)) is >= threshold.
+
+    The default 0.01 makes the rule He et al.'s absolute one (Var_x E[z_d|x] >= 0.01) when the posterior variances
+    are 1, the scale that rule was calibrated for; unlike the absolute rule it does not depend on the scale of z, so
+    a near-deterministic encoder (MIM, sigma = 0.0067) is not undercounted. A dimension at the threshold explains
+    1% of the aggregate posterior's variance (for Gaussian means, 1/2 log(1 + 0.01) = 0.005 nats of information).
+
+    Args:
+        means, logvars: [N, d] posterior parameters of the N >= 2 sentences of a split.
+    """
+    return int((posterior_mean_variance_ratio(means, logvars) >= threshold).sum())
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Likelihood estimates (use only the public model.encode and model.log_likelihood)
 # ---------------------------------------------------------------------------------------------------------------------
+
+
+def widened_logvar(logvar: torch.Tensor, proposal_width: float) -> torch.Tensor:
+    """log(exp(logvar) + s^2): the log-variance of the widened proposal r(z|x) = N(mean, exp(logvar) + s^2), s >= 0."""
+    if not 0 <= proposal_width < math.inf:
+        raise ValueError(f"proposal_width={proposal_width!r}: must be a finite number >= 0 (0 is q(z|x) itself)")
+    if proposal_width == 0:
+        return logvar
+    return torch.logaddexp(logvar, torch.full_like(logvar, 2 * math.log(proposal_width)))
 
 
 @torch.no_grad()
@@ -133,36 +254,46 @@ def importance_weighted_nll(
     *,
     max_rows: int = 512,
     generator: torch.Generator | None = None,
+    proposal_width: float = 0.0,
 ) -> torch.Tensor:
     """IW-NLL: importance-weighted estimate of -log p(x) in nats per sentence, [B] float64 (He et al. 2019).
 
-    log w_k = log p(x|z_k) + log N(z_k; 0, I) - log q(z_k|x), z_k ~ q(z|x), and
-    -log p(x) ~= -(logsumexp_k log w_k - log K). The estimate is an upper bound on -log p(x) in expectation and
-    tightens as K grows; it is the likelihood to compare across objectives.
+    log w_k = log p(x|z_k) + log N(z_k; 0, I) - log r(z_k|x), z_k ~ r(z|x), and
+    -log p(x) ~= -(logsumexp_k log w_k - log K). The proposal r is q(z|x) itself by default (proposal_width s = 0:
+    the IW-NLL to compare across objectives), or q widened to r(z|x) = N(mean, diag(exp(logvar) + s^2)) (key
+    ``iw_nll_wide``). For any proposal with full support E_r[w] = p(x), so the estimate is an upper bound on
+    -log p(x) in expectation that tightens as K grows. When q is a near-delta (MIM at its logvar floor) the true
+    posterior p(z|x) is far wider than q and a widened proposal gives a much tighter bound; choose s with
+    ``choose_proposal_width`` on held-out sentences, never on the scored ones.
 
     The model is used as it is (call ``model.eval()`` first to disable dropout) and only through
     ``model.encode(input_ids, attention_mask)`` and ``model.log_likelihood(input_ids, z, attention_mask)``; the logvar
     it returns is used as is. Noise is drawn as one [K, B, d] tensor from ``generator``, so the result does not depend
-    on the chunking. Each chunk of samples goes through the decoder as one batch of B * chunk rows.
+    on the chunking, and the same generator state gives the same noise eps whatever the width. Each chunk of samples
+    goes through the decoder as one batch of B * chunk rows.
 
     Args:
         input_ids: [B, T] one batch of sentences (passed through to the model untouched).
         num_samples: K.
         chunk_size: samples per decoder call; by default max(1, max_rows // B).
         max_rows: bound on the decoder batch (B * chunk rows) when chunk_size is None.
+        proposal_width: s, the standard deviation added in quadrature to q's in every dimension.
     """
     mean, logvar = model.encode(input_ids, attention_mask)
+    proposal_logvar = widened_logvar(logvar, proposal_width)
     batch = mean.shape[0]
     if chunk_size is None:
         chunk_size = max(1, max_rows // batch)
     eps = torch.randn((num_samples, *mean.shape), generator=generator, dtype=mean.dtype, device=mean.device)
-    mean64, logvar64 = mean.double(), logvar.double()
+    mean64, proposal_logvar64 = mean.double(), widened_logvar(logvar.double(), proposal_width)
 
     log_w = []
     for start in range(0, num_samples, chunk_size):
         k = min(chunk_size, num_samples - start)
         # Rows ordered sentence-major ([b0 s0, b0 s1, ..., b1 s0, ...]) to match repeat_interleave of the inputs.
-        z = gaussian.reparameterize(mean.unsqueeze(1), logvar.unsqueeze(1), eps[start : start + k].transpose(0, 1))
+        z = gaussian.reparameterize(
+            mean.unsqueeze(1), proposal_logvar.unsqueeze(1), eps[start : start + k].transpose(0, 1)
+        )
         z = z.reshape(batch * k, -1)
         ids = input_ids.repeat_interleave(k, dim=0)
         mask = None if attention_mask is None else attention_mask.repeat_interleave(k, dim=0)
@@ -170,10 +301,58 @@ def importance_weighted_nll(
         # Densities in float64 at the exact z the decoder saw.
         z64 = z.double().view(batch, k, -1)
         log_prior = log_standard_normal(z64)
-        log_q = log_normal(z64, mean64.unsqueeze(1), logvar64.unsqueeze(1))
-        log_w.append(log_px_z + log_prior - log_q)
+        log_r = log_normal(z64, mean64.unsqueeze(1), proposal_logvar64.unsqueeze(1))
+        log_w.append(log_px_z + log_prior - log_r)
     log_w = torch.cat(log_w, dim=1)  # [B, K]
     return -(torch.logsumexp(log_w, dim=1) - math.log(num_samples))
+
+
+PROPOSAL_WIDTHS = (0.0, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+
+
+@torch.no_grad()
+def choose_proposal_width(
+    model: torch.nn.Module,
+    heldout_batches,
+    widths=PROPOSAL_WIDTHS,
+    num_samples: int = 100,
+    *,
+    seed: int = 0,
+    max_rows: int = 512,
+) -> tuple[float, dict[float, float]]:
+    """(the width s with the lowest mean IW bound on held-out sentences, {s: that mean bound in nats per sentence}).
+
+    Every s gives a valid bound, so the lowest is the tightest; picking the minimum of noisy estimates on the
+    sentences that are then scored would bias their bound low, hence held-out sentences only (e.g. the validation
+    split when the test split is scored). All widths see the same noise eps (a generator seeded with seed + the
+    batch's index), so their comparison is not blurred by independent noise. Call ``model.eval()`` first.
+
+    Args:
+        heldout_batches: an iterable of {"input_ids", "attention_mask"} dicts of sentences that will not be scored.
+        widths: the grid of s (0, q itself, belongs in it: widening is not always better).
+        num_samples: K per sentence and width.
+    """
+    widths = tuple(float(width) for width in widths)
+    if not widths:
+        raise ValueError("widths: give at least one proposal width")
+    for width in widths:
+        widened_logvar(torch.zeros(()), width)  # validates each width before any decoder pass
+    device = getattr(model, "device", None)
+    totals, count = dict.fromkeys(widths, 0.0), 0
+    for index, batch in enumerate(heldout_batches):
+        ids, mask = batch["input_ids"], batch.get("attention_mask")
+        if device is not None:
+            ids, mask = ids.to(device), None if mask is None else mask.to(device)
+        for width in widths:
+            generator = torch.Generator(device=ids.device).manual_seed(seed + index)
+            bound = importance_weighted_nll(model, ids, mask, num_samples, max_rows=max_rows, generator=generator,
+                                            proposal_width=width)
+            totals[width] += float(bound.sum())
+        count += ids.shape[0]
+    if count == 0:
+        raise ValueError("heldout_batches is empty: choose the proposal width on at least one held-out sentence")
+    mean_bound = {width: total / count for width, total in totals.items()}
+    return min(widths, key=mean_bound.__getitem__), mean_bound
 
 
 @torch.no_grad()
@@ -237,6 +416,81 @@ def perplexity(total_nll: float, total_targets: int) -> float:
     if total_targets <= 0:
         raise ValueError("perplexity needs at least one predicted target")
     return math.exp(total_nll / total_targets)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Sample quality (samples decoded from latent codes, e.g. from the prior or the aggregate posterior)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def distinct_n(samples, n: int) -> float:
+    """Distinct-n: the number of distinct n-grams over all samples / the total number of n-grams, in [0, 1].
+
+    Each sample is a string (tokens separated by whitespace) or a sequence of tokens (words or ids); n-grams never
+    cross samples, and a sample shorter than n has none. Li et al. (2016) divide by the number of tokens instead;
+    the two agree for n = 1.
+    """
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n={n!r}: must be an integer >= 1")
+    distinct, total = set(), 0
+    for sample in samples:
+        tokens = sample.split() if isinstance(sample, str) else list(sample)
+        grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+        distinct.update(grams)
+        total += len(grams)
+    if total == 0:
+        raise ValueError(f"distinct-{n}: the samples hold no {n}-gram (empty, or all shorter than {n} tokens)")
+    return len(distinct) / total
+
+
+def generated_token_mask(generated_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """[N, L] bool: the tokens a decoder emitted (``SentenceMIMModel.decode``'s output convention: the tokens after
+    BOS up to and including the first EOS, then padding). A row with no EOS ran to the maximum length: all of it
+    counts. Defined by the first EOS, not by the pad id, so it also holds when padding reuses the EOS id."""
+    is_eos = (generated_ids == eos_token_id).long()
+    return (is_eos.cumsum(dim=1) - is_eos) == 0
+
+
+def eos_share(generated_ids: torch.Tensor, eos_token_id: int) -> float:
+    """The share of decoded rows that end with EOS; the others never emitted it and ran to the maximum length.
+
+    Args:
+        generated_ids: [N, L] output of ``SentenceMIMModel.decode`` (tokens after BOS, up to and including EOS).
+    """
+    if generated_ids.dim() != 2 or generated_ids.shape[0] == 0:
+        raise ValueError(f"generated_ids must be [N, L] with N >= 1, got {list(generated_ids.shape)}")
+    return float((generated_ids == eos_token_id).any(dim=1).double().mean())
+
+
+def decoded_to_batch(generated_ids: torch.Tensor, bos_token_id: int, eos_token_id: int) -> dict[str, torch.Tensor]:
+    """{"input_ids", "attention_mask"} of decoded rows as sentences to score: BOS + the emitted tokens (up to and
+    including the first EOS), right-padded with the mask at 0. A row that never emitted EOS is scored as emitted,
+    without an EOS appended."""
+    bos = torch.full((generated_ids.shape[0], 1), bos_token_id, dtype=generated_ids.dtype,
+                     device=generated_ids.device)
+    emitted = generated_token_mask(generated_ids, eos_token_id)
+    input_ids = torch.cat([bos, generated_ids], dim=1)
+    attention_mask = torch.cat([torch.ones_like(bos, dtype=torch.long), emitted.long()], dim=1)
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+@torch.no_grad()
+def language_model_perplexity(log_likelihood, batches) -> float:
+    """Perplexity of sentences under a separately trained language model: exp(-sum log p(x) / sum targets).
+
+    Args:
+        log_likelihood: callable (input_ids, attention_mask) -> [B] log p(x) in nats, summed over the predicted
+            targets input_ids[:, 1:] where attention_mask is 1 (words + EOS; BOS is never predicted), e.g. the
+            ``log_likelihood`` method of a language model wrapped to take these two arguments.
+        batches: iterable of {"input_ids", "attention_mask"} dicts, right-padded, e.g. ``decoded_to_batch`` of the
+            samples. The targets counted per sentence are ``num_targets(input_ids, attention_mask)``.
+    """
+    total_nll, total_targets = 0.0, 0
+    for batch in batches:
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        total_nll -= float(log_likelihood(ids, mask).double().sum())
+        total_targets += int(num_targets(ids, mask).sum())
+    return perplexity(total_nll, total_targets)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

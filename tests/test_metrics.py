@@ -60,6 +60,23 @@ def test_log_normal_and_standard_normal_match_torch_distributions():
     torch.testing.assert_close(gaussian.log_normal(zk, mean.unsqueeze(1), logvar.unsqueeze(1))[:, 1], expected)
 
 
+def test_kl_parts_sum_to_kl_and_match_their_definitions():
+    mean, logvar, _ = _random_posteriors(6, 5, seed=20, spread=2.0)
+    code_energy, variance_part = metrics.kl_parts(mean, logvar)
+    expected_kl = torch.distributions.kl_divergence(
+        Normal(mean, torch.exp(0.5 * logvar)), Normal(torch.zeros_like(mean), torch.ones_like(mean))
+    ).sum(-1)
+    torch.testing.assert_close(code_energy + variance_part, expected_kl, rtol=1e-12, atol=1e-12)
+    for row in range(6):
+        assert float(code_energy[row]) == pytest.approx(0.5 * sum(m**2 for m in mean[row].tolist()), abs=1e-12)
+        expected = 0.5 * sum(math.exp(lv) - lv - 1 for lv in logvar[row].tolist())
+        assert float(variance_part[row]) == pytest.approx(expected, abs=1e-12)
+    # MIM at its logvar floor: the variance part is ~4.5 nats per dimension, whatever the means.
+    floor = torch.full((2, 3), -10.0, dtype=torch.float64)
+    assert metrics.kl_parts(mean[:2, :3], floor)[1].tolist() == pytest.approx([3 * 0.5 * (math.exp(-10) + 9)] * 2)
+    assert metrics.kl_parts(torch.zeros(2, 3), floor)[0].tolist() == [0.0, 0.0]
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Mutual information
 # ---------------------------------------------------------------------------------------------------------------------
@@ -160,6 +177,79 @@ def test_mutual_information_samples_z_reproducibly():
     assert first == second != third
 
 
+def _mi_terms_loop(mean, logvar, z, batch_size=None):
+    """Per-sentence terms neg_entropy_i - log q_agg(z_i) of He et al.'s estimator, with explicit loops (float64)."""
+    mean, logvar, z = mean.tolist(), logvar.tolist(), z.tolist()
+    num, dim = len(mean), len(mean[0])
+    step = num if batch_size is None else batch_size
+    terms = []
+    for i in range(num):
+        start = i // step * step
+        members = range(start, min(start + step, num))
+        log_q_agg = _logsumexp([_log_normal_loop(z[i], mean[j], logvar[j]) for j in members]) - math.log(len(members))
+        terms.append(-dim / 2 * LOG_2PI - 0.5 * sum(1 + v for v in logvar[i]) - log_q_agg)
+    return terms
+
+
+@pytest.mark.parametrize("batch_size", [None, 4])
+def test_mutual_information_with_se_matches_loop(batch_size):
+    mean, logvar, _ = _random_posteriors(13, 3, seed=21, spread=1.0)
+    g = torch.Generator().manual_seed(22)
+    z = mean + torch.exp(0.5 * logvar) * torch.randn(5, 13, 3, generator=g, dtype=torch.float64)  # S = 5 draws
+    got = metrics.mutual_information_with_se(mean, logvar, batch_size=batch_size, z=z)
+    terms = [_mi_terms_loop(mean, logvar, z[s], batch_size) for s in range(5)]  # [S][N]
+    per_sentence = [[terms[s][i] for s in range(5)] for i in range(13)]
+    estimate = sum(sum(row) for row in per_sentence) / (5 * 13)
+    variances = [sum((t - sum(row) / 5) ** 2 for t in row) / 4 for row in per_sentence]
+    assert got.value == pytest.approx(estimate, abs=1e-10)
+    assert got.standard_error == pytest.approx(math.sqrt(sum(variances) / 5) / 13, abs=1e-12)
+    # The estimate is the mean of the one-draw estimates of mutual_information.
+    one_draw = [metrics.mutual_information(mean, logvar, z=z[s], batch_size=batch_size) for s in range(5)]
+    assert got.value == pytest.approx(sum(one_draw) / 5, abs=1e-10)
+
+
+def _clustered_posteriors():
+    """40 posteriors in 2-D: 10 identical ones (their z cannot tell them apart) and 30 spread ones of mixed widths,
+    so the per-sentence expectations of the MI terms differ a lot between sentences."""
+    g = torch.Generator().manual_seed(23)
+    mean = torch.cat([torch.zeros(10, 2, dtype=torch.float64), 3.0 * torch.randn(30, 2, generator=g,
+                                                                                 dtype=torch.float64)])
+    logvar = torch.cat([torch.zeros(10, 2, dtype=torch.float64),
+                        torch.rand(30, 2, generator=g, dtype=torch.float64) * 3 - 2.5])
+    return mean, logvar
+
+
+def test_mutual_information_se_matches_spread_of_repeated_estimates():
+    mean, logvar = _clustered_posteriors()
+    estimates, errors = [], []
+    for seed in range(400):
+        result = metrics.mutual_information_with_se(mean, logvar, num_samples=3,
+                                                    generator=torch.Generator().manual_seed(1000 + seed))
+        estimates.append(result.value)
+        errors.append(result.standard_error)
+    spread = torch.tensor(estimates).std().item()
+    mean_se = sum(errors) / len(errors)
+    # 400 repeats: the sample spread is known to ~4% (1 / sqrt(2 * 399)).
+    assert mean_se == pytest.approx(spread, rel=0.12)
+    # The SE is of the Monte Carlo noise given the split: the spread of the sentences' own terms over the split,
+    # std_i(t_i) / sqrt(N), is a different (here much larger) number and would not match the reruns.
+    z = mean + torch.exp(0.5 * logvar) * torch.randn(3, 40, 2, generator=torch.Generator().manual_seed(9),
+                                                     dtype=torch.float64)
+    per_sentence = torch.tensor([_mi_terms_loop(mean, logvar, z[s]) for s in range(3)]).mean(0)
+    assert (per_sentence.std() / math.sqrt(40)).item() > 1.5 * spread
+
+
+def test_mutual_information_with_se_validates_draws():
+    mean, logvar, z = _random_posteriors(6, 2, seed=24)
+    with pytest.raises(ValueError, match="at least 2 draws"):
+        metrics.mutual_information_with_se(mean, logvar, num_samples=1)
+    with pytest.raises(ValueError, match=r"\[S, N, d\]"):
+        metrics.mutual_information_with_se(mean, logvar, z=z)
+    first = metrics.mutual_information_with_se(mean, logvar, generator=torch.Generator().manual_seed(0))
+    again = metrics.mutual_information_with_se(mean, logvar, generator=torch.Generator().manual_seed(0))
+    assert first == again and first.standard_error > 0
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Active units
 # ---------------------------------------------------------------------------------------------------------------------
@@ -176,6 +266,42 @@ def test_active_units_counts_dims_by_unbiased_variance():
     assert metrics.active_units(means.float()) == 4
     assert metrics.active_units(means, threshold=0.5) == 2
     assert metrics.active_units(means, threshold=0.0099 * 0.999) == 5
+
+
+def test_active_units_relative_divides_by_the_mean_posterior_variance():
+    num = 5
+    base = torch.arange(num, dtype=torch.float64)
+    base = (base - base.mean()) / base.std(unbiased=True)  # unbiased variance exactly 1
+    mean_variance = torch.tensor([1e-4, 1e-4, 1.0, 1.0, 4.0, 4.0], dtype=torch.float64)  # E_x exp(logvar_d)
+    ratios = torch.tensor([0.0099, 0.0101, 0.005, 0.02, 0.0099, 3.0], dtype=torch.float64)
+    means = base.unsqueeze(1) * (ratios * mean_variance).sqrt() + 1.5
+    # Posterior variances that differ between sentences, with mean E_x exp(logvar_d): exp of the mean logvar would
+    # give another denominator.
+    spread = torch.tensor([0.2, 1.8, 1.0, 0.5, 1.5], dtype=torch.float64).unsqueeze(1)
+    logvars = torch.log(spread * mean_variance)
+    expected = [means[:, d].var(unbiased=True).item() / logvars[:, d].exp().mean().item() for d in range(6)]
+    got = metrics.posterior_mean_variance_ratio(means, logvars)
+    assert got.tolist() == pytest.approx(expected, rel=1e-12)
+    assert got.tolist() == pytest.approx(ratios.tolist(), rel=1e-12)
+    assert metrics.active_units_relative(means, logvars) == 3  # ratios 0.0101, 0.02, 3.0
+    assert metrics.active_units_relative(means.float(), logvars.float()) == 3
+    assert metrics.active_units_relative(means, logvars, threshold=0.5) == 1
+
+
+def test_active_units_relative_agrees_with_absolute_rule_at_unit_variance_and_ignores_scale():
+    g = torch.Generator().manual_seed(25)
+    means = torch.randn(200, 8, generator=g, dtype=torch.float64) * torch.logspace(-2.5, 0, 8, dtype=torch.float64)
+    unit = torch.zeros_like(means)  # every posterior variance 1
+    assert metrics.active_units_relative(means, unit) == metrics.active_units(means)
+    assert 0 < metrics.active_units(means) < 8
+    # A MIM-like encoder: sigma = 0.0067 and means that vary by 0.03: every dimension carries x, the absolute rule
+    # counts none, the relative one all; rescaling z (means by c, variances by c^2) changes neither relative count.
+    mim_means, floor = 0.03 * means / means.std(0), torch.full_like(means, -10.0)
+    assert metrics.active_units(mim_means) == 0
+    assert metrics.active_units_relative(mim_means, floor) == 8
+    assert metrics.active_units_relative(means * 100, unit + 2 * math.log(100)) == metrics.active_units(means)
+    with pytest.raises(ValueError, match="N >= 2"):
+        metrics.active_units_relative(means[:1], unit[:1])
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -452,8 +578,10 @@ def test_mean_sentence_bleu1_matches_closed_form_and_loop():
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("proposal_width", [None, 0.5])  # None: the default call, the proposal q itself
 @pytest.mark.parametrize("architecture", ["gru", "transformer"])
-def test_importance_weighted_nll_on_sentence_mim_model_matches_per_sample_loop(tiny_config, batch, architecture):
+def test_importance_weighted_nll_on_sentence_mim_model_matches_per_sample_loop(tiny_config, batch, architecture,
+                                                                               proposal_width):
     from sentmim import SentenceMIMModel
 
     torch.manual_seed(0)
@@ -461,16 +589,19 @@ def test_importance_weighted_nll_on_sentence_mim_model_matches_per_sample_loop(t
     input_ids, attention_mask = batch
     input_ids = input_ids % 20
     num_samples = 12
+    widening = {} if proposal_width is None else {"proposal_width": proposal_width}
     got = metrics.importance_weighted_nll(model, input_ids, attention_mask, num_samples=num_samples, chunk_size=5,
-                                          generator=torch.Generator().manual_seed(7))
-    # One decoder call per sample with the B original rows; densities in float64 with torch.distributions.
+                                          generator=torch.Generator().manual_seed(7), **widening)
+    # One decoder call per sample with the B original rows; densities in float64 with torch.distributions, of the
+    # proposal N(mean, exp(logvar) + s^2).
     with torch.no_grad():
         mean, logvar = model.encode(input_ids, attention_mask)
         eps = torch.randn(num_samples, *mean.shape, generator=torch.Generator().manual_seed(7))
-        posterior = Normal(mean.double(), torch.exp(0.5 * logvar.double()))
+        proposal_std = torch.sqrt(logvar.double().exp() + (proposal_width or 0.0) ** 2)
+        posterior = Normal(mean.double(), proposal_std)
         log_w = []
         for k in range(num_samples):
-            z = mean + torch.exp(0.5 * logvar) * eps[k]
+            z = mean + proposal_std.float() * eps[k]
             log_px_z = model.log_likelihood(input_ids, z, attention_mask).double()
             z64 = z.double()
             log_w.append(log_px_z + Normal(0.0, 1.0).log_prob(z64).sum(-1) - posterior.log_prob(z64).sum(-1))
