@@ -23,7 +23,6 @@ term out (``include_posterior_variance=False``) and samples only the spread of i
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
@@ -33,6 +32,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
+
+from .files import TMP_PREFIX, replace_durably
 
 AGGREGATE_POSTERIOR_FILE = "aggregate_posterior.safetensors"
 _TENSORS = ("mean", "covariance_of_means", "mean_posterior_variance")
@@ -78,7 +79,8 @@ class AggregatePosterior:
     # -- storage (safetensors only: loading never runs code) ---------------------------------------------------
 
     def save(self, folder: str | os.PathLike) -> Path:
-        """Write folder/aggregate_posterior.safetensors atomically (a temporary file in the folder, then a rename)."""
+        """Write folder/aggregate_posterior.safetensors atomically (a temporary file in the folder, flushed, then
+        renamed into place): a reader sees the old file or the new one, never a mix."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / AGGREGATE_POSTERIOR_FILE
@@ -87,13 +89,12 @@ class AggregatePosterior:
             "num_sentences": str(self.num_sentences),
             "fit": "moment-matched Gaussian: covariance = Cov_x(E[z|x]) (unbiased) + diag(mean_x exp(logvar))",
         }
-        descriptor, temporary = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(descriptor)
+        temporary = folder / f"{TMP_PREFIX}{path.name}"
         try:
             save_file(tensors, temporary, metadata=metadata)
-            os.replace(temporary, path)
+            replace_durably(temporary, path)
         except BaseException:
-            Path(temporary).unlink(missing_ok=True)
+            temporary.unlink(missing_ok=True)
             raise
         return path
 

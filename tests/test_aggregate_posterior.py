@@ -107,6 +107,11 @@ def test_save_and_load_round_trip(tmp_path):
     generator_state = torch.Generator().manual_seed(8)
     assert torch.equal(loaded.sample(3, generator=generator_state),
                        fitted.sample(3, generator=torch.Generator().manual_seed(8)))
+    # Saving again replaces the file (a refit after more training).
+    refitted = fit_from_posteriors([_codes(num=12, seed=9)])
+    refitted.save(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [AGGREGATE_POSTERIOR_FILE]
+    assert torch.equal(AggregatePosterior.load(tmp_path).covariance, refitted.covariance)
 
 
 def test_load_says_what_is_wrong_with_the_file(tmp_path):
