@@ -1,12 +1,17 @@
-"""Small, careful file operations: atomic and durable replacement, and JSON reads whose errors name the file.
+"""Small, careful file operations: atomic and durable replacement, JSON and JSON-lines reads whose errors name the
+file, and file names made from user text.
 
 A file replaced with `os.replace` is seen by readers as either the old or the new version, never a mix. Flushing the
 new file to disk before the rename keeps that true across a power loss, not only across a killed process.
 """
 
 import json
+import logging
 import os
+import re
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 TMP_PREFIX = ".tmp-"  # files and folders being written; never read, removed or replaced by the next writer
 
@@ -35,16 +40,20 @@ def replace_durably(source: Path, target: Path) -> None:
     os.replace(source, target)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a text file under a temporary name beside it, then rename it into place."""
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write a text file under a temporary name beside it (creating its folder if needed), then rename it into place.
+    Returns the path."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
     tmp.write_text(text, encoding="utf-8")
     replace_durably(tmp, path)
+    return path
 
 
-def write_json_atomic(path: Path, value) -> None:
-    write_text_atomic(path, json.dumps(value, indent=2) + "\n")
+def write_json_atomic(path: Path, value) -> Path:
+    """Write `value` as indented JSON, atomically (`write_text_atomic`). Returns the path."""
+    return write_text_atomic(path, json.dumps(value, indent=2) + "\n")
 
 
 def read_json(path: Path, what_to_do: str = "restore it from a copy or delete it"):
@@ -58,3 +67,33 @@ def read_json(path: Path, what_to_do: str = "restore it from a copy or delete it
         raise ValueError(
             f"{path} is not valid JSON ({error.msg} at line {error.lineno} column {error.colno}): {what_to_do}"
         ) from None
+
+
+def read_jsonl(path: Path, what_to_do: str = "delete that line") -> list[dict]:
+    """The records of a JSON-lines file (one JSON object per line, as logs are written), in file order.
+
+    A torn last line, left by a writer that died or is still writing it, is dropped with a warning; a damaged line
+    elsewhere is a one-line ValueError naming the file, the line and `what_to_do`. Blank lines are skipped.
+    """
+    path = Path(path)
+    lines = path.read_bytes().decode("utf-8", errors="replace").splitlines()
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise json.JSONDecodeError("not a JSON object", line, 0)
+        except json.JSONDecodeError as error:
+            if number == len(lines):
+                logger.warning("%s: dropped its torn last line %r", path, line[:60])
+                break
+            raise ValueError(f"{path} line {number} is not JSON ({error.msg}): {what_to_do}") from None
+        records.append(record)
+    return records
+
+
+def file_safe(text: str) -> str:
+    """Text (say, a split spec) as part of a file name: "test[:100]" -> "test_100"."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "split"
