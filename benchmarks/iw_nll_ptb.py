@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sentmim import SentenceMIMPipeline, metrics
-from sentmim.evaluation import load_eval_batches, load_split_texts
+from sentmim.evaluate_folder import load_eval_batches, load_split_texts
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import flops  # benchmarks/flops.py: useful FLOPs from real lengths, shared with throughput.py

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from sentmim.evaluation import load_split_texts
+from sentmim.evaluate_folder import load_split_texts
 from sentmim.pipeline import SentenceMIMPipeline
 
 

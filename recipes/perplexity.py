@@ -31,15 +31,11 @@ from pathlib import Path
 
 import torch
 
-from sentmim.evaluation import (
-    evaluate,
-    file_safe,
-    format_results,
-    load_eval_batches,
-    load_split_texts,
-    save_results,
-)
+from sentmim.evaluate_folder import load_eval_batches, load_split_texts
+from sentmim.evaluation import evaluate
+from sentmim.files import file_safe, write_json_atomic
 from sentmim.pipeline import SentenceMIMPipeline
+from sentmim.reporting import format_results
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -83,7 +79,7 @@ def main(argv=None) -> dict:
     if stats["num_truncated"]:
         print(f"note: {stats['num_truncated']} sentences were truncated to {pipe.max_length} tokens")
     output = args.output_file or Path(args.model_name_or_path) / f"perplexity_{file_safe(args.split)}.json"
-    print(f"wrote {save_results(results, output)}")
+    print(f"wrote {write_json_atomic(output, results)}")
     return results
 
 

@@ -29,14 +29,9 @@ from pathlib import Path
 import torch
 
 from sentmim import metrics
-from sentmim.evaluation import (
-    file_safe,
-    load_eval_batches,
-    load_split_texts,
-    loader_order,
-    reconstruct_split,
-    save_results,
-)
+from sentmim.evaluate_folder import load_eval_batches, load_split_texts, loader_order
+from sentmim.evaluation import reconstruct_split
+from sentmim.files import file_safe, write_json_atomic
 from sentmim.pipeline import SentenceMIMPipeline
 
 
@@ -113,7 +108,7 @@ def main(argv=None) -> dict:
     hypotheses_file = write_lines(Path(args.hypotheses_file or prefix + ".hyp.txt"), hypotheses)
     references_file = write_lines(Path(args.references_file or prefix + ".ref.txt"), references)
     results.update(hypotheses_file=str(hypotheses_file), references_file=str(references_file))
-    output = save_results(results, args.output_file or prefix + ".json")
+    output = write_json_atomic(Path(args.output_file or prefix + ".json"), results)
     print(f"\nwrote {output}, {hypotheses_file}, {references_file}")
     return results
 

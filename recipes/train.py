@@ -46,16 +46,13 @@ import logging
 import sys
 from pathlib import Path
 
-from sentmim.evaluation import (
-    evaluate,
-    format_results,
-    library_progress_bars,
-    load_eval_batches,
-    load_split_texts,
-    save_results,
-)
+from sentmim.console import library_progress_bars
+from sentmim.evaluate_folder import load_eval_batches, load_split_texts
+from sentmim.evaluation import evaluate
 from sentmim.experiment import RunOptions, run_training
+from sentmim.files import write_json_atomic
 from sentmim.pipeline import SentenceMIMPipeline
+from sentmim.reporting import format_results
 from sentmim.training import TrainingArguments, TrainingDiverged
 
 MODEL_OPTIONS = ("objective", "architecture", "latent_size", "hidden_size", "embedding_size", "num_layers",
@@ -173,7 +170,7 @@ def train_and_evaluate(args: argparse.Namespace) -> dict:
     test.update(model_dir=args.output_dir, dataset=str(args.dataset_name), split=args.test_split,
                 max_length=pipe.max_length, num_truncated=stats["num_truncated"])
     print(format_results(test))
-    print(f"wrote {save_results(test, Path(args.output_dir) / 'eval_results_test.json')}")
+    print(f"wrote {write_json_atomic(Path(args.output_dir) / 'eval_results_test.json', test)}")
     results["test"] = test
     return results
 

@@ -50,10 +50,13 @@ import torch
 from . import checkpointing, run_folder
 from .benchmark_report import summary_line, write_plots, write_report
 from .configuration import SentenceMIMConfig
-from .evaluation import encode_split, evaluate, library_progress_bars, load_eval_batches, save_results
+from .console import library_progress_bars
+from .evaluate_folder import load_eval_batches
+from .evaluation import encode_split, evaluate
 from .experiment import RunOptions, load_splits, prepare_tokenizer, run_training
-from .files import TMP_PREFIX, read_json
+from .files import TMP_PREFIX, read_json, write_json_atomic
 from .pipeline import SentenceMIMPipeline
+from .plots import plot_latent_projection
 from .training import TrainingArguments
 
 MODEL_VARIANTS = {
@@ -320,8 +323,6 @@ def train_model(settings, variant, latent_size, folder: Path, splits, tokenizer,
 
 def evaluate_model(settings, folder: Path, test_split, plot_path: Path, progress: bool) -> dict:
     """Every metric (docs/metrics.md) of the saved best model, its latent projection plot and text samples."""
-    from .plots import plot_latent_projection
-
     device = "cuda" if torch.cuda.is_available() and not settings.cpu else None  # score where training ran
     with library_progress_bars(progress):
         pipe = SentenceMIMPipeline.from_pretrained(folder, device=device)
@@ -386,7 +387,7 @@ def prepare_benchmark_dir(output_dir: Path, settings: BenchmarkSettings, overwri
     elif output_dir.is_dir() and any(output_dir.iterdir()):
         raise ValueError(f"{output_dir} already holds files that are not a benchmark: use an empty or new folder")
     output_dir.mkdir(parents=True, exist_ok=True)
-    save_results(wanted, saved_path)
+    write_json_atomic(saved_path, wanted)
 
 
 def is_benchmark(output_dir: Path) -> bool:
@@ -435,7 +436,7 @@ def benchmark_model(settings, variant: str, latent_size: int, output_dir: Path, 
     }
     record["eval_seconds"] = round(time.time() - scored, 1)
     record["wall_seconds"] = round(time.time() - began, 1)
-    save_results(record, folder / RESULT_FILE)
+    write_json_atomic(folder / RESULT_FILE, record)
     return record
 
 

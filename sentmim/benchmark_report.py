@@ -4,8 +4,9 @@ interpolations per model) and the plots, all from the records `run_benchmark` co
 import math
 from pathlib import Path
 
-from . import checkpointing
-from .evaluation import save_results
+from .files import read_jsonl, write_json_atomic, write_text_atomic
+from .plots import metric_curve, new_figure, save_figure
+from .reporting import number
 
 NOT_APPLICABLE = "n/a (AE)"
 
@@ -29,7 +30,7 @@ def likelihoods_meaningful(record: dict) -> bool:
 
 
 def _cell(value, digits: int) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
+    return number(value, digits, missing="-")
 
 
 def _duration(seconds) -> str:
@@ -166,9 +167,9 @@ SAMPLES_NOTE = (
 
 
 def write_report(output_dir: Path, results: dict) -> None:
-    save_results(results, output_dir / "results.json")
-    checkpointing.write_text_atomic(output_dir / "results.md", format_report(results))
-    checkpointing.write_text_atomic(output_dir / "samples.md", format_samples(results["models"]))
+    write_json_atomic(output_dir / "results.json", results)
+    write_text_atomic(output_dir / "results.md", format_report(results))
+    write_text_atomic(output_dir / "samples.md", format_samples(results["models"]))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -177,19 +178,13 @@ def write_report(output_dir: Path, results: dict) -> None:
 
 
 def validation_curve(log_path: Path, key: str) -> tuple[list[int], list[float]]:
-    """(steps, values) of `key` at the validation events of a run's log.jsonl (lines cut by an interruption are
-    skipped, as in the training-curve plots)."""
-    from .plots import _is_number, _read_jsonl
-
-    records = _read_jsonl(log_path) if log_path.is_file() else []
-    points = [(record["step"], record[key]) for record in records if _is_number(record.get(key))]
-    return [step for step, _ in points], [value for _, value in points]
+    """(steps, values) of `key` at the validation events of a run's log.jsonl (a last line cut by an interruption is
+    dropped, as in the training-curve plots)."""
+    return metric_curve(read_jsonl(log_path) if log_path.is_file() else [], key)
 
 
 def write_plots(output_dir: Path, results: dict) -> list[Path]:
     """KL and MI during training per latent size, active units and BLEU against latent size."""
-    from .plots import _figure, _save
-
     records = results["models"]
     if not records:
         return []
@@ -201,7 +196,7 @@ def write_plots(output_dir: Path, results: dict) -> list[Path]:
     paths = []
 
     # 1. KL and whole-split MI at each validation, one column per latent size (AE left out: its q is untrained).
-    figure, axes = _figure(2, len(sizes), size=(4.2 * len(sizes), 6.4), sharex=True)
+    figure, axes = new_figure(2, len(sizes), size=(4.2 * len(sizes), 6.4), sharex=True)
     for column, size in enumerate(sizes):
         for record in (r for r in records if r["latent_size"] == size and likelihoods_meaningful(r)):
             log_path = output_dir / record["model_dir"] / "log.jsonl"
@@ -218,11 +213,11 @@ def write_plots(output_dir: Path, results: dict) -> list[Path]:
     axes[1, 0].set_ylabel("nats (He et al., whole split)")
     if axes[0, 0].get_lines():
         axes[0, 0].legend(fontsize="small")
-    paths.append(_save(figure, plots / "kl_mi_during_training.png"))
+    paths.append(save_figure(figure, plots / "kl_mi_during_training.png"))
 
     # 2. Active units and 3. BLEU against latent size, one line per model variant.
     def against_latent(panels, path):
-        figure, axes = _figure(1, len(panels), size=(5.2 * len(panels), 4.2))
+        figure, axes = new_figure(1, len(panels), size=(5.2 * len(panels), 4.2))
         for ax, (key, title) in zip(axes[0], panels, strict=True):
             for variant in variants:
                 chosen = sorted((r for r in records if r["variant"] == variant), key=lambda r: r["latent_size"])
@@ -236,7 +231,7 @@ def write_plots(output_dir: Path, results: dict) -> list[Path]:
             ax.set_xlabel("latent size")
             ax.set_title(title)
             ax.legend(fontsize="small")
-        paths.append(_save(figure, path))
+        paths.append(save_figure(figure, path))
 
     against_latent([("active_units", "active units (Var_x E[z|x] >= 0.01)")], plots / "active_units_vs_latent.png")
     against_latent([("bleu4_corpus", "reconstruction BLEU-4, sacreBLEU corpus (0-100)"),

@@ -201,7 +201,8 @@ def add_evaluate_parser(commands) -> None:
 
 
 def run_evaluate(args) -> None:
-    from .evaluation import evaluate_folder, format_results
+    from .evaluate_folder import evaluate_folder
+    from .reporting import format_results
 
     results = evaluate_folder(
         args.model_dir, args.dataset, dataset_config=args.dataset_config, split=args.split,

@@ -1,9 +1,10 @@
 """Evaluate a sentence latent-variable model over a whole split: likelihoods, latent statistics, reconstruction.
 
     results = evaluate(model, batches, tokenizer)      # batches: {"input_ids", "attention_mask"} dicts, right-padded
-    print(format_results(results))
-    save_results(results, "eval_results_test.json")
-    results = evaluate_folder("runs/ptb-mim", "../shared/data/ptb", split="test")   # the same from a saved folder
+    print(sentmim.reporting.format_results(results))   # a table labelled by the definitions below
+    sentmim.files.write_json_atomic("eval_results_test.json", results)
+
+From a saved model folder and any dataset: `sentmim.evaluate_folder.evaluate_folder` (also `sentmim evaluate`).
 
 What is measured (docs/metrics.md; NLLs are nats per sentence averaged over the split, PPL = exp(sum NLL /
 sum predicted targets), where the targets are the words + EOS):
@@ -23,25 +24,16 @@ sentence, ELBO-NLL - MELBO-NLL = KL - log N exactly), whether or not IW-NLL is c
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
-import os
-import re
-import tempfile
 from collections import defaultdict
-from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from . import gaussian, metrics
+from .pipeline import max_sentence_length
 from .tokenization import decode_keep_unknown
 
-AE_WARNING = (
-    "    objective=ae: q(z|x)'s variance is never trained (an AE decodes the posterior mean), so IW-NLL, ELBO-NLL,\n"
-    "    their PPLs and the KL below describe an arbitrary q, not the model: do not compare them"
-)
 IW_SEED_OFFSET = 0  # generator seed of the IW-NLL samples: seed + 0
 SAMPLE_SEED_OFFSET = 1  # generator seed of the single posterior sample z: seed + 1
 COLLAPSE_MI_NATS = 0.05  # below this whole-split MI the latent carries (almost) nothing about the sentence
@@ -60,13 +52,9 @@ def _generator(seed: int, device: torch.device) -> torch.Generator:
 
 
 def default_decode_length(model, tokenizer=None) -> int:
-    """Generated tokens allowed per reconstruction (BOS excluded): the model's maximum length - 1, as in the
-    pipeline, also bounded by the tokenizer's model_max_length."""
-    limit = model.config.max_position_embeddings
-    tokenizer_limit = getattr(tokenizer, "model_max_length", None)
-    if tokenizer_limit and tokenizer_limit < 1_000_000:
-        limit = min(limit, tokenizer_limit)
-    return max(1, limit - 1)
+    """Generated tokens allowed per reconstruction: the longest sentence the model takes, less its BOS (given, never
+    generated), as in `SentenceMIMPipeline.decode`."""
+    return max_sentence_length(model.config, tokenizer) - 1
 
 
 def reconstruct_batch(model, tokenizer, input_ids, z, max_decode_length: int) -> tuple[list[str], list[str]]:
@@ -81,8 +69,9 @@ def reconstruct_batch(model, tokenizer, input_ids, z, max_decode_length: int) ->
 
 
 def _batches_with_progress(batches, progress: bool, desc: str):
+    """The batches, with a progress bar when asked for and stderr is a terminal (never bar lines in a log file)."""
     total = len(batches) if hasattr(batches, "__len__") else None
-    return tqdm(batches, total=total, desc=desc, disable=not progress, unit="batch")
+    return tqdm(batches, total=total, desc=desc, disable=None if progress else True, unit="batch")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -283,205 +272,3 @@ def reconstruct_split(
     finally:
         model.train(was_training)
     return hypotheses, references
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Reporting
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def _number(value, digits: int = 3) -> str:
-    if value is None:
-        return "skipped"
-    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
-
-
-def format_results(results: dict) -> str:
-    """A readable table; every metric is labelled by its definition (which estimator, which cap, which BLEU)."""
-    r = results
-    cap_batch = math.log(r["mi_batch_size"])
-    iw_label = f"IW-NLL (K={r['iw_samples']} importance samples; estimates -log p(x))"
-
-    def line(label: str, value, unit: str = "") -> str:
-        return f"  {label:<76} {_number(value):>10}{unit}"
-
-    lines = [
-        (
-            f"sentmim evaluation: objective={r['objective']}  architecture={r['architecture']}  "
-            f"latent_size={r['latent_size']}  seed={r['seed']}"
-        ),
-        f"  {r['num_sentences']} sentences, {r['num_targets']} predicted targets (words + EOS)",
-        "Likelihood (NLL in nats per sentence; PPL = exp(sum NLL / sum predicted targets))",
-        line(iw_label, r["iw_nll"]),
-        line("IW-PPL", r["iw_ppl"]),
-        line("ELBO-NLL (1 sample; an upper bound on -log p(x))", r["elbo_nll"]),
-        line("ELBO-PPL", r["elbo_ppl"]),
-        line(f"MELBO-NLL (sentenceMIM paper's measure, -log p(x|z) + log N, N={r['melbo_num_sentences']})",
-             r["melbo_nll"]),
-        line("MELBO-PPL", r["melbo_ppl"]),
-        "    MELBO is NOT a likelihood bound; not comparable with IW-NLL or ELBO",
-        line("Reconstruction -log p(x|z), z = posterior mean", r["recon_nll_mean_z"]),
-        line("Reconstruction -log p(x|z), one z ~ q(z|x)", r["recon_nll_sample_z"]),
-        *([AE_WARNING] if not r.get("likelihoods_meaningful", True) else []),
-        "Latent space",
-        line("KL(q(z|x) || N(0, I)) (closed form, mean per sentence)", r["kl"]),
-        line(f"MI whole-split (He et al. estimator, cap log N = {r['log_num_sentences']:.3f})", r["mi_whole_split"]),
-        line(f"MI per batch of {r['mi_batch_size']} (cap log {r['mi_batch_size']} = {cap_batch:.3f})", r["mi_batch"]),
-        line(f"Active units (dims with Var_x E[z|x] >= {r['active_units_threshold']})", r["active_units"],
-             f" / {r['latent_size']}"),
-        "Reconstruction (greedy decoding of the posterior mean)",
-    ]
-    if r.get("bleu4_corpus") is None:
-        lines.append("  BLEU skipped (no tokenizer, or bleu=False)")
-    else:
-        lines += [
-            line("BLEU-4 corpus (sacreBLEU, 0-100)", r["bleu4_corpus"]),
-            f"    signature {r['bleu_signature']}",
-            line("BLEU-1 mean sentence (0-1; sentenceMIM demo)", r["bleu1_sentence_mean"]),
-        ]
-    if r["collapsed"]:
-        reasons = []
-        if r["active_units"] == 0:
-            reasons.append(f"no active unit (every Var_x E[z_d|x] < {r['active_units_threshold']})")
-        if r["mi_whole_split"] < COLLAPSE_MI_NATS:
-            reasons.append(f"whole-split MI {r['mi_whole_split']:.3f} nats < {COLLAPSE_MI_NATS}")
-        if r["mi_whole_split"] < COLLAPSE_MI_NATS:
-            lines.append(f"WARNING: posterior collapse: {' and '.join(reasons)}: z carries (almost) nothing about x")
-        else:  # tiny posterior variances (MIM at its logvar floor) make even close means distinguishable
-            lines.append(
-                f"WARNING: possible posterior collapse: {reasons[0]}; but the whole-split MI is "
-                f"{r['mi_whole_split']:.3f} nats, so z still tells sentences apart (the means vary little, the "
-                "posterior variances even less): check the MI before calling it collapse"
-            )
-    return "\n".join(lines)
-
-
-def save_results(results: dict, path: str | os.PathLike) -> Path:
-    """Write results as JSON atomically (a temporary file in the same folder, then os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
-            json.dump(results, stream, indent=2)
-            stream.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# From a saved folder and any dataset
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def library_progress_bars(enabled: bool):
-    """`datasets` (load, map, filter) and `transformers` (loading weights) draw their own progress bars:
-    progress=False must silence those too. The global switches are restored on exit."""
-    import datasets
-    from transformers.utils import logging as transformers_logging
-
-    switches = [
-        (datasets.are_progress_bars_disabled, datasets.disable_progress_bars, datasets.enable_progress_bars),
-        (lambda: not transformers_logging.is_progress_bar_enabled(), transformers_logging.disable_progress_bar,
-         transformers_logging.enable_progress_bar),
-    ]
-    restore = [enable for is_disabled, _, enable in switches if not is_disabled()]
-    if not enabled:
-        for _, disable, _ in switches:
-            disable()
-    try:
-        yield
-    finally:
-        for enable in restore:
-            enable()
-
-
-def load_split_texts(dataset, dataset_config=None, split: str = "test", text_column=None, max_sentences=None):
-    """The cleaned "text" column of one split (a `datasets.Dataset`), in file order.
-
-    A plain split name loads all splits the way training does (a missing validation split is carved from train with
-    the default fraction and seed), so "validation" and "train" mean the same sentences as during training. A slice
-    such as "test[:100]" is passed to `load_text_dataset` as is, with no carving.
-    """
-    from .data import DataError, load_text_dataset
-    from .preprocessing import clean_dataset
-
-    if any(char in split for char in "[+"):
-        splits = load_text_dataset(dataset, dataset_config, split=split, text_column=text_column,
-                                   validation_fraction=0.0)
-        texts = next(iter(splits.values()))
-    else:
-        splits = load_text_dataset(dataset, dataset_config, text_column=text_column)
-        if split not in splits:
-            raise DataError(f"no split {split!r} in {str(dataset)!r}; available splits: {', '.join(splits)}")
-        texts = splits[split]
-    texts = clean_dataset(texts)
-    if max_sentences is not None:
-        texts = texts.select(range(min(max_sentences, len(texts))))
-    return texts
-
-
-def load_eval_batches(tokenizer, texts, batch_size: int = 64, max_length: int = 128):
-    """(loader, stats): padded batches over a split of texts in a fixed order (length-bucketed, not shuffled).
-
-    Sentences longer than max_length are truncated (EOS kept), never dropped, so every sentence counts;
-    stats["num_truncated"] says how many. The loader's `batch_sampler` gives the dataset index of every row.
-    """
-    from .batching import make_dataloader
-    from .preprocessing import tokenize_dataset
-
-    tokenized, stats = tokenize_dataset(texts, tokenizer, max_length=max_length, overlong="truncate")
-    loader = make_dataloader(tokenized, batch_size, pad_token_id=tokenizer.pad_token_id, shuffle=False)
-    return loader, stats
-
-
-def loader_order(loader) -> list[int]:
-    """Dataset indices of the rows of an unshuffled `make_dataloader` loader, in the order the batches come."""
-    return [index for batch in loader.batch_sampler for index in batch]
-
-
-def file_safe(split: str) -> str:
-    """A split spec as a file-name part: "test[:100]" -> "test_100"."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", split).strip("_") or "split"
-
-
-def evaluate_folder(
-    model_dir,
-    dataset,
-    dataset_config=None,
-    split: str = "test",
-    text_column=None,
-    batch_size: int = 64,
-    iw_samples: int = 500,
-    max_sentences: int | None = None,
-    seed: int = 0,
-    plots_dir=None,
-    progress: bool = True,
-    device=None,
-) -> dict:
-    """Evaluate a saved model (model + tokenizer in one folder) on a split of any dataset.
-
-    Writes eval_results_{split}.json into model_dir and, when plots_dir is given, the evaluation plots there.
-    """
-    from .pipeline import SentenceMIMPipeline
-
-    model_dir = Path(model_dir)
-    with library_progress_bars(progress):
-        pipe = SentenceMIMPipeline.from_pretrained(model_dir, device=device)  # says so when the tokenizer is missing
-        texts = load_split_texts(dataset, dataset_config, split, text_column, max_sentences)
-        loader, stats = load_eval_batches(pipe.tokenizer, texts, batch_size, max_length=pipe.max_length)
-    results = evaluate(pipe.model, loader, pipe.tokenizer, iw_samples=iw_samples, seed=seed, progress=progress)
-    results.update(
-        model_dir=str(model_dir), dataset=str(dataset), dataset_config=dataset_config, split=split,
-        max_length=pipe.max_length, num_truncated=stats["num_truncated"],
-    )
-    save_results(results, model_dir / f"eval_results_{file_safe(split)}.json")
-    if plots_dir is not None:
-        from .plots import write_evaluation_plots
-
-        write_evaluation_plots(pipe.model, loader, plots_dir)
-    return results

@@ -41,13 +41,24 @@ def slerp(start: torch.Tensor, end: torch.Tensor, fractions: torch.Tensor) -> to
     return weights_start[:, None] * start[None] + weights_end[:, None] * end[None]
 
 
+def max_sentence_length(config, tokenizer=None) -> int:
+    """The longest tokenized sentence, BOS and EOS included, that a model with this config takes: its
+    max_position_embeddings, bounded by the tokenizer's model_max_length (a tokenizer without a limit reports a huge
+    sentinel). Decoding generates at most this minus one tokens: BOS is given, never generated."""
+    limit = config.max_position_embeddings
+    tokenizer_limit = getattr(tokenizer, "model_max_length", None)
+    if tokenizer_limit and tokenizer_limit < 1_000_000:
+        limit = min(limit, tokenizer_limit)
+    return limit
+
+
 class SentenceMIMPipeline:
     def __init__(self, model: SentenceMIMModel, tokenizer, batch_size: int = 256, max_length: int | None = None):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.tokenizer.padding_side = "right"
         self.batch_size = batch_size
-        self.max_length = max_length or self._default_max_length()
+        self.max_length = max_length or max_sentence_length(model.config, tokenizer)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device | None = None, **kwargs):
@@ -62,13 +73,6 @@ class SentenceMIMPipeline:
     def save_pretrained(self, path: str | Path) -> None:
         self.model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
-
-    def _default_max_length(self) -> int:
-        limit = self.model.config.max_position_embeddings
-        tokenizer_limit = getattr(self.tokenizer, "model_max_length", None)
-        if tokenizer_limit and tokenizer_limit < 1_000_000:
-            limit = min(limit, tokenizer_limit)
-        return limit
 
     @property
     def device(self) -> torch.device:
@@ -124,7 +128,7 @@ class SentenceMIMPipeline:
             z = z[None]
         if z.dim() != 2 or z.size(1) != self.model.config.latent_size:
             raise ValueError(f"z must be [N, {self.model.config.latent_size}], got shape {tuple(z.shape)}")
-        decode_kwargs.setdefault("max_length", self.max_length - 1)
+        decode_kwargs.setdefault("max_length", self.max_length - 1)  # BOS is given, never generated
         texts = []
         for start in range(0, z.size(0), self.batch_size):
             texts += self._to_text(self.model.decode(z[start : start + self.batch_size], **decode_kwargs))

@@ -12,8 +12,6 @@ canvas through matplotlib's object API (no pyplot), so nothing changes the backe
 
 from __future__ import annotations
 
-import json
-import logging
 import math
 import os
 from pathlib import Path
@@ -22,8 +20,8 @@ import numpy as np
 import torch
 
 from . import gaussian
-
-logger = logging.getLogger(__name__)
+from .evaluation import encode_split
+from .files import read_jsonl
 
 # Titles for the usual metrics of a training log (logged as key, train_key or val_key); others are shown by name.
 CURVE_LABELS = {
@@ -41,8 +39,8 @@ CURVE_LABELS = {
 DEFAULT_CURVE_KEYS = ("loss", "recon_nll", "kl", "mi_whole_split", "active_units", "kl_weight")
 
 
-def _figure(rows: int = 1, columns: int = 1, size: tuple[float, float] = (6.4, 4.8), sharex: bool = False):
-    """A Figure on an Agg canvas and its axes."""
+def new_figure(rows: int = 1, columns: int = 1, size: tuple[float, float] = (6.4, 4.8), sharex: bool = False):
+    """(Figure on an Agg canvas, its [rows, columns] array of axes)."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -53,7 +51,8 @@ def _figure(rows: int = 1, columns: int = 1, size: tuple[float, float] = (6.4, 4
     return figure, figure.subplots(rows, columns, squeeze=False, sharex=sharex)
 
 
-def _save(figure, path) -> Path:
+def save_figure(figure, path) -> Path:
+    """Lay the figure out and write it as a PNG (creating the folder); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()
@@ -134,7 +133,7 @@ def plot_latent_projection(
         coordinates = _tsne_2d(points, seed)
         axis_names = ["t-SNE 1", "t-SNE 2"]
 
-    figure, axes = _figure()
+    figure, axes = new_figure()
     ax = axes[0, 0]
     if labels is None:
         ax.scatter(coordinates[:, 0], coordinates[:, 1], s=6, alpha=0.6)
@@ -150,7 +149,7 @@ def plot_latent_projection(
     ax.set_title(f"Posterior means E[z|x], {method.upper()} projection ({shown})")
     ax.set_xlabel(axis_names[0])
     ax.set_ylabel(axis_names[1])
-    _save(figure, path)
+    save_figure(figure, path)
     return coordinates
 
 
@@ -166,7 +165,7 @@ def plot_kl_per_dimension(mean, logvar, path) -> dict[str, np.ndarray]:
     order = torch.argsort(kl, descending=True)
     ranks = np.arange(len(order))
 
-    figure, axes = _figure(2, 1, size=(7.0, 6.4))
+    figure, axes = new_figure(2, 1, size=(7.0, 6.4))
     top, bottom = axes[0, 0], axes[1, 0]
     top.bar(ranks, kl[order].numpy())
     top.set_title(
@@ -184,7 +183,7 @@ def plot_kl_per_dimension(mean, logvar, path) -> dict[str, np.ndarray]:
     bottom.set_xlabel("latent dimension, sorted by KL")
     bottom.set_ylabel("variance")
     bottom.legend(fontsize="small")
-    _save(figure, path)
+    save_figure(figure, path)
     return {"kl": kl.numpy(), "posterior_variance": posterior_variance.numpy(), "mean_variance": mean_variance.numpy()}
 
 
@@ -193,7 +192,7 @@ def plot_log_likelihood_histogram(
 ) -> Path:
     """Histogram of per-sentence log-likelihoods; `label` says which one (the default is the reconstruction term)."""
     values = _array(log_likelihoods)
-    figure, axes = _figure()
+    figure, axes = new_figure()
     ax = axes[0, 0]
     ax.hist(values, bins=bins)
     ax.axvline(values.mean(), color="black", linestyle="--", label=f"mean {values.mean():.2f}")
@@ -201,7 +200,7 @@ def plot_log_likelihood_histogram(
     ax.set_xlabel(label)
     ax.set_ylabel("sentences")
     ax.legend()
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -209,36 +208,24 @@ def plot_log_likelihood_histogram(
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _read_jsonl(path) -> list[dict]:
-    """Records of a JSONL log; unreadable lines (say, the last line of a log still being written) are skipped."""
-    records, skipped = [], 0
-    with open(path, encoding="utf-8") as stream:
-        for line in stream:
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                skipped += 1
-                continue
-            if isinstance(record, dict):
-                records.append(record)
-    if skipped:
-        logger.warning("%s: skipped %d lines that are not JSON", path, skipped)
-    return records
-
-
-def _is_number(value) -> bool:
+def is_finite_number(value) -> bool:
+    """A plottable log value: a finite int or float (not a bool, None or a string)."""
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def metric_curve(records: list[dict], key: str) -> tuple[list, list]:
+    """(steps, values) of the records of a log that hold a finite number under `key`."""
+    points = [(record["step"], record[key]) for record in records if is_finite_number(record.get(key))]
+    return [step for step, _ in points], [value for _, value in points]
 
 
 def _curves(run: list[dict], key: str) -> dict[str, tuple]:
     """{"train" / "val" / "": (steps, values)} for a metric logged as key, train_key or val_key."""
     curves = {}
     for prefix in ("", "train_", "val_"):
-        points = [(r["step"], r[prefix + key]) for r in run if _is_number(r.get(prefix + key))]
-        if points:
-            curves[prefix.rstrip("_")] = tuple(zip(*points, strict=True))
+        steps, values = metric_curve(run, prefix + key)
+        if steps:
+            curves[prefix.rstrip("_")] = (steps, values)
     return curves
 
 
@@ -254,14 +241,14 @@ def plot_training_curves(jsonl_path, path, keys=DEFAULT_CURVE_KEYS) -> list[str]
             none is found).
     """
     runs = jsonl_path if isinstance(jsonl_path, dict) else {Path(jsonl_path).stem: jsonl_path}
-    records = {label: [r for r in _read_jsonl(file) if _is_number(r.get("step"))] for label, file in runs.items()}
+    records = {label: [r for r in read_jsonl(file) if is_finite_number(r.get("step"))] for label, file in runs.items()}
     curves = {key: {label: _curves(run, key) for label, run in records.items()} for key in keys}
     plotted = [key for key in keys if any(curves[key].values())]
     if not plotted:
-        available = sorted({k for rs in records.values() for r in rs for k, v in r.items() if _is_number(v)})
+        available = sorted({k for rs in records.values() for r in rs for k, v in r.items() if is_finite_number(v)})
         raise ValueError(f"none of the keys {list(keys)} is logged with a 'step'; numeric keys: {available}")
 
-    figure, axes = _figure(len(plotted), 1, size=(7.0, 2.6 * len(plotted)), sharex=True)
+    figure, axes = new_figure(len(plotted), 1, size=(7.0, 2.6 * len(plotted)), sharex=True)
     for ax, key in zip(axes[:, 0], plotted, strict=True):
         for index, (label, run_curves) in enumerate(curves[key].items()):
             for part, (steps, values) in run_curves.items():
@@ -272,7 +259,7 @@ def plot_training_curves(jsonl_path, path, keys=DEFAULT_CURVE_KEYS) -> list[str]
         ax.set_ylabel(key)
         ax.legend(fontsize="small")
     axes[-1, 0].set_xlabel("training step")
-    _save(figure, path)
+    save_figure(figure, path)
     return plotted
 
 
@@ -284,8 +271,6 @@ def plot_training_curves(jsonl_path, path, keys=DEFAULT_CURVE_KEYS) -> list[str]
 def write_evaluation_plots(model, batches, out_dir: str | os.PathLike, method: str = "pca") -> dict[str, Path]:
     """latent_projection.png (posterior means coloured by sentence length), kl_per_dimension.png and
     log_likelihood_histogram.png (log p(x|z = posterior mean)) for a split; returns their paths."""
-    from .evaluation import encode_split
-
     out_dir = Path(out_dir)
     split = encode_split(model, batches)
     paths = {

@@ -1,7 +1,6 @@
 """sentmim.evaluation: every number of `evaluate` is recomputed here independently, from the metrics functions (with
 generators seeded the documented way), from sacreBLEU, or by hand."""
 
-import json
 import math
 
 import pytest
@@ -9,7 +8,8 @@ import sacrebleu
 import torch
 
 from sentmim import SentenceMIMModel, metrics
-from sentmim.evaluation import evaluate, format_results, save_results
+from sentmim.evaluation import evaluate
+from sentmim.reporting import format_results
 from sentmim.tokenization import train_tokenizer
 
 SENTENCES = [
@@ -216,14 +216,6 @@ def test_iw_zero_and_no_tokenizer_skip_those_metrics_and_training_mode_is_restor
     assert "skipped" in format_results(results)
     with pytest.raises(ValueError, match="at least 2 sentences"):
         evaluate(model, [{"input_ids": input_ids[:1], "attention_mask": attention_mask[:1]}], progress=False)
-
-
-def test_save_results_writes_json_atomically(tmp_path):
-    path = tmp_path / "out" / "eval_results_test.json"
-    save_results({"iw_nll": 1.5, "collapsed": False, "bleu4_corpus": None}, path)
-    save_results({"iw_nll": 2.5, "collapsed": True, "bleu4_corpus": None}, path)  # replaces the first file
-    assert json.loads(path.read_text()) == {"iw_nll": 2.5, "collapsed": True, "bleu4_corpus": None}
-    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left behind
 
 
 def test_encode_split_without_likelihood_skips_only_the_decoder_column(trained, tokenizer):

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from sentmim import SentenceMIMModel, SentenceMIMPipeline
-from sentmim.pipeline import slerp
+from sentmim.batching import collate_batch
+from sentmim.evaluation import reconstruct_split
+from sentmim.pipeline import max_sentence_length, slerp
 from sentmim.tokenization import train_tokenizer
 
 SENTENCES = ["the cat sat on the mat .", "a dog ran in the park .", "the bird sang .", "it rained ."]
@@ -112,3 +114,34 @@ def test_reconstruct_modes(pipe):
     assert pipe.reconstruct(SENTENCES, mode="perturb", noise=0.0) == pipe.reconstruct(SENTENCES, mode="mean")
     with pytest.raises(ValueError, match="mode='nearest'"):
         pipe.reconstruct(SENTENCES, mode="nearest")
+
+
+def test_max_sentence_length_is_the_model_limit_bounded_by_the_tokenizer(tiny_config):
+    config = tiny_config(max_position_embeddings=32)
+    tokenizer = train_tokenizer(SENTENCES, kind="word", model_max_length=MAX_LENGTH)
+    assert max_sentence_length(config, tokenizer) == MAX_LENGTH
+    assert max_sentence_length(config) == 32
+    tokenizer.model_max_length = int(1e30)  # what transformers reports for a tokenizer without a limit
+    assert max_sentence_length(config, tokenizer) == 32
+    tokenizer.model_max_length = 64
+    assert max_sentence_length(config, tokenizer) == 32
+
+
+def test_evaluation_decodes_exactly_as_long_as_the_pipeline(tiny_config):
+    """One decode length: a model that never ends a sentence writes max_sentence_length - 1 words (BOS is given,
+    never generated) in the pipeline and in evaluation's reconstructions alike; the tokenizer's limit (8) binds,
+    not the model's (32)."""
+    tokenizer = train_tokenizer(SENTENCES, kind="word", model_max_length=MAX_LENGTH)
+    torch.manual_seed(0)
+    config = tiny_config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         unk_token_id=tokenizer.unk_token_id, max_position_embeddings=32)
+    model = SentenceMIMModel(config).eval()
+    with torch.no_grad():
+        model.lm_head.bias[tokenizer.eos_token_id] = -1e4  # EOS never wins: every sentence runs to the limit
+    pipe = SentenceMIMPipeline(model, tokenizer)
+    ids = tokenizer(SENTENCES)["input_ids"]
+    batch = collate_batch([{"input_ids": row} for row in ids], tokenizer.pad_token_id)
+    hypotheses, _ = reconstruct_split(model, [batch], tokenizer, progress=False)
+    assert hypotheses == pipe.reconstruct(SENTENCES)
+    assert [len(text.split()) for text in hypotheses] == [MAX_LENGTH - 1] * len(SENTENCES)

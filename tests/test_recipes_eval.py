@@ -9,7 +9,7 @@ import torch
 
 from sentmim import SentenceMIMModel
 from sentmim.data import DataError
-from sentmim.evaluation import evaluate_folder
+from sentmim.evaluate_folder import evaluate_folder
 from sentmim.pipeline import SentenceMIMPipeline
 from sentmim.tokenization import train_tokenizer
 from tests.recipe_loader import load_recipe

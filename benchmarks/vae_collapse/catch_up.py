@@ -14,7 +14,8 @@ import argparse
 import json
 from pathlib import Path
 
-from sentmim.plots import _read_jsonl, plot_training_curves
+from sentmim.files import read_jsonl
+from sentmim.plots import plot_training_curves
 
 
 def model_folder(run_dir: Path) -> Path:
@@ -26,7 +27,7 @@ def model_folder(run_dir: Path) -> Path:
 def validation_rows(run_dir: Path) -> tuple[str, list[dict]]:
     """(run folder name, the validation records of its model's log.jsonl) of a one-model benchmark folder."""
     model_dir = model_folder(run_dir)
-    rows = [row for row in _read_jsonl(model_dir / "log.jsonl") if "val_recon_nll" in row]
+    rows = [row for row in read_jsonl(model_dir / "log.jsonl") if "val_recon_nll" in row]
     if json.loads((model_dir / "config.json").read_text())["objective"] == "ae":
         for row in rows:  # an AE never trains q's variance: its MI describes nothing
             row["val_mi_whole_split"] = None

@@ -1,0 +1,93 @@
+"""Evaluate a saved model folder on a split of any dataset (what `sentmim evaluate` runs), and the two steps it is made
+of, for recipes that score in their own way:
+
+    results = evaluate_folder("runs/ptb-mim", "data/ptb", split="test")    # writes runs/ptb-mim/eval_results_test.json
+    texts = load_split_texts("data/ptb", split="test[:500]")              # the split, cleaned as for training
+    batches, stats = load_eval_batches(tokenizer, texts, batch_size=64)   # tokenized, every sentence kept
+
+The scores themselves are `sentmim.evaluation.evaluate`'s.
+"""
+
+from pathlib import Path
+
+from .batching import make_dataloader
+from .console import library_progress_bars
+from .data import DataError, load_text_dataset
+from .evaluation import evaluate
+from .files import file_safe, write_json_atomic
+from .pipeline import SentenceMIMPipeline
+from .plots import write_evaluation_plots
+from .preprocessing import clean_dataset, tokenize_dataset
+
+
+def load_split_texts(dataset, dataset_config=None, split: str = "test", text_column=None, max_sentences=None):
+    """The cleaned "text" column of one split (a `datasets.Dataset`), in file order.
+
+    A plain split name loads all splits the way training does (a missing validation split is carved from train with
+    the default fraction and seed), so "validation" and "train" mean the same sentences as during training. A slice
+    such as "test[:100]" is passed to `load_text_dataset` as is, with no carving.
+    """
+    if any(char in split for char in "[+"):
+        splits = load_text_dataset(dataset, dataset_config, split=split, text_column=text_column,
+                                   validation_fraction=0.0)
+        texts = next(iter(splits.values()))
+    else:
+        splits = load_text_dataset(dataset, dataset_config, text_column=text_column)
+        if split not in splits:
+            raise DataError(f"no split {split!r} in {str(dataset)!r}; available splits: {', '.join(splits)}")
+        texts = splits[split]
+    texts = clean_dataset(texts)
+    if max_sentences is not None:
+        texts = texts.select(range(min(max_sentences, len(texts))))
+    return texts
+
+
+def load_eval_batches(tokenizer, texts, batch_size: int = 64, max_length: int = 128):
+    """(loader, stats): padded batches over a split of texts in a fixed order (length-bucketed, not shuffled).
+
+    Sentences longer than max_length are truncated (EOS kept), never dropped, so every sentence counts;
+    stats["num_truncated"] says how many. `loader_order(loader)` gives the dataset index of every row.
+    """
+    tokenized, stats = tokenize_dataset(texts, tokenizer, max_length=max_length, overlong="truncate")
+    loader = make_dataloader(tokenized, batch_size, pad_token_id=tokenizer.pad_token_id, shuffle=False)
+    return loader, stats
+
+
+def loader_order(loader) -> list[int]:
+    """Dataset indices of the rows of an unshuffled `make_dataloader` loader, in the order the batches come."""
+    return [index for batch in loader.batch_sampler for index in batch]
+
+
+def evaluate_folder(
+    model_dir,
+    dataset,
+    dataset_config=None,
+    split: str = "test",
+    text_column=None,
+    batch_size: int = 64,
+    iw_samples: int = 500,
+    max_sentences: int | None = None,
+    seed: int = 0,
+    plots_dir=None,
+    progress: bool = True,
+    device=None,
+) -> dict:
+    """Evaluate a saved model (model + tokenizer in one folder) on a split of any dataset.
+
+    Writes eval_results_{split}.json into model_dir and, when plots_dir is given, the evaluation plots there.
+    progress=False also silences the bars of `datasets` and `transformers` while the folder and the data load.
+    """
+    model_dir = Path(model_dir)
+    with library_progress_bars(progress):
+        pipe = SentenceMIMPipeline.from_pretrained(model_dir, device=device)  # says so when the tokenizer is missing
+        texts = load_split_texts(dataset, dataset_config, split, text_column, max_sentences)
+        loader, stats = load_eval_batches(pipe.tokenizer, texts, batch_size, max_length=pipe.max_length)
+    results = evaluate(pipe.model, loader, pipe.tokenizer, iw_samples=iw_samples, seed=seed, progress=progress)
+    results.update(
+        model_dir=str(model_dir), dataset=str(dataset), dataset_config=dataset_config, split=split,
+        max_length=pipe.max_length, num_truncated=stats["num_truncated"],
+    )
+    write_json_atomic(model_dir / f"eval_results_{file_safe(split)}.json", results)
+    if plots_dir is not None:
+        write_evaluation_plots(pipe.model, loader, plots_dir)
+    return results
