@@ -1,9 +1,77 @@
-"""What the user sees on the terminal: log lines, progress bars, warnings."""
+"""What the user sees on the terminal: log lines, progress bars, warnings.
+
+Quiet by default. sentmim's own warnings and errors always show; its INFO lines (data counts, validation results)
+only with `verbose`, its DEBUG lines and the libraries' INFO lines (the states accelerate saves and loads, the files
+transformers reads) only with `debug`. Warnings about deliberate choices are avoided where they start (sacreBLEU's
+"forgot to detokenize": sentmim.metrics scores token strings with force=True); the few a user cannot act on are
+filtered by their exact message.
+
+Our own long phases draw one bar each, on a terminal only (the training loop, `evaluate`). The libraries' bars are
+off: transformers' "Loading weights" and "Writing model shards" always (nothing worth waiting for), datasets' bars
+(load, clean, tokenize) and Hub downloads unless progress is asked for and stderr is a terminal, where they show long
+data preparation. A log file never gets a bar's carriage returns.
+
+    configure_console(verbose=args.verbose, debug=args.debug)      # once, at the start of a command
+    with library_progress_bars(progress):                          # in library code that loads folders or data
+        ...
+"""
 
 import contextlib
+import logging
+import sys
+import warnings
 
 import datasets
+import huggingface_hub.utils
 from transformers.utils import logging as transformers_logging
+
+LOG_FORMAT = "%(asctime)s - %(levelname)s - %(name)s - %(message)s"
+# Warnings that tell a user nothing they could act on, hidden unless debug (a regular expression each, matched at the
+# start of the message; kept narrow so that a new warning of the same library still shows).
+UNACTIONABLE_WARNINGS = (
+    # peft <= 0.21 asks transformers 5 for this deprecated property every time it wraps a model in LoRA adapters
+    (FutureWarning, r"`is_gradient_checkpointing` is deprecated"),
+)
+
+
+def configure_console(
+    verbose: bool = False, debug: bool = False, progress: bool = True, main_process: bool = True
+) -> None:
+    """Set up the console of a command-line run (call it once, before the command's work).
+
+    Args:
+        verbose: sentmim's INFO lines.
+        debug: sentmim's DEBUG lines, the libraries' INFO lines and the warnings otherwise hidden.
+        progress: datasets' bars and Hub download bars, on a terminal only; False turns them off everywhere.
+        main_process: False on the other processes of a multi-process run: they show errors only (the main process
+            speaks for all) and no library bars.
+    """
+    own_level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    library_level = logging.INFO if debug else logging.WARNING
+    if not main_process:
+        own_level = library_level = logging.ERROR
+    logging.basicConfig(format=LOG_FORMAT)  # does nothing where the embedding program configured logging
+    logging.getLogger().setLevel(library_level)  # accelerate, torch and others log through the root's handler
+    logging.getLogger("accelerate").setLevel(library_level)  # its INFO lines: every state saved and loaded
+    logging.getLogger("sentmim").setLevel(own_level)
+    transformers_logging.set_verbosity(library_level)  # transformers and datasets have handlers of their own
+    datasets.logging.set_verbosity(library_level)
+
+    if not debug:
+        for category, message in UNACTIONABLE_WARNINGS:
+            warnings.filterwarnings("ignore", message=message, category=category)
+
+    transformers_logging.disable_progress_bar()  # also turns off the Hub's bars, turned back on below if wanted
+    if progress and main_process and _stderr_is_terminal():
+        datasets.enable_progress_bars()
+        huggingface_hub.utils.enable_progress_bars()
+    else:
+        datasets.disable_progress_bars()
+
+
+def _stderr_is_terminal() -> bool:
+    isatty = getattr(sys.stderr, "isatty", None)
+    return bool(isatty and isatty())
 
 
 @contextlib.contextmanager

@@ -508,12 +508,12 @@ def _check_pairs(hypotheses: list[str], references: list[str]) -> None:
 def corpus_bleu(hypotheses: list[str], references: list[str]) -> float:
     """sacreBLEU corpus BLEU-4 (0-100) with tokenize='none': the strings are already space-joined tokens."""
     _check_pairs(hypotheses, references)
-    return BLEU(tokenize="none").corpus_score(list(hypotheses), [list(references)]).score
+    return BLEU(tokenize="none", force=True).corpus_score(list(hypotheses), [list(references)]).score
 
 
 def bleu_signature() -> str:
     """The sacreBLEU signature of ``corpus_bleu``, e.g. 'nrefs:1|case:mixed|eff:no|tok:none|smooth:exp|version:...'."""
-    bleu = BLEU(tokenize="none")
+    bleu = BLEU(tokenize="none", force=True)
     bleu.corpus_score(["a"], [["a"]])  # sacreBLEU only knows the number of references after scoring once
     return str(bleu.get_signature())
 
@@ -525,6 +525,6 @@ def mean_sentence_bleu1(hypotheses: list[str], references: list[str]) -> float:
     hypothesis scores 0.
     """
     _check_pairs(hypotheses, references)
-    bleu1 = BLEU(max_ngram_order=1, tokenize="none", effective_order=True)
+    bleu1 = BLEU(max_ngram_order=1, tokenize="none", effective_order=True, force=True)
     scores = [bleu1.sentence_score(h, [r]).score / 100 for h, r in zip(hypotheses, references, strict=True)]
     return sum(scores) / len(scores)
