@@ -9,7 +9,7 @@ PTB is for research use only and is read from --data (default ../shared/data/ptb
 corpus). The word tokenizer is trained on PTB train, as `sentmim train` does.
 
 1. Speed. A corpus of --sentences lines (default 1,000,000, drawn with replacement from PTB train, seed 0) goes
-   through the library's steps with their defaults, as `sentmim.experiment` chains them: `load_text_dataset`
+   through the library's steps with their defaults, as `sentmim.assembly` chains them: `load_text_dataset`
    (Arrow cache, a 5% validation split carved), `clean_dataset`, `tokenize_dataset` (max_length 64, overlong
    sentences dropped, `num_proc` as given, default the library's None), then bucketing: `make_dataloader` on the
    train split and one full epoch of batch indices from its `LengthBucketSampler`, and collating the first

@@ -53,10 +53,11 @@ def train_arguments(corpus: Path, output_dir: Path, max_steps: int) -> list[str]
 def child_main(pause_kind: str, occurrence: int, events: Path, argv: list[str]) -> int:
     """Run `sentmim train argv`, announcing every critical point in `events` ("kind count" lines) and pausing
     for good at the `occurrence`-th point of `pause_kind` (the driver kills the process there)."""
+    import accelerate.utils.other
     import safetensors.torch
     import transformers.modeling_utils
 
-    from sentmim import checkpointing, cli, experiment
+    from sentmim import assembly, checkpointing, cli
 
     output_dir = Path(argv[argv.index("--output-dir") + 1]).resolve()
     counts = dict.fromkeys(KINDS, 0)
@@ -83,7 +84,7 @@ def child_main(pause_kind: str, occurrence: int, events: Path, argv: list[str]) 
 
         return save
 
-    checkpointing.save_file = half_written(safetensors.torch.save_file, "checkpoint_write")
+    accelerate.utils.other.safe_save_file = half_written(safetensors.torch.save_file, "checkpoint_write")
     transformers.modeling_utils.safe_save_file = half_written(safetensors.torch.save_file, "model_write")
 
     real_replace = os.replace
@@ -109,13 +110,13 @@ def child_main(pause_kind: str, occurrence: int, events: Path, argv: list[str]) 
 
     if real_discard is not None:
         checkpointing.discard = discard
-    real_train = experiment.train
+    real_train = assembly.train
 
     def train(*args, **kwargs):
         stream.write(f"train_start 1 {time.time():.3f}\n")
         return real_train(*args, **kwargs)
 
-    experiment.train = train
+    assembly.train = train
     status = cli.main(argv)
     stream.write(f"exit {status} {time.time():.3f}\n")
     return status
@@ -143,9 +144,6 @@ class Child:
                 descriptor = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
                 os.dup2(descriptor, 1)
                 os.dup2(descriptor, 2)
-                from accelerate.state import AcceleratorState
-
-                AcceleratorState._reset_state(reset_partial_state=True)  # the parent's accelerate singletons
                 status = child_main(pause_kind, occurrence, events, argv)
             finally:
                 os._exit(status)
@@ -184,9 +182,6 @@ class Child:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-CHECKPOINT_FILES = ("model.safetensors", "optimizer.pt", "trainer_state.json", "rng_state_0.pt")
-
-
 def step_of(folder: Path) -> int:
     return int(folder.name.split("_")[1])
 
@@ -195,6 +190,7 @@ def check_visible_state(run: Path, runs_dir: Path) -> dict:
     """Everything a reader can see after a kill is complete: the model folder loads, every step_N checkpoint loads,
     and nothing was written beside the output folder. Returns what was loaded."""
     import torch
+    from accelerate import Accelerator
 
     from sentmim import SentenceMIMConfig, SentenceMIMModel, checkpointing
     from sentmim.pipeline import SentenceMIMPipeline
@@ -207,11 +203,15 @@ def check_visible_state(run: Path, runs_dir: Path) -> dict:
         loaded["model"] = True
     checkpoints = run / "checkpoints"
     for folder in sorted(checkpoints.glob("step_*"), key=step_of):
-        missing = [name for name in CHECKPOINT_FILES if not (folder / name).is_file()]
+        missing = checkpointing.missing_files(folder)
         assert not missing, f"{folder} lacks {missing}"
         model = SentenceMIMModel(SentenceMIMConfig.from_pretrained(checkpoints / "run"))
+        optimizer = torch.optim.Adam(model.parameters())
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer)  # the run's --lr-scheduler plateau
+        accelerator = Accelerator(cpu=True)
+        accelerator.prepare(model, optimizer, scheduler)
         with torch.random.fork_rng():  # load_checkpoint restores the run's random state: keep ours
-            state = checkpointing.load_checkpoint(folder, model, torch.optim.Adam(model.parameters()), rank=0)
+            state = checkpointing.load_checkpoint(accelerator, folder)
         assert state["step"] == step_of(folder)
         loaded["checkpoints"].append(folder.name)
     if loaded["checkpoints"]:

@@ -175,7 +175,8 @@ def training_variants(model, tokenized_train, batch_size: int, seed: int, pad_to
     """name -> (batch iterator, loss function, optimizer)."""
     from sentmim import modeling
     from sentmim.batching import make_dataloader
-    from sentmim.training import TrainingArguments, build_optimizer, fused_adam_supported
+    from sentmim.options import TrainingOptions
+    from sentmim.training import build_optimizer, fused_adam_supported
 
     def loader(bucket: bool):
         return iter(make_dataloader(tokenized_train, batch_size, pad_token_id, shuffle=True, seed=seed, bucket=bucket))
@@ -194,7 +195,7 @@ def training_variants(model, tokenized_train, batch_size: int, seed: int, pad_to
         finally:
             modeling.PADDED_RUN_MAX_PADDING = default
 
-    arguments = TrainingArguments(output_dir="unused")
+    arguments = TrainingOptions(output_dir="unused")
     plain_adam = build_optimizer(model, arguments, fused=False)  # what straightforward code gets from torch.optim
     library_adam = build_optimizer(model, arguments, fused=fused_adam_supported(model.device))
     variants = {

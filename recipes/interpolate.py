@@ -18,53 +18,54 @@ Launch:
 With --output_file the steps + 2 sentences are also written, one per line.
 """
 
-import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from transformers import HfArgumentParser
 
 from sentmim.evaluate_folder import load_split_texts
+from sentmim.options import DatasetOptions, InterpolateOptions, ModelFolderOptions, option
 from sentmim.pipeline import SentenceMIMPipeline
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model_name_or_path", required=True, help="folder with the model and its tokenizer")
-    parser.add_argument("--first", default=None, help="the first sentence")
-    parser.add_argument("--second", default=None, help="the second sentence")
-    parser.add_argument("--dataset_name", default=None, help="take the sentences from a dataset split instead")
-    parser.add_argument("--dataset_config_name", default=None)
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--text_column", default=None)
-    parser.add_argument("--first_index", type=int, default=0, help="index of the first sentence in the split")
-    parser.add_argument("--second_index", type=int, default=1, help="index of the second sentence in the split")
-    parser.add_argument("--steps", type=int, default=8, help="points strictly between the two endpoints")
-    parser.add_argument("--method", choices=("linear", "slerp"), default="linear")
-    parser.add_argument("--output_file", default=None, help="write the steps + 2 sentences, one per line")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args(argv)
-    if (args.first is None) != (args.second is None):
-        parser.error("give both --first and --second, or neither (then --dataset_name with two indices)")
-    if args.first is None and args.dataset_name is None:
-        parser.error("give --first and --second, or --dataset_name with --first_index and --second_index")
-    return args
+@dataclass
+class Endpoints:
+    """The two sentences: given, or taken from a dataset split by index."""
+
+    first: str | None = option(None, "the first sentence")
+    second: str | None = option(None, "the second sentence")
+    first_index: int = option(0, "without --first/--second: index of the first sentence in the split")
+    second_index: int = option(1, "without --first/--second: index of the second sentence in the split")
+    output_file: str | None = option(None, "write the steps + 2 sentences, one per line")
+
+    def __post_init__(self):
+        if (self.first is None) != (self.second is None):
+            raise ValueError("give both --first and --second, or neither (then two indices of a dataset split)")
 
 
-def pick_sentences(args) -> tuple[str, str]:
-    if args.first is not None:
-        return args.first, args.second
-    texts = load_split_texts(args.dataset_name, args.dataset_config_name, args.split, args.text_column)
-    for index in (args.first_index, args.second_index):
+def parse_args(argv=None):
+    parser = HfArgumentParser((ModelFolderOptions, Endpoints, InterpolateOptions, DatasetOptions),
+                              description=__doc__.split("\n")[0])
+    parser.set_defaults(split="test")
+    return parser.parse_args_into_dataclasses(argv)
+
+
+def pick_sentences(ends: Endpoints, dataset: DatasetOptions) -> tuple[str, str]:
+    if ends.first is not None:
+        return ends.first, ends.second
+    texts = load_split_texts(dataset.dataset, dataset.dataset_config, dataset.split, dataset.text_column)
+    for index in (ends.first_index, ends.second_index):
         if not 0 <= index < len(texts):
-            raise SystemExit(f"index {index} is outside split {args.split!r} ({len(texts)} sentences)")
-    return texts[args.first_index]["text"], texts[args.second_index]["text"]
+            raise ValueError(f"index {index} is outside split {dataset.split!r} ({len(texts)} sentences)")
+    return texts[ends.first_index]["text"], texts[ends.second_index]["text"]
 
 
 def main(argv=None) -> list[str]:
-    args = parse_args(argv)
-    pipe = SentenceMIMPipeline.from_pretrained(args.model_name_or_path, device=args.device)
-    first, second = pick_sentences(args)
+    folder, ends, args, dataset = parse_args(argv)
+    pipe = SentenceMIMPipeline.from_pretrained(folder.model_name_or_path, device=folder.torch_device())
+    first, second = pick_sentences(ends, dataset)
 
     sentences = pipe.interpolate(first, second, steps=args.steps, method=args.method)
 
@@ -73,12 +74,16 @@ def main(argv=None) -> list[str]:
     fractions = torch.linspace(0.0, 1.0, args.steps + 2).tolist()
     for fraction, sentence in zip(fractions, sentences, strict=True):
         print(f"  {fraction:4.2f}  {sentence}")
-    if args.output_file:
-        path = Path(args.output_file)
+    if ends.output_file:
+        path = Path(ends.output_file)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("".join(sentence + "\n" for sentence in sentences), encoding="utf-8")
     return sentences
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except (ValueError, OSError) as error:  # bad data, arguments, folders: one line, no traceback
+        print(f"{Path(sys.argv[0]).name}: error: {str(error).strip().splitlines()[0]}", file=sys.stderr)
+        sys.exit(2)

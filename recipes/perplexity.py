@@ -22,66 +22,60 @@ Launch:
     python recipes/perplexity.py --model_name_or_path runs/imdb-mim --dataset_name stanfordnlp/imdb \
         --split test --text_column text --per_device_eval_batch_size 32
 
-The JSON goes to --output_file (default: <model>/perplexity_<split>.json).
+The JSON goes to --output_file (default: <model>/perplexity_<split>.json). `--help` lists every option with its
+default; the flags are those of `sentmim evaluate` (sentmim.options), in either spelling.
 """
 
-import argparse
 import sys
 from pathlib import Path
 
-import torch
+from transformers import HfArgumentParser
 
 from sentmim.evaluate_folder import load_eval_batches, load_split_texts
 from sentmim.evaluation import evaluate
 from sentmim.files import file_safe, write_json_atomic
+from sentmim.options import DatasetOptions, EvaluationOptions, LikelihoodOptions, ModelFolderOptions
 from sentmim.pipeline import SentenceMIMPipeline
 from sentmim.reporting import format_results
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model_name_or_path", required=True, help="folder with the model and its tokenizer")
-    parser.add_argument("--dataset_name", required=True, help="Hub id, local file or folder, or 'builtin'")
-    parser.add_argument("--dataset_config_name", default=None)
-    parser.add_argument("--split", default="test", help="a split name, or a slice such as 'test[:500]'")
-    parser.add_argument("--text_column", default=None)
-    parser.add_argument("--per_device_eval_batch_size", type=int, default=64)
-    parser.add_argument("--iw_samples", type=int, default=500, help="K of IW-NLL; 0 skips it")
-    parser.add_argument("--max_sentences", type=int, default=None, help="evaluate the first N sentences only")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output_file", default=None)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--disable_tqdm", action="store_true")
-    return parser.parse_args(argv)
+def parse_args(argv=None):
+    parser = HfArgumentParser((ModelFolderOptions, DatasetOptions, EvaluationOptions, LikelihoodOptions),
+                              description=__doc__.split("\n")[0])
+    parser.set_defaults(split="test")
+    return parser.parse_args_into_dataclasses(argv)
 
 
 def main(argv=None) -> dict:
-    args = parse_args(argv)
+    folder, dataset, evaluation, likelihood = parse_args(argv)
 
     # 1. The model and the tokenizer saved beside it.
-    pipe = SentenceMIMPipeline.from_pretrained(args.model_name_or_path, device=args.device)
+    pipe = SentenceMIMPipeline.from_pretrained(folder.model_name_or_path, device=folder.torch_device())
 
     # 2. The split, cleaned and tokenized like the training data; overlong sentences are truncated, not dropped.
     texts = load_split_texts(
-        args.dataset_name, args.dataset_config_name, args.split, args.text_column, args.max_sentences
+        dataset.dataset, dataset.dataset_config, dataset.split, dataset.text_column, evaluation.max_sentences
     )
-    batches, stats = load_eval_batches(pipe.tokenizer, texts, args.per_device_eval_batch_size, pipe.max_length)
+    batches, stats = load_eval_batches(pipe.tokenizer, texts, evaluation.batch_size, pipe.max_length)
 
     # 3. Likelihoods and latent statistics (no decoding: reconstruction BLEU has its own recipe).
-    results = evaluate(
-        pipe.model, batches, iw_samples=args.iw_samples, bleu=False, seed=args.seed, progress=not args.disable_tqdm
-    )
-    results.update(model_dir=str(args.model_name_or_path), dataset=str(args.dataset_name), split=args.split,
+    results = evaluate(pipe.model, batches, iw_samples=likelihood.iw_samples, bleu=False, seed=evaluation.seed,
+                       progress=not evaluation.disable_tqdm)
+    results.update(model_dir=str(folder.model_name_or_path), dataset=str(dataset.dataset), split=dataset.split,
                    max_length=pipe.max_length, num_truncated=stats["num_truncated"])
 
     # 4. Report.
     print(format_results(results))
     if stats["num_truncated"]:
         print(f"note: {stats['num_truncated']} sentences were truncated to {pipe.max_length} tokens")
-    output = args.output_file or Path(args.model_name_or_path) / f"perplexity_{file_safe(args.split)}.json"
+    output = evaluation.output or Path(folder.model_name_or_path) / f"perplexity_{file_safe(dataset.split)}.json"
     print(f"wrote {write_json_atomic(output, results)}")
     return results
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except (ValueError, OSError) as error:  # bad data, arguments, folders: one line, no traceback
+        print(f"{Path(sys.argv[0]).name}: error: {str(error).strip().splitlines()[0]}", file=sys.stderr)
+        sys.exit(2)

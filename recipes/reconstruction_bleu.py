@@ -22,37 +22,34 @@ Launch:
 Outputs (defaults): <model>/reconstruction_<split>.json, <model>/reconstruction_<split>.hyp.txt and .ref.txt.
 """
 
-import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-import torch
+from transformers import HfArgumentParser
 
 from sentmim import metrics
 from sentmim.evaluate_folder import load_eval_batches, load_split_texts, loader_order
 from sentmim.evaluation import reconstruct_split
 from sentmim.files import file_safe, write_json_atomic
+from sentmim.options import DatasetOptions, EvaluationOptions, ModelFolderOptions, option
 from sentmim.pipeline import SentenceMIMPipeline
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model_name_or_path", required=True, help="folder with the model and its tokenizer")
-    parser.add_argument("--dataset_name", required=True, help="Hub id, local file or folder, or 'builtin'")
-    parser.add_argument("--dataset_config_name", default=None)
-    parser.add_argument("--split", default="test", help="a split name, or a slice such as 'test[:500]'")
-    parser.add_argument("--text_column", default=None)
-    parser.add_argument("--per_device_eval_batch_size", type=int, default=64)
-    parser.add_argument("--max_sentences", type=int, default=None, help="reconstruct the first N sentences only")
-    parser.add_argument("--mode", choices=("mean", "sample"), default="mean", help="z = posterior mean, or z ~ q(z|x)")
-    parser.add_argument("--seed", type=int, default=0, help="seeds the posterior sample of --mode sample")
-    parser.add_argument("--num_examples", type=int, default=5, help="(input, reconstruction) pairs to print")
-    parser.add_argument("--output_file", default=None, help="JSON with the scores")
-    parser.add_argument("--hypotheses_file", default=None, help="reconstructions, one per line")
-    parser.add_argument("--references_file", default=None, help="the inputs as the model saw them, one per line")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--disable_tqdm", action="store_true")
-    return parser.parse_args(argv)
+@dataclass
+class ReconstructionOptions:
+    mode: Literal["mean", "sample"] = option("mean", "decode z = the posterior mean, or one z ~ q(z|x)")
+    num_examples: int = option(5, "(input, reconstruction) pairs to print")
+    hypotheses_file: str | None = option(None, "write the reconstructions here, one per line")
+    references_file: str | None = option(None, "write the inputs as the model saw them here, one per line")
+
+
+def parse_args(argv=None):
+    parser = HfArgumentParser((ModelFolderOptions, DatasetOptions, EvaluationOptions, ReconstructionOptions),
+                              description=__doc__.split("\n")[0])
+    parser.set_defaults(split="test")
+    return parser.parse_args_into_dataclasses(argv)
 
 
 def write_lines(path: Path, lines: list[str]) -> Path:
@@ -62,20 +59,21 @@ def write_lines(path: Path, lines: list[str]) -> Path:
 
 
 def main(argv=None) -> dict:
-    args = parse_args(argv)
+    folder, dataset, evaluation, args = parse_args(argv)
 
     # 1. The model and the tokenizer saved beside it.
-    pipe = SentenceMIMPipeline.from_pretrained(args.model_name_or_path, device=args.device)
+    pipe = SentenceMIMPipeline.from_pretrained(folder.model_name_or_path, device=folder.torch_device())
 
     # 2. The split, cleaned and tokenized like the training data; overlong sentences are truncated, not dropped.
     texts = load_split_texts(
-        args.dataset_name, args.dataset_config_name, args.split, args.text_column, args.max_sentences
+        dataset.dataset, dataset.dataset_config, dataset.split, dataset.text_column, evaluation.max_sentences
     )
-    batches, stats = load_eval_batches(pipe.tokenizer, texts, args.per_device_eval_batch_size, pipe.max_length)
+    batches, stats = load_eval_batches(pipe.tokenizer, texts, evaluation.batch_size, pipe.max_length)
 
     # 3. Reconstruct. Batches group sentences by length, so put the outputs back in the split's order.
     hypotheses, references = reconstruct_split(
-        pipe.model, batches, pipe.tokenizer, mode=args.mode, seed=args.seed, progress=not args.disable_tqdm
+        pipe.model, batches, pipe.tokenizer, mode=args.mode, seed=evaluation.seed,
+        progress=not evaluation.disable_tqdm,
     )
     order = loader_order(batches)
     in_order = sorted(range(len(order)), key=order.__getitem__)
@@ -89,10 +87,10 @@ def main(argv=None) -> dict:
         "bleu4_corpus": metrics.corpus_bleu(hypotheses, references),
         "bleu_signature": metrics.bleu_signature(),
         "bleu1_sentence_mean": metrics.mean_sentence_bleu1(hypotheses, references),
-        "model_dir": str(args.model_name_or_path),
-        "dataset": str(args.dataset_name),
-        "split": args.split,
-        "seed": args.seed,
+        "model_dir": str(folder.model_name_or_path),
+        "dataset": str(dataset.dataset),
+        "split": dataset.split,
+        "seed": evaluation.seed,
         "num_truncated": stats["num_truncated"],
     }
 
@@ -104,14 +102,18 @@ def main(argv=None) -> dict:
     print(f"  BLEU-1 mean sentence (0-1; sentenceMIM demo)   {results['bleu1_sentence_mean']:10.4f}")
     for reference, hypothesis in list(zip(references, hypotheses, strict=True))[: args.num_examples]:
         print(f"\n  input:          {reference}\n  reconstruction: {hypothesis}")
-    prefix = str(Path(args.model_name_or_path) / f"reconstruction_{file_safe(args.split)}")
+    prefix = str(Path(folder.model_name_or_path) / f"reconstruction_{file_safe(dataset.split)}")
     hypotheses_file = write_lines(Path(args.hypotheses_file or prefix + ".hyp.txt"), hypotheses)
     references_file = write_lines(Path(args.references_file or prefix + ".ref.txt"), references)
     results.update(hypotheses_file=str(hypotheses_file), references_file=str(references_file))
-    output = write_json_atomic(Path(args.output_file or prefix + ".json"), results)
+    output = write_json_atomic(Path(evaluation.output or prefix + ".json"), results)
     print(f"\nwrote {output}, {hypotheses_file}, {references_file}")
     return results
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except (ValueError, OSError) as error:  # bad data, arguments, folders: one line, no traceback
+        print(f"{Path(sys.argv[0]).name}: error: {str(error).strip().splitlines()[0]}", file=sys.stderr)
+        sys.exit(2)

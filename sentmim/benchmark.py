@@ -12,7 +12,7 @@ architecture and one budget (steps, batch, learning rate, sizes, seed); only the
     vae-cyclical   sVAE with cyclical annealing (Fu et al. 2019) plus free bits (a per-dimension KL floor)
     ae             a deterministic auto-encoder (z = posterior mean)
 
-each at several latent sizes. Training is `sentmim.experiment.run_training`, the code behind `sentmim train`; each
+each at several latent sizes. Training is `sentmim.assembly.train_from_options`, the code behind `sentmim train`; each
 best model is scored on the test split by `sentmim.evaluation.evaluate` (every metric of docs/metrics.md).
 
 What output_dir receives:
@@ -48,16 +48,16 @@ from pathlib import Path
 import torch
 
 from . import checkpointing, run_folder
+from .assembly import build_tokenizer, load_training_splits, train_from_options
 from .benchmark_report import summary_line, write_plots, write_report
 from .configuration import SentenceMIMConfig
 from .console import library_progress_bars
 from .evaluate_folder import load_eval_batches
 from .evaluation import encode_split, evaluate
-from .experiment import RunOptions, load_splits, prepare_tokenizer, run_training
 from .files import TMP_PREFIX, read_json, write_json_atomic
+from .options import DataOptions, DatasetOptions, ModelOptions, TokenizerOptions, TrainingOptions
 from .pipeline import SentenceMIMPipeline
 from .plots import plot_latent_projection
-from .training import TrainingArguments
 
 MODEL_VARIANTS = {
     "mim": "sMIM",
@@ -236,6 +236,38 @@ def parse_setting(name: str, text: str):
     return kinds[0](text)
 
 
+def add_benchmark_arguments(parser) -> None:
+    """The `sentmim benchmark` command line: a preset, the output folder, and any setting to override."""
+    parser.add_argument("--preset", choices=list(PRESETS), default="cpu",
+                        help="smoke: tiny test run; cpu: PTB in ~45 min on 2 cores; paper: the sentenceMIM demo's "
+                        "(GPU)")
+    parser.add_argument("--output-dir", "--output_dir", dest="output_dir", required=True,
+                        help="the benchmark's folder (rerun the same command to continue)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete the earlier benchmark's files in output-dir and start over (refuses a folder "
+                        "holding others)")
+    parser.add_argument("--disable-tqdm", "--disable_tqdm", dest="disable_tqdm", action="store_true",
+                        help="no progress bars")
+    settings = parser.add_argument_group("settings (default: the preset's; lists as '16 128 512' or '16,128,512')")
+    add_settings_arguments(settings, lambda name: list(dict.fromkeys([f"--{name.replace('_', '-')}", f"--{name}"])))
+
+
+def run_benchmark_command(args) -> None:
+    import shlex
+
+    from .benchmark_report import format_results_table
+
+    overrides = settings_overrides(args)
+    # The command as it would be typed, for the report (sys.argv is not ours when main() is called in-process).
+    words = ["sentmim", "benchmark", "--preset", args.preset, "--output-dir", args.output_dir]
+    for name in overrides:
+        value = getattr(args, name)
+        words += [f"--{name.replace('_', '-')}", *(value if isinstance(value, list) else [value])]
+    results = run_benchmark(benchmark_settings(args.preset, **overrides), args.output_dir, preset=args.preset,
+                            command=shlex.join(words), overwrite=args.overwrite, progress=not args.disable_tqdm)
+    print(format_results_table(results["models"]))
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # One model: train, then score on the test split
 # ---------------------------------------------------------------------------------------------------------------------
@@ -245,37 +277,38 @@ def model_name(variant: str, latent_size: int) -> str:
     return f"{variant}-z{latent_size}"
 
 
-def model_fields(settings: BenchmarkSettings, variant: str, latent_size: int) -> dict:
-    """SentenceMIMConfig fields of one model: the shared architecture plus what the variant changes."""
-    shared = dict(
-        architecture=settings.architecture, embedding_size=settings.embedding_size, hidden_size=settings.hidden_size,
-        num_layers=settings.num_layers, tie_word_embeddings=settings.tie_word_embeddings, dropout=settings.dropout,
+def model_options(settings: BenchmarkSettings, variant: str, latent_size: int) -> ModelOptions:
+    """The model of one run: the shared architecture with the variant's objective."""
+    objective = "vae" if variant.startswith("vae") else variant
+    return ModelOptions(
+        objective=objective, architecture=settings.architecture, embedding_size=settings.embedding_size,
+        hidden_size=settings.hidden_size, num_layers=settings.num_layers,
+        tie_word_embeddings=settings.tie_word_embeddings, dropout=settings.dropout,
         embedding_dropout=settings.embedding_dropout, word_dropout=settings.word_dropout,
         reverse_input=settings.reverse_input, latent_size=latent_size,
     )
-    variants = {
-        "mim": dict(objective="mim"),
-        "vae": dict(objective="vae", kl_schedule="constant", kl_weight=1.0),
-        "vae-logistic": dict(objective="vae", kl_schedule="logistic", kl_logistic_k=settings.kl_logistic_k,
+
+
+def variant_schedule(settings: BenchmarkSettings, variant: str) -> dict:
+    """The training options a variant changes: its KL schedule and free bits."""
+    return {
+        "vae-logistic": dict(kl_schedule="logistic", kl_logistic_k=settings.kl_logistic_k,
                              kl_logistic_x0=settings.kl_logistic_x0),
-        "vae-cyclical": dict(objective="vae", kl_schedule="cyclical", kl_cycle_steps=settings.kl_cycle_steps,
+        "vae-cyclical": dict(kl_schedule="cyclical", kl_cycle_steps=settings.kl_cycle_steps,
                              kl_cycle_ratio=settings.kl_cycle_ratio, free_bits=settings.free_bits),
-        "ae": dict(objective="ae"),
-    }
-    return {**shared, **variants[variant]}
+    }.get(variant, {})
 
 
-def run_options(settings: BenchmarkSettings, model: dict | None = None) -> RunOptions:
-    return RunOptions(
-        dataset=settings.dataset, dataset_config=settings.dataset_config, text_column=settings.text_column,
-        max_length=settings.max_length, vocab_size=settings.vocab_size, model=dict(model or {}),
-    )
+def dataset_options(settings: BenchmarkSettings) -> tuple[DatasetOptions, DataOptions, TokenizerOptions]:
+    return (DatasetOptions(dataset=settings.dataset, dataset_config=settings.dataset_config,
+                           text_column=settings.text_column),
+            DataOptions(max_length=settings.max_length), TokenizerOptions(vocab_size=settings.vocab_size))
 
 
 def load_benchmark_data(settings: BenchmarkSettings):
     """(train/validation splits, the shared tokenizer, the test split), loaded once for all models."""
-    options = run_options(settings)
-    splits = load_splits(options, settings.seed)
+    dataset, data, tokenizer_options = dataset_options(settings)
+    splits = load_training_splits(dataset, data, settings.seed)
     if settings.test_split not in splits:
         found = ", ".join(splits)
         raise ValueError(f"{settings.dataset}: no {settings.test_split!r} split to score on (found {found})")
@@ -287,37 +320,40 @@ def load_benchmark_data(settings: BenchmarkSettings):
     training_splits = type(splits)({"train": splits["train"]})
     if "validation" in splits:
         training_splits["validation"] = first(splits["validation"], settings.max_validation_sentences)
-    tokenizer = prepare_tokenizer(options, splits["train"]["text"], output_dir=None, resume=False)
+    tokenizer = build_tokenizer(data, tokenizer_options, ModelOptions(), splits["train"]["text"], output_dir=None,
+                                resume=False)
     return training_splits, tokenizer, test_split
 
 
-def training_arguments(settings: BenchmarkSettings, folder: Path, resume: bool, progress: bool) -> TrainingArguments:
-    return TrainingArguments(
+def training_options(settings: BenchmarkSettings, variant: str, folder: Path, resume: bool,
+                     progress: bool) -> TrainingOptions:
+    return TrainingOptions(
         output_dir=str(folder), batch_size=settings.batch_size, eval_batch_size=settings.eval_batch_size,
         max_steps=settings.max_steps, epochs=settings.epochs, learning_rate=settings.learning_rate,
         max_grad_norm=settings.max_grad_norm,
         lr_scheduler=settings.lr_scheduler, early_stopping_patience=settings.early_stopping_patience,
         eval_steps=settings.eval_steps, logging_steps=settings.logging_steps, seed=settings.seed, resume=resume,
-        overwrite=not resume, cpu=settings.cpu, progress=progress,
+        overwrite=not resume, cpu=settings.cpu, disable_tqdm=not progress, **variant_schedule(settings, variant),
     )
 
 
 def check_settings(settings: BenchmarkSettings) -> None:
     """Build every model's options once, so that a value out of range is refused before anything is written."""
-    training_arguments(settings, Path("."), resume=False, progress=False)
+    dataset_options(settings)
     for variant in settings.objectives:
-        model = model_fields(settings, variant, settings.latent_sizes[0])
-        run_options(settings, model)
-        SentenceMIMConfig(**model)
+        training_options(settings, variant, Path("."), resume=False, progress=False)
+        config_fields = model_options(settings, variant, settings.latent_sizes[0]).config_fields()
+        SentenceMIMConfig(**config_fields)
 
 
 def train_model(settings, variant, latent_size, folder: Path, splits, tokenizer, resume: bool, progress: bool) -> dict:
     """Train one model into `folder`, or continue it from its last checkpoint; returns its train_results.json."""
-    args = training_arguments(settings, folder, resume, progress)
-    options = run_options(settings, model_fields(settings, variant, latent_size))
+    dataset, data, tokenizer_options = dataset_options(settings)
+    training = training_options(settings, variant, folder, resume, progress)
     with library_progress_bars(progress):
         # A resumed run rebuilds from its own saved tokenizer (the same vocabulary, trained on the same data).
-        run_training(options, args, splits=splits, tokenizer=None if resume else tokenizer)
+        train_from_options(dataset, data, tokenizer_options, model_options(settings, variant, latent_size), training,
+                           splits=splits, tokenizer=None if resume else tokenizer)
     return read_json(folder / "train_results.json")
 
 

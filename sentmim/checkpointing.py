@@ -1,33 +1,32 @@
 """Atomic, resumable training checkpoints, and the atomic publication of the best model.
 
-A checkpoint is a folder `checkpoints/step_N/` holding
+A checkpoint is a folder `checkpoints/step_N/` holding what `accelerate`'s `save_state` writes
     model.safetensors        the weights (safetensors: loading never runs pickled code)
-    optimizer.pt             optimizer state, loaded with torch.load(weights_only=True)
-    rng_state_{rank}.pt      each process's torch (and CUDA) random state, weights_only as well
-    trainer_state.json       step, epoch, position in the epoch, schedules, best metric, ...
-It is written under a temporary name, flushed to disk and renamed into place only when complete, and
-`checkpoints/latest` (a one-line file, itself replaced atomically) names the newest one. A process killed mid-save
-leaves the previous checkpoints and pointer untouched; resume ignores unfinished folders, and when `latest` names a
-folder that is gone or incomplete it falls back to the newest complete step_N folder.
+    optimizer.bin            optimizer state     } loaded by accelerate with torch.load(weights_only=True)
+    scheduler.bin            learning-rate state }
+    random_states_{rank}.pkl each process's Python, numpy, torch (and CUDA) random states, weights_only as well
+plus our `trainer_state.json` (step, epoch, position in the epoch, best metric, ...). It is written under a temporary
+name, flushed to disk and renamed into place only when complete, and `checkpoints/latest` (a one-line file, itself
+replaced atomically) names the newest one. A process killed mid-save leaves the previous checkpoints and pointer
+untouched; resume ignores unfinished folders, and when `latest` names a folder that is gone or incomplete it falls
+back to the newest complete step_N folder.
 """
 
-import json
 import logging
 import os
 import shutil
 from pathlib import Path
 
-import torch
+import accelerate.utils
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from . import run_folder
-from .files import TMP_PREFIX, read_json, replace_durably, write_text_atomic
+from .files import TMP_PREFIX, read_json, replace_durably, write_json_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 LATEST = "latest"
-CHECKPOINT_FILES = ("model.safetensors", "optimizer.pt", "trainer_state.json", "rng_state_0.pt")
-WEIGHTS = "model.safetensors"  # a checkpoint's weights
+CHECKPOINT_FILES = ("model.safetensors", "optimizer.bin", "scheduler.bin", "random_states_0.pkl", "trainer_state.json")
+TRAINER_STATE = "trainer_state.json"
 MODEL_STAGING = f"{TMP_PREFIX}model"  # inside the output folder: the best model being written
 
 
@@ -43,43 +42,9 @@ def staging_dir(checkpoints_dir: Path, step: int) -> Path:
     return checkpoints_dir / f"{TMP_PREFIX}step_{step}"
 
 
-def save_rng_state(folder: Path, rank: int) -> None:
-    state = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    try:
-        torch.save(state, folder / f"rng_state_{rank}.pt")
-    except (OSError, RuntimeError) as error:  # torch reports a full disk as a RuntimeError
-        raise OSError(
-            f"could not write checkpoint {folder} ({first_line(error)}); free disk space, then --resume"
-        ) from None
-
-
-def save_main_state(folder: Path, model_state: dict, optimizer, trainer_state: dict) -> None:
-    """Weights, optimizer and trainer state (main process only; the RNG files come from every process)."""
-    # safetensors refuses tensors that share memory (tied weights): store each tensor once, contiguous.
-    aliases = shared_aliases(model_state)
-    unique = {name: tensor.detach().cpu().contiguous() for name, tensor in model_state.items() if name not in aliases}
-    try:
-        save_file(unique, folder / WEIGHTS)
-        torch.save(optimizer.state_dict(), folder / "optimizer.pt")
-        (folder / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2))
-    except (OSError, RuntimeError, SafetensorError) as error:  # a full disk, whichever library meets it
-        raise OSError(
-            f"could not write checkpoint {folder} ({first_line(error)}); free disk space, then --resume "
-            "(the previous checkpoint is intact)"
-        ) from None
-
-
-def shared_aliases(state: dict) -> set[str]:
-    """Names of the tensors that share memory with one named before them (tied weights, at any depth): a checkpoint
-    stores each tensor under its first name only."""
-    seen, aliases = set(), set()
-    for name, tensor in state.items():
-        if tensor.data_ptr() in seen:
-            aliases.add(name)
-        seen.add(tensor.data_ptr())
-    return aliases
+def clear_staging(staging: Path) -> None:
+    """Remove what an interrupted save left in a staging folder (never a published checkpoint)."""
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 def checkpoint_step(folder: Path) -> int | None:
@@ -137,37 +102,40 @@ def latest_checkpoint(checkpoints_dir: Path) -> Path | None:
 
 def saved_num_processes(folder: Path) -> int:
     """How many processes wrote the checkpoint (each saves its own random state)."""
-    return len(list(folder.glob("rng_state_*.pt")))
+    return len(list(folder.glob("random_states_*.pkl")))
 
 
-def load_checkpoint(folder: Path, model, optimizer, rank: int) -> dict:
-    """Restore weights, optimizer and this process's RNG; return the trainer state. One-line errors on damage."""
+def random_state_file(folder: Path, rank: int) -> Path:
+    return folder / f"random_states_{rank}.pkl"
+
+
+def save_checkpoint(accelerator, folder: Path, trainer_state: dict) -> None:
+    """accelerate's `save_state` into `folder` (every process calls it: each writes its own random state), then the
+    trainer state (main process). A full disk, whichever library meets it, ends in a one-line OSError."""
     try:
-        trainer_state = read_json(folder / "trainer_state.json")
-        weights = load_file(folder / WEIGHTS)
-        optimizer_state = torch.load(folder / "optimizer.pt", weights_only=True, map_location="cpu")
-        rng_state = torch.load(folder / f"rng_state_{rank}.pt", weights_only=True)
+        accelerator.save_state(str(folder))
+        if accelerator.is_main_process:
+            write_json_atomic(folder / TRAINER_STATE, trainer_state)
+    except (OSError, RuntimeError, SafetensorError) as error:  # torch reports a full disk as a RuntimeError
+        raise OSError(
+            f"could not write checkpoint {folder} ({first_line(error)}); free disk space, then --resume "
+            "(the previous checkpoint is intact)"
+        ) from None
+
+
+def load_checkpoint(accelerator, folder: Path) -> dict:
+    """Restore weights, optimizer, scheduler and this process's random states with accelerate's `load_state`;
+    return the trainer state. Any damage ends in a one-line CheckpointError naming the folder."""
+    try:
+        trainer_state = read_json(folder / TRAINER_STATE)
+        # load_state only logs a random state it cannot read and goes on, which would silently break exact resume
+        accelerate.utils.load(random_state_file(folder, accelerator.process_index))
+        accelerator.load_state(str(folder))
     except Exception as error:  # noqa: BLE001 - any damage gets the same actionable message
         raise CheckpointError(
-            f"checkpoint {folder} is unreadable ({first_line(error)}); move that folder out of {folder.parent} and "
-            "resume again: the run then continues from the newest checkpoint before it"
+            f"checkpoint {folder} is unreadable or does not match the model ({first_line(error)}); move that folder "
+            f"out of {folder.parent} and resume again: the run then continues from the newest checkpoint before it"
         ) from None
-    expected = model.state_dict()
-    tied = shared_aliases(expected)  # loading the first name of a shared tensor fills the others
-    missing = sorted(set(expected) - set(weights) - tied)
-    unexpected = sorted(set(weights) - set(expected))
-    reshaped = sorted(name for name in set(weights) & set(expected) if weights[name].shape != expected[name].shape)
-    if missing or unexpected or reshaped:  # checked first: load_state_dict would raise a multi-line RuntimeError
-        raise CheckpointError(
-            f"checkpoint {folder} does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]}, "
-            f"other shape {reshaped[:3]}); resume with the model settings the run started with, or train into "
-            "another output folder"
-        )
-    model.load_state_dict(weights, strict=False)
-    optimizer.load_state_dict(optimizer_state)
-    torch.set_rng_state(rng_state["cpu"])
-    if "cuda" in rng_state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng_state["cuda"])
     return trainer_state
 
 

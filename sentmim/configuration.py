@@ -8,7 +8,6 @@ from transformers import AutoConfig, PreTrainedConfig
 
 ARCHITECTURES = ("gru", "transformer", "backbone")
 OBJECTIVES = ("mim", "vae", "ae")
-KL_SCHEDULES = ("constant", "linear", "logistic", "cyclical")
 POSITION_EMBEDDINGS = ("learned", "sinusoidal")
 POOLINGS = ("mean", "weighted_mean", "last")
 
@@ -37,9 +36,6 @@ class SentenceMIMConfig(PreTrainedConfig):
         word_dropout: probability of replacing each decoder input token after BOS by UNK (Bowman et al. 2016).
         tie_word_embeddings: tie the output layer to the token embedding (adds a hidden -> embedding projection).
         logvar_min: floor on log-variance; the MIM entropy term is unbounded without it.
-        kl_schedule, kl_weight, kl_anneal_steps, kl_logistic_k, kl_logistic_x0, kl_cycle_steps, kl_cycle_ratio:
-            the VAE's beta schedule (see `sentmim.objectives.kl_weight`). Ignored by MIM and AE.
-        free_bits: per-dimension KL floor in nats for the VAE (0 disables it).
         backbone_config: the backbone's own config (a `PreTrainedConfig`, or its dict with `model_type`), embedded in
             config.json as transformers' EncoderDecoderConfig embeds its sub-configs, so that a saved model rebuilds
             offline without the backbone's files. Backbones keep their own dropout settings (set them here).
@@ -72,14 +68,6 @@ class SentenceMIMConfig(PreTrainedConfig):
         word_dropout: float = 0.0,
         tie_word_embeddings: bool = False,
         logvar_min: float = -10.0,
-        kl_schedule: str = "constant",
-        kl_weight: float = 1.0,
-        kl_anneal_steps: int = 10000,
-        kl_logistic_k: float = 0.0025,
-        kl_logistic_x0: int = 2500,
-        kl_cycle_steps: int = 10000,
-        kl_cycle_ratio: float = 0.5,
-        free_bits: float = 0.0,
         initializer_range: float = 0.02,
         pad_token_id: int = 0,
         unk_token_id: int = 1,
@@ -119,14 +107,6 @@ class SentenceMIMConfig(PreTrainedConfig):
         self.word_dropout = word_dropout
         self.tie_word_embeddings = tie_word_embeddings
         self.logvar_min = logvar_min
-        self.kl_schedule = kl_schedule
-        self.kl_weight = kl_weight
-        self.kl_anneal_steps = kl_anneal_steps
-        self.kl_logistic_k = kl_logistic_k
-        self.kl_logistic_x0 = kl_logistic_x0
-        self.kl_cycle_steps = kl_cycle_steps
-        self.kl_cycle_ratio = kl_cycle_ratio
-        self.free_bits = free_bits
         self.initializer_range = initializer_range
         self.unk_token_id = unk_token_id
         super().__init__(
@@ -148,7 +128,6 @@ class SentenceMIMConfig(PreTrainedConfig):
         for field, choices in (
             ("architecture", ARCHITECTURES),
             ("objective", OBJECTIVES),
-            ("kl_schedule", KL_SCHEDULES),
             ("position_embedding_type", POSITION_EMBEDDINGS),
         ):
             if getattr(self, field) not in choices:
@@ -169,14 +148,6 @@ class SentenceMIMConfig(PreTrainedConfig):
         for field in ("dropout", "embedding_dropout", "word_dropout"):
             if not 0.0 <= getattr(self, field) < 1.0:
                 fail(field, "must be in [0, 1)")
-        for field in ("kl_weight", "free_bits", "kl_logistic_k"):
-            if getattr(self, field) < 0:
-                fail(field, "must be >= 0")
-        for field in ("kl_anneal_steps", "kl_cycle_steps"):
-            if getattr(self, field) < 1:
-                fail(field, "must be >= 1")
-        if not 0.0 < self.kl_cycle_ratio <= 1.0:
-            fail("kl_cycle_ratio", "must be in (0, 1]")
         if (self.architecture == "backbone") != (self.backbone_config is not None):
             fail("architecture", "a backbone_config goes with architecture='backbone', and only with it")
         if self.architecture == "backbone":

@@ -5,39 +5,49 @@ annealing), evaluates both on the test split with the same metrics, and prints r
 and a comparison table in which the VAE's posterior collapse shows as KL ~ 0, MI ~ 0 and no active units.
 """
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from .assembly import load_training_splits, train_from_options
 from .batching import make_dataloader
 from .evaluation import evaluate
-from .experiment import RunOptions, load_splits, run_training
+from .options import DataOptions, DatasetOptions, ModelOptions, TokenizerOptions, TrainingOptions, option
 from .pipeline import SentenceMIMPipeline
 from .preprocessing import tokenize_dataset
-from .training import TrainingArguments
 
 DEMO_MODEL = {"architecture": "gru", "embedding_size": 64, "hidden_size": 128, "latent_size": 16}
 EXAMPLES = 4
 
 
+@dataclass
+class DemoOptions:
+    output_dir: str = option("runs/demo", "where the two models are trained (mim/ and vae/)")
+    max_steps: int = option(3000, "training steps of each model")
+    seed: int = option(0, "seeds the weights, the batches and every sample")
+
+
 def train_one(objective: str, output_dir: Path, max_steps: int, seed: int):
-    options = RunOptions(dataset="builtin", max_length=32, model={**DEMO_MODEL, "objective": objective})
-    args = TrainingArguments(
+    training = TrainingOptions(
         output_dir=str(output_dir), batch_size=32, max_steps=max_steps, eval_steps=max(max_steps // 5, 1),
         logging_steps=50, learning_rate=2e-3, seed=seed, overwrite=True,
     )
     print(f"\n== training {objective.upper()} ({max_steps} steps) -> {output_dir}")
-    run_training(options, args)
+    train_from_options(DatasetOptions(dataset="builtin"), DataOptions(max_length=32), TokenizerOptions(),
+                       ModelOptions(**DEMO_MODEL, objective=objective), training)
     return SentenceMIMPipeline.from_pretrained(output_dir)  # the best checkpoint, as a user would load it
 
 
-def run_demo(output_dir: str = "runs/demo", max_steps: int = 3000, seed: int = 0) -> dict:
+def run_demo(options: DemoOptions | None = None) -> dict:
+    options = options or DemoOptions()
     # The demo's model is small: intra-op threads do not speed it up, and on a loaded 2-core machine they slow
     # each step down by an order of magnitude (oversubscription), so run single-threaded.
     torch.set_num_threads(1)
-    root = Path(output_dir)
-    pipes = {objective: train_one(objective, root / objective, max_steps, seed) for objective in ("mim", "vae")}
-    test_split = load_splits(RunOptions(dataset="builtin"), seed)["test"].select(range(500))
+    root, seed = Path(options.output_dir), options.seed
+    pipes = {name: train_one(name, root / name, options.max_steps, seed) for name in ("mim", "vae")}
+    splits = load_training_splits(DatasetOptions(dataset="builtin"), DataOptions(), seed)
+    test_split = splits["test"].select(range(500))
     test_texts = test_split["text"]
 
     results = {}

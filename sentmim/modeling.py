@@ -547,15 +547,19 @@ class SentenceMIMModel(SentenceMIMPreTrainedModel, GenerationMixin):
         decoder_input_ids: torch.Tensor | None = None,
         encoder_outputs: BaseModelOutput | tuple | None = None,
         kl_weight: float | None = None,
+        free_bits: float = 0.0,
         return_logits: bool = True,
-        **unused,
+        use_cache: bool | None = None,
+        return_dict: bool | None = None,
     ) -> SentenceMIMOutput:
         """Encode, sample z, decode, and score with the configured objective.
 
         kl_weight: beta of the VAE objective (the training loop passes the annealing schedule's value; None = 1,
-        as in evaluation). return_logits=False skips the full [B, T-1, V] logits (faster training).
+        as in evaluation). free_bits: the VAE's per-dimension KL floor in nats (training passes it; 0 = none).
+        return_logits=False skips the full [B, T-1, V] logits (faster training).
         With encoder_outputs (how generate() calls us) z = encoder_outputs[0][:, 0] and only logits for
-        decoder_input_ids are returned.
+        decoder_input_ids are returned. use_cache and return_dict are what generate() passes; the decoders keep
+        their own state and the output is always a SentenceMIMOutput.
         """
         if encoder_outputs is not None:
             z = encoder_outputs[0][:, 0]
@@ -571,7 +575,6 @@ class SentenceMIMModel(SentenceMIMPreTrainedModel, GenerationMixin):
             per_sentence = objectives.mim_loss(log_likelihood, z, mean, logvar)
         elif objective == "vae":
             beta = 1.0 if kl_weight is None else kl_weight
-            free_bits = self.config.free_bits if self.training else 0.0
             per_sentence = objectives.vae_loss(log_likelihood, mean, logvar, beta=beta, free_bits=free_bits)
         else:
             per_sentence = objectives.ae_loss(log_likelihood)

@@ -76,15 +76,15 @@ def kl_weight(
     raise ValueError(f"kl schedule {schedule!r}: must be one of constant, linear, logistic, cyclical")
 
 
-def kl_weight_from_config(config, step: int) -> float:
-    """beta_t from a SentenceMIMConfig's kl_* fields."""
+def kl_weight_from_options(options, step: int) -> float:
+    """beta_t from the kl_* fields of `sentmim.options.TrainingOptions`."""
     return kl_weight(
         step,
-        schedule=config.kl_schedule,
-        max_weight=config.kl_weight,
-        anneal_steps=config.kl_anneal_steps,
-        logistic_k=config.kl_logistic_k,
-        logistic_x0=config.kl_logistic_x0,
-        cycle_steps=config.kl_cycle_steps,
-        cycle_ratio=config.kl_cycle_ratio,
+        schedule=options.kl_schedule,
+        max_weight=options.kl_weight,
+        anneal_steps=options.kl_anneal_steps,
+        logistic_k=options.kl_logistic_k,
+        logistic_x0=options.kl_logistic_x0,
+        cycle_steps=options.kl_cycle_steps,
+        cycle_ratio=options.kl_cycle_ratio,
     )

@@ -47,6 +47,11 @@ def batch():
 @pytest.fixture(scope="session")
 def builtin_splits():
     """(tokenizer, tokenized splits) of 200 / 40 / 10 built-in corpus sentences of at most 32 tokens."""
+    return builtin_splits_data()
+
+
+def builtin_splits_data():
+    """What the builtin_splits fixture holds (also for tests that train in a fresh process)."""
     from sentmim.corpus import load_builtin_corpus
     from sentmim.preprocessing import tokenize_dataset
     from sentmim.tokenization import train_tokenizer

@@ -7,8 +7,6 @@ import importlib
 import pkgutil
 from pathlib import Path
 
-import pytest
-
 import sentmim
 
 PACKAGE = Path(sentmim.__file__).parent
@@ -177,17 +175,8 @@ def test_no_import_cycle_among_sentmims_modules():
     assert find_cycle(graph) is None, f"import cycle: {' -> '.join(find_cycle(graph))}"
 
 
-KNOWN_PRIVATE_ACCESS = " AcceleratorState._reset_state"  # in training.py, which #15 rewrites
-
-
 def test_no_private_attribute_of_another_library():
-    assert [entry for entry in foreign_private_accesses(PACKAGE) if not entry.endswith(KNOWN_PRIVATE_ACCESS)] == []
-
-
-@pytest.mark.xfail(strict=True, reason="training.py resets accelerate's AcceleratorState through a private method "
-                   "(one precision per process); the restructured training loop (#15) removes it")
-def test_training_uses_no_private_accelerate_state():
-    assert not any(entry.endswith(KNOWN_PRIVATE_ACCESS) for entry in foreign_private_accesses(PACKAGE))
+    assert foreign_private_accesses(PACKAGE) == []
 
 
 def test_no_module_uses_another_modules_private_names():

@@ -11,8 +11,9 @@ from datasets import Dataset, DatasetDict
 from sentmim import SentenceMIMModel, SentenceMIMPipeline
 from sentmim.backbones import load_backbone_tokenizer
 from sentmim.lora import add_lora, load_lora
+from sentmim.options import TrainingOptions
 from sentmim.preprocessing import tokenize_dataset
-from sentmim.training import TrainingArguments, train
+from sentmim.training import train
 from tests.backbone_helpers import SENTENCES, fit, save_backbone
 from tests.test_training import interrupt_after_checkpoint
 
@@ -37,8 +38,8 @@ def tokenized_splits(tokenizer):
 
 
 def arguments(output_dir, **overrides):
-    settings = dict(batch_size=4, eval_steps=2, logging_steps=1, max_steps=4, learning_rate=1e-2, progress=False)
-    return TrainingArguments(output_dir=str(output_dir), **{**settings, **overrides})
+    settings = dict(batch_size=4, eval_steps=2, logging_steps=1, max_steps=4, learning_rate=1e-2, disable_tqdm=True)
+    return TrainingOptions(output_dir=str(output_dir), **{**settings, **overrides})
 
 
 def cloned_state(module) -> dict:

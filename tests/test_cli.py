@@ -116,8 +116,8 @@ def test_resume_continues_to_more_steps(trained, data_dir, tmp_path, capsys):
 
 def test_fine_tune_keeps_the_tokenizer_and_logs_unknown_words(trained, data_dir, tmp_path, capsys, caplog):
     caplog.set_level(logging.INFO, logger="sentmim")
-    status, _, err = run(capsys, "train", "--dataset", data_dir / "other.txt", "--init-from", trained,
-                           "--output-dir", tmp_path / "ft", "--objective", "ae", *TINY)
+    status, _, err = run(capsys, "--verbose", "train", "--dataset", data_dir / "other.txt", "--init-from", trained,
+                         "--output-dir", tmp_path / "ft", "--objective", "ae", *TINY)
     assert status == 0, err
     unknown = [r.getMessage() for r in caplog.records if "unknown to it" in r.getMessage()]
     assert len(unknown) == 1 and str(trained) in unknown[0]
@@ -151,7 +151,7 @@ def test_overlong_line_is_dropped_and_counted(data_dir, tmp_path, capsys, caplog
     caplog.set_level(logging.INFO, logger="sentmim")
     path = tmp_path / "long.txt"
     path.write_text("\n".join(SENTENCES) + "\n" + "word " * 20_000 + "\n" + "x" * 100_000 + "\n")
-    status, _, err = run(capsys, "train", "--dataset", path, "--output-dir", tmp_path / "out", *TINY)
+    status, _, err = run(capsys, "--verbose", "train", "--dataset", path, "--output-dir", tmp_path / "out", *TINY)
     assert status == 0, err
     dropped = [int(match.group(1)) for record in caplog.records
                if (match := re.search(r"(\d+) longer than 24 tokens dropped", record.getMessage()))]
@@ -236,7 +236,7 @@ def test_corrupted_checkpoint(trained, data_dir, tmp_path, capsys):
 def test_bad_training_argument(data_dir, tmp_path, capsys):
     line = error_line(capsys, "train", "--dataset", data_dir / "corpus.txt", "--output-dir", tmp_path / "o",
                       *TINY, "--learning-rate", "-1")
-    assert "--learning-rate: -1 is out of range: must be a finite number > 0" in line
+    assert "--learning-rate: -1.0 is out of range: must be a finite number > 0" in line
 
 
 # -- reconstruct / interpolate / sample / encode ----------------------------------------------------------------------

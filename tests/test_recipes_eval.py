@@ -134,7 +134,7 @@ def test_interpolate_recipe_takes_sentences_from_a_split(model_dir, data_dir):
     sentences = load_recipe("interpolate").main(flags)
     expected = SentenceMIMPipeline.from_pretrained(model_dir).reconstruct([TEST_SENTENCES[2], TEST_SENTENCES[6]])
     assert len(sentences) == 3 and [sentences[0], sentences[-1]] == expected
-    with pytest.raises(SystemExit):
+    with pytest.raises(ValueError, match="give both --first and --second"):
         load_recipe("interpolate").main(["--model_name_or_path", str(model_dir), "--first", "only one"])
 
 

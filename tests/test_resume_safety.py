@@ -12,8 +12,9 @@ import torch
 from safetensors.torch import load_file
 
 from sentmim import SentenceMIMConfig, SentenceMIMModel, checkpointing
-from sentmim.cli import build_parser, main
-from sentmim.training import TrainingArguments, train
+from sentmim.cli import main
+from sentmim.options import TrainingOptions
+from sentmim.training import train
 from tests.conftest import TINY_TRAIN, cli_error_line, run_cli
 from tests.test_training import interrupt_after_checkpoint
 
@@ -95,9 +96,9 @@ def test_evaluation_frequency_may_change_unless_evaluations_steer_training(sched
                                                                           builtin_splits, tmp_path):
     tokenizer, splits = builtin_splits
     settings = dict(max_steps=4, eval_steps=2, lr_scheduler=scheduler, early_stopping_patience=patience,
-                    progress=False)
-    train(small_model(tokenizer), tokenizer, splits, TrainingArguments(str(tmp_path), **settings))
-    resumed = TrainingArguments(str(tmp_path), **{**settings, "eval_steps": 1}, resume=True)
+                    disable_tqdm=True)
+    train(small_model(tokenizer), tokenizer, splits, TrainingOptions(str(tmp_path), **settings))
+    resumed = TrainingOptions(str(tmp_path), **{**settings, "eval_steps": 1}, resume=True)
     if allowed:
         train(small_model(tokenizer), tokenizer, splits, resumed)
     else:
@@ -108,9 +109,9 @@ def test_evaluation_frequency_may_change_unless_evaluations_steer_training(sched
 def test_the_run_length_may_grow_unless_the_schedule_is_cosine(builtin_splits, tmp_path):
     tokenizer, splits = builtin_splits
     for scheduler in ("constant", "cosine"):
-        settings = dict(max_steps=2, eval_steps=2, lr_scheduler=scheduler, progress=False)
-        train(small_model(tokenizer), tokenizer, splits, TrainingArguments(str(tmp_path / scheduler), **settings))
-        longer = TrainingArguments(str(tmp_path / scheduler), **{**settings, "max_steps": 4}, resume=True)
+        settings = dict(max_steps=2, eval_steps=2, lr_scheduler=scheduler, disable_tqdm=True)
+        train(small_model(tokenizer), tokenizer, splits, TrainingOptions(str(tmp_path / scheduler), **settings))
+        longer = TrainingOptions(str(tmp_path / scheduler), **{**settings, "max_steps": 4}, resume=True)
         if scheduler == "constant":
             assert train(small_model(tokenizer), tokenizer, splits, longer)["step"] == 4
         else:
@@ -118,15 +119,19 @@ def test_the_run_length_may_grow_unless_the_schedule_is_cosine(builtin_splits, t
                 train(small_model(tokenizer), tokenizer, splits, longer)
 
 
-def test_help_states_the_resume_rules():
-    """--resume's help lists exactly the CLI options that sentmim.training lets a resume change."""
-    from sentmim.training import RESUME_EVALUATION, RESUME_LENGTH, RESUME_MAY_CHANGE
+def test_help_states_the_resume_rules(capsys):
+    """--resume's help, as `sentmim train --help` prints it, lists exactly the options a resume may change."""
+    import dataclasses
 
-    train_parser = build_parser()._subparsers._group_actions[0].choices["train"]
-    help_text = next(action.help for action in train_parser._actions if "--resume" in action.option_strings)
+    from sentmim.cli import TRAIN_OPTIONS
+    from sentmim.options import RESUME_EVALUATION, RESUME_LENGTH, RESUME_MAY_CHANGE, TrainingOptions
+
+    help_text = next(item.metadata["help"] for item in dataclasses.fields(TrainingOptions) if item.name == "resume")
+    assert main(["train", "--help"]) == 0
+    assert "".join(help_text.split()) in "".join(capsys.readouterr().out.split())  # wrapped, even at hyphens
     flags = {f"--{name.replace('_', '-')}" for name in RESUME_MAY_CHANGE | RESUME_LENGTH | RESUME_EVALUATION}
-    known = {flag for action in train_parser._actions for flag in action.option_strings}
-    mentioned = set(re.findall(r"--[a-z][a-z-]*", help_text)) - {"--resume", "--lr-scheduler",
+    known = {f"--{item.name.replace('_', '-')}" for options in TRAIN_OPTIONS for item in dataclasses.fields(options)}
+    mentioned = set(re.findall(r"--[a-z][a-z-]*", help_text)) - {"--resume", "--output-dir", "--lr-scheduler",
                                                                     "--early-stopping-patience"}
     assert mentioned == flags & known - {"--output-dir", "--overwrite", "--resume"}
 
@@ -141,19 +146,19 @@ def read_log_without_time(folder) -> list[dict]:
 
 def test_torn_last_log_line_is_dropped_and_logged_again(builtin_splits, tmp_path, monkeypatch):
     tokenizer, splits = builtin_splits
-    settings = dict(max_steps=8, eval_steps=4, logging_steps=1, lr_scheduler="constant", progress=False)
+    settings = dict(max_steps=8, eval_steps=4, logging_steps=1, lr_scheduler="constant", disable_tqdm=True)
     reference = small_model(tokenizer)
-    train(reference, tokenizer, splits, TrainingArguments(str(tmp_path / "reference"), **settings))
+    train(reference, tokenizer, splits, TrainingOptions(str(tmp_path / "reference"), **settings))
 
     interrupt_after_checkpoint(monkeypatch, 4)
     with pytest.raises(KeyboardInterrupt):
-        train(small_model(tokenizer), tokenizer, splits, TrainingArguments(str(tmp_path / "torn"), **settings))
+        train(small_model(tokenizer), tokenizer, splits, TrainingOptions(str(tmp_path / "torn"), **settings))
     monkeypatch.undo()
     log = tmp_path / "torn" / "log.jsonl"
     next_record = read_log_without_time(tmp_path / "reference")[len(log.read_text().splitlines())]
     log.write_text(log.read_text() + json.dumps(next_record)[:25])  # the power went while step 5 was logged
     resumed = small_model(tokenizer)
-    train(resumed, tokenizer, splits, TrainingArguments(str(tmp_path / "torn"), **settings, resume=True))
+    train(resumed, tokenizer, splits, TrainingOptions(str(tmp_path / "torn"), **settings, resume=True))
     assert read_log_without_time(tmp_path / "torn") == read_log_without_time(tmp_path / "reference")
     assert all(torch.equal(a, b) for a, b in zip(resumed.parameters(), reference.parameters(), strict=True))
 
@@ -181,10 +186,10 @@ def test_damaged_run_json_names_the_file(name, cli_run, corpus_file, tmp_path, c
 
 def run_with_checkpoints(tokenizer, splits, folder, monkeypatch, stop_at: int):
     settings = dict(max_steps=8, eval_steps=2, save_steps=2, save_total_limit=3, lr_scheduler="constant",
-                    progress=False)
+                    disable_tqdm=True)
     interrupt_after_checkpoint(monkeypatch, stop_at)
     with pytest.raises(KeyboardInterrupt):
-        train(small_model(tokenizer), tokenizer, splits, TrainingArguments(str(folder), **settings))
+        train(small_model(tokenizer), tokenizer, splits, TrainingOptions(str(folder), **settings))
     monkeypatch.undo()
     return settings
 
@@ -194,18 +199,18 @@ def test_resume_falls_back_to_the_newest_complete_checkpoint(damage, builtin_spl
     tokenizer, splits = builtin_splits
     reference = small_model(tokenizer)
     settings = run_with_checkpoints(tokenizer, splits, tmp_path / "run", monkeypatch, stop_at=6)
-    train(reference, tokenizer, splits, TrainingArguments(str(tmp_path / "reference"), **settings))
+    train(reference, tokenizer, splits, TrainingOptions(str(tmp_path / "reference"), **settings))
     checkpoints = tmp_path / "run" / "checkpoints"
     if damage == "folder_gone":
         shutil.move(checkpoints / "step_6", tmp_path / "moved-away")
     elif damage == "pointer_gone":
         (checkpoints / "latest").unlink()
     else:
-        (checkpoints / "step_6" / "optimizer.pt").unlink()
+        (checkpoints / "step_6" / "optimizer.bin").unlink()
     expected = "step_6" if damage == "pointer_gone" else "step_4"
     assert checkpointing.latest_checkpoint(checkpoints).name == expected
     resumed = small_model(tokenizer)
-    assert train(resumed, tokenizer, splits, TrainingArguments(str(tmp_path / "run"), **settings, resume=True))[
+    assert train(resumed, tokenizer, splits, TrainingOptions(str(tmp_path / "run"), **settings, resume=True))[
         "step"] == 8
     assert all(torch.equal(a, b) for a, b in zip(resumed.parameters(), reference.parameters(), strict=True))
     final = load_file(checkpoints / "step_8" / "model.safetensors")
@@ -215,9 +220,9 @@ def test_resume_falls_back_to_the_newest_complete_checkpoint(damage, builtin_spl
 def test_no_advice_to_delete_checkpoints_that_exist(cli_run, corpus_file, tmp_path, capsys):
     folder = copy_run(cli_run, tmp_path)
     for step in ("step_2", "step_3"):  # every checkpoint incomplete: nothing to resume, yet not for deleting
-        (folder / "checkpoints" / step / "rng_state_0.pt").unlink()
+        (folder / "checkpoints" / step / "random_states_0.pkl").unlink()
     line = cli_error_line(capsys, "train", "--dataset", corpus_file, "--output-dir", folder, "--resume", *MORE)
-    assert "no complete checkpoint" in line and "step_3 lacks rng_state_0.pt" in line
+    assert "no complete checkpoint" in line and "step_3 lacks random_states_0.pkl" in line
     assert "--overwrite" not in line
 
     folder = copy_run(cli_run, tmp_path / "second")

@@ -15,8 +15,9 @@ from safetensors.torch import load_file
 from sentmim import SentenceMIMModel, checkpointing
 from sentmim.benchmark import BenchmarkSettings, prepare_benchmark_dir
 from sentmim.cli import main
+from sentmim.options import TrainingOptions
 from sentmim.pipeline import SentenceMIMPipeline
-from sentmim.training import TrainingArguments, train
+from sentmim.training import train
 from tests.conftest import TINY_TRAIN, cli_error_line
 
 pytestmark = pytest.mark.usefixtures("quiet_progress_bars")
@@ -173,8 +174,8 @@ def test_lock_is_held_during_training_and_released_after(builtin_splits, tmp_pat
 
     monkeypatch.setattr(checkpointing, "publish", publish_and_try_the_lock)
     model = SentenceMIMModel(tiny_model_config(tokenizer))
-    train(model, tokenizer, splits, TrainingArguments(str(tmp_path / "run"), max_steps=2, eval_steps=1,
-                                                      progress=False))
+    train(model, tokenizer, splits, TrainingOptions(str(tmp_path / "run"), max_steps=2, eval_steps=1,
+                                                      disable_tqdm=True))
     assert seen == [1, 2]
     run_folder.check_not_locked(tmp_path / "run")  # released: no error
     run_folder.RunLock(tmp_path / "run").release()
@@ -198,7 +199,7 @@ def train_improving_every_evaluation(tokenizer, splits, output, monkeypatch) -> 
     """4 steps, evaluated at 2 and 4, each evaluation better than the last: the best model is published twice."""
     losses = iter(range(100))
     monkeypatch.setattr("sentmim.training.validation_metrics", lambda *a, **k: {"val_loss": 10.0 - next(losses)})
-    args = TrainingArguments(str(output), max_steps=4, eval_steps=2, lr_scheduler="constant", progress=False)
+    args = TrainingOptions(str(output), max_steps=4, eval_steps=2, lr_scheduler="constant", disable_tqdm=True)
     train(tiny_model(tokenizer), tokenizer, splits, args)
 
 

@@ -20,9 +20,7 @@ from sentmim import SentenceMIMConfig, SentenceMIMModel
         ({"pad_token_id": 23}, "pad_token_id"),
         ({"eos_token_id": -1}, "eos_token_id"),
         ({"bos_token_id": 0}, "pad_token_id"),
-        ({"kl_schedule": "sigmoid"}, "kl_schedule"),
         ({"dropout": 1.0}, "dropout"),
-        ({"free_bits": -0.1}, "free_bits"),
         ({"architecture": "transformer", "hidden_size": 15, "num_attention_heads": 2}, "hidden_size"),
     ],
 )
@@ -32,7 +30,7 @@ def test_invalid_config_names_the_field(tiny_config, overrides, field):
 
 
 def test_config_round_trip(tiny_config, tmp_path):
-    config = tiny_config(architecture="transformer", objective="vae", kl_schedule="cyclical", free_bits=0.5)
+    config = tiny_config(architecture="transformer", objective="vae", word_dropout=0.25)
     config.save_pretrained(tmp_path)
     assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "sentmim"
     for loaded in (SentenceMIMConfig.from_pretrained(tmp_path), AutoConfig.from_pretrained(tmp_path)):
@@ -82,3 +80,13 @@ def test_loaded_weights_own_aligned_memory_and_stay_tied(tiny_config, tmp_path):
     with torch.no_grad():
         loaded.embed_tokens.weight[5] += 1.0
     assert torch.equal(loaded.lm_head.weight[5], loaded.embed_tokens.weight[5])
+
+
+def test_a_config_saved_with_training_fields_still_loads(tiny_config, tmp_path):
+    """Before training options moved out of the model's config, config.json carried the KL schedule and free bits:
+    such a model still loads (the fields are ignored; the schedule is a training option now)."""
+    tiny_config(objective="vae").save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**saved, "kl_schedule": "cyclical", "free_bits": 0.5}))
+    loaded = SentenceMIMConfig.from_pretrained(tmp_path)
+    assert loaded.objective == "vae" and loaded.latent_size == 4

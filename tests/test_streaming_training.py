@@ -8,13 +8,12 @@ import pytest
 import torch
 
 from sentmim import checkpointing
+from sentmim.assembly import train_from_options
 from sentmim.corpus import builtin_sentences
-from sentmim.experiment import RunOptions, run_training
+from sentmim.options import DataOptions, DatasetOptions, ModelOptions, TokenizerOptions, TrainingOptions
 from sentmim.pipeline import SentenceMIMPipeline
-from sentmim.training import TrainingArguments
 
-MODEL = {"embedding_size": 16, "hidden_size": 32, "latent_size": 8, "objective": "vae", "dropout": 0.1,
-         "kl_schedule": "linear", "kl_anneal_steps": 10}
+MODEL = {"embedding_size": 16, "hidden_size": 32, "latent_size": 8, "objective": "vae", "dropout": 0.1}
 
 
 @pytest.fixture(scope="module")
@@ -24,14 +23,18 @@ def corpus(tmp_path_factory):
     return str(path)
 
 
-def options(corpus) -> RunOptions:
-    return RunOptions(dataset=corpus, streaming=True, vocab_size=300, max_length=32, model=dict(MODEL),
-                      max_validation_sentences=20)
+def run_training(corpus, training: TrainingOptions):
+    """A streamed run: the data, tokenizer and model options of every test here, and `training`."""
+    return train_from_options(
+        DatasetOptions(dataset=corpus), DataOptions(streaming=True, max_length=32, max_validation_sentences=20),
+        TokenizerOptions(vocab_size=300), ModelOptions(**MODEL), training,
+    )
 
 
-def arguments(output_dir, **overrides) -> TrainingArguments:
-    settings = dict(batch_size=8, max_steps=24, eval_steps=6, logging_steps=3, progress=False, seed=5)
-    return TrainingArguments(output_dir=str(output_dir), **(settings | overrides))
+def arguments(output_dir, **overrides) -> TrainingOptions:
+    settings = dict(batch_size=8, max_steps=24, eval_steps=6, logging_steps=3, disable_tqdm=True, seed=5,
+                    kl_schedule="linear", kl_anneal_steps=10)
+    return TrainingOptions(output_dir=str(output_dir), **(settings | overrides))
 
 
 def parameters(model) -> dict:
@@ -39,7 +42,7 @@ def parameters(model) -> dict:
 
 
 def test_streamed_run_trains_and_saves_a_loadable_model(corpus, tmp_path):
-    _, _, results = run_training(options(corpus), arguments(tmp_path))
+    _, _, results = run_training(corpus, arguments(tmp_path))
     assert results["step"] == 24
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     validations = [record for record in log if "val_loss" in record]
@@ -51,12 +54,12 @@ def test_streamed_run_trains_and_saves_a_loadable_model(corpus, tmp_path):
 
 def test_streamed_run_needs_max_steps(corpus, tmp_path):
     with pytest.raises(ValueError, match="--max-steps"):
-        run_training(options(corpus), arguments(tmp_path, max_steps=None))
+        run_training(corpus, arguments(tmp_path, max_steps=None))
 
 
 def test_streamed_run_resumes_exactly(corpus, tmp_path, monkeypatch):
     # 300 sentences minus ~5% validation at batch 8 is ~36 batches per epoch: 24 + 24 steps cross an epoch end.
-    reference, _, _ = run_training(options(corpus), arguments(tmp_path / "whole", max_steps=48))
+    reference, _, _ = run_training(corpus, arguments(tmp_path / "whole", max_steps=48))
     expected = parameters(reference)
 
     real_publish = checkpointing.publish
@@ -69,9 +72,9 @@ def test_streamed_run_resumes_exactly(corpus, tmp_path, monkeypatch):
 
     monkeypatch.setattr(checkpointing, "publish", publish_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
-        run_training(options(corpus), arguments(tmp_path / "split", max_steps=48))
+        run_training(corpus, arguments(tmp_path / "split", max_steps=48))
     monkeypatch.setattr(checkpointing, "publish", real_publish)
-    resumed, _, results = run_training(options(corpus), arguments(tmp_path / "split", max_steps=48, resume=True))
+    resumed, _, results = run_training(corpus, arguments(tmp_path / "split", max_steps=48, resume=True))
     assert results["step"] == 48
     actual = parameters(resumed)
     assert all(torch.equal(actual[name], expected[name]) for name in expected)
@@ -80,7 +83,7 @@ def test_streamed_run_resumes_exactly(corpus, tmp_path, monkeypatch):
 def test_tensorboard_receives_the_logged_metrics(corpus, tmp_path):
     from tensorboard.backend.event_processing import event_accumulator
 
-    run_training(options(corpus), arguments(tmp_path, max_steps=6, report_to="tensorboard"))
+    run_training(corpus, arguments(tmp_path, max_steps=6, report_to="tensorboard"))
     event_files = list(tmp_path.rglob("events.out.tfevents.*"))
     assert event_files, "report_to='tensorboard' wrote no event file"
     events = event_accumulator.EventAccumulator(str(event_files[0].parent))

@@ -122,7 +122,7 @@ def disk_full(*args, **kwargs):
 
 
 def test_disk_full_during_a_checkpoint(corpus_file, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("sentmim.checkpointing.save_file", disk_full)
+    monkeypatch.setattr("accelerate.utils.other.safe_save_file", disk_full)  # how accelerate's save_state writes
     line = cli_error_line(capsys, "train", "--dataset", corpus_file, "--output-dir", tmp_path / "run", *TINY_TRAIN)
     assert "could not write checkpoint" in line and "No space left on device" in line and "--resume" in line
 

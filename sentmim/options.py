@@ -1,0 +1,368 @@
+"""Every option of sentmim's entry points, defined once: a dataclass field with its help text and default.
+
+    parser = HfArgumentParser((DatasetOptions, DataOptions, TokenizerOptions, ModelOptions, TrainingOptions))
+    dataset, data, tokenizer, model, training = parser.parse_args_into_dataclasses()
+
+`sentmim train`, `sentmim evaluate`, `sentmim benchmark` and the recipes parse these same dataclasses with
+transformers' HfArgumentParser, so a flag means the same thing everywhere. Each flag is accepted as `--kebab-case`
+and `--snake_case`, and a few also under the names of the Hugging Face example scripts (`--dataset_name`,
+`--per_device_train_batch_size`, `--resume_from_checkpoint`, ...). Constructing a dataclass checks its values: a
+bad one raises `OptionError`, which names the option and states the valid range.
+
+What a resumed run may change is decided here too (`check_resume`): options that cannot alter the weights the run
+ends with (where and how verbosely it runs, how often it logs and checkpoints); the run's length unless the learning
+rate decays over it; how often it evaluates unless evaluations steer it. Anything else is refused.
+"""
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+class OptionError(ValueError):
+    """An option out of its range; `str()` is the library's message, `flag_message()` the command line's."""
+
+    def __init__(self, name: str, value, valid: str):
+        super().__init__(f"{name}={value!r} is invalid: must be {valid}")
+        self.name, self.value, self.valid = name, value, valid
+
+    def flag_message(self) -> str:
+        return f"argument --{self.name.replace('_', '-')}: {self.value} is out of range: must be {self.valid}"
+
+
+def option(default=dataclasses.MISSING, help: str = "", aliases: tuple[str, ...] = ()):
+    """A dataclass field with the help text (and other spellings) HfArgumentParser shows and accepts."""
+    metadata = {"help": help}
+    if aliases:
+        metadata["aliases"] = list(aliases)
+    return field(default=default, metadata=metadata)
+
+
+# Ranges: (lowest, highest, kind). kind "int": an integer; "float": a finite number; a strict bound is written as
+# ("above", x) or ("below", x).
+def check_ranges(options, ranges: dict) -> None:
+    for name, (low, high, kind) in ranges.items():
+        value = getattr(options, name)
+        if value is None:
+            continue
+        bounded = low is not None and high is not None
+        words = "an integer" if kind == "int" else "a number" if bounded else "a finite number"
+        parts = []
+        if low is not None:
+            parts.append(f"> {low[1]}" if isinstance(low, tuple) else f">= {low}")
+        if high is not None:
+            parts.append(f"< {high[1]}" if isinstance(high, tuple) else f"<= {high}")
+        valid = f"{words} {' and '.join(parts)}".strip()
+        if isinstance(value, bool) or not isinstance(value, int if kind == "int" else int | float):
+            raise OptionError(name, value, valid)
+        too_low = low is not None and (value <= low[1] if isinstance(low, tuple) else value < low)
+        too_high = high is not None and (value >= high[1] if isinstance(high, tuple) else value > high)
+        if not math.isfinite(value) or too_low or too_high:
+            raise OptionError(name, value, valid)
+
+
+def check_choices(options) -> None:
+    """Literal-typed fields hold one of their choices (HfArgumentParser checks the command line; this checks
+    Python callers)."""
+    for item in dataclasses.fields(options):
+        choices = [c for c in getattr(item.type, "__args__", ()) if c is not type(None)]
+        literal = getattr(item.type, "__origin__", None) is Literal
+        if literal or (choices and all(getattr(c, "__origin__", None) is Literal for c in choices)):
+            allowed = item.type.__args__ if literal else [a for c in choices for a in c.__args__]
+            value = getattr(options, item.name)
+            if value is not None and value not in allowed:
+                raise ValueError(f"{item.name}={value!r} is invalid: use one of {', '.join(map(str, allowed))}")
+
+
+@dataclass
+class DatasetOptions:
+    """Which text: a dataset and, optionally, one of its splits and its text column."""
+
+    dataset: str = option(
+        "builtin", "'builtin' (the package's demo corpus), a Hugging Face Hub dataset id, a local file (.txt one "
+        "sentence per line, .jsonl, .csv, .tsv, .parquet), a folder of such files (file names with train / valid / "
+        "test pick the split), or a folder written by save_to_disk", aliases=("--dataset_name", "--dataset-name"))
+    dataset_config: str | None = option(
+        None, "configuration name of a Hub dataset", aliases=("--dataset_config_name", "--dataset-config-name"))
+    split: str | None = option(
+        None, "use only this split or slice, in datasets syntax ('train', 'train[:10%%]', 'train[:1000]+test'); "
+        "default: every split (sentmim evaluate: test)", aliases=("--train_split", "--train-split"))
+    text_column: str | None = option(None, "the column holding the text; default: 'text', or the only text column")
+
+
+@dataclass
+class DataOptions:
+    """How training reads its text and turns sentences into examples."""
+
+    lowercase: bool = option(False, "lowercase the text (and the tokenizer)")
+    max_length: int = option(64, "longest sentence in tokens, BOS and EOS included")
+    overlong: Literal["drop", "truncate"] = option(
+        "drop", "what to do with sentences longer than --max-length: drop them, or truncate them (keeping EOS)")
+    streaming: bool = option(False, "read the corpus lazily, for corpora larger than memory (needs --max-steps)")
+    validation_fraction: float = option(
+        0.05, "share of train carved off as the validation split when the data has none (0: no validation)")
+    max_validation_sentences: int = option(
+        5000, "streams only: validate on the first N validation sentences (a stream is re-read at each evaluation)")
+
+    def __post_init__(self):
+        check_choices(self)
+        check_ranges(self, {"max_length": (3, None, "int"), "validation_fraction": (0, ("below", 1), "float"),
+                            "max_validation_sentences": (1, None, "int")})
+
+
+@dataclass
+class TokenizerOptions:
+    """The vocabulary a new model is trained with (a fine-tuned or resumed model keeps its own)."""
+
+    tokenizer: Literal["word", "bpe", "unigram"] = option(
+        "word", "word: whitespace-separated words (PTB and other pre-tokenized corpora); bpe: byte-level BPE, which "
+        "never produces an unknown token; unigram: SentencePiece-style unigram")
+    vocab_size: int = option(10000, "largest vocabulary, the 4 special tokens included")
+    min_frequency: int = option(1, "leave out words (or merges) seen fewer times")
+
+    def __post_init__(self):
+        check_choices(self)
+        check_ranges(self, {"vocab_size": (5, None, "int"), "min_frequency": (0, None, "int")})
+
+
+@dataclass
+class ModelOptions:
+    """The model to train; an option left at None takes SentenceMIMConfig's default (or, with --init-from, the
+    trained model's value)."""
+
+    init_from: str | None = option(
+        None, "fine-tune this trained model folder: its tokenizer and architecture are kept")
+    objective: Literal["mim", "vae", "ae"] | None = option(
+        None, "mim: sentenceMIM; vae: text VAE; ae: deterministic auto-encoder (default: mim)")
+    architecture: Literal["gru", "transformer"] | None = option(None, "encoder and decoder (default: gru)")
+    latent_size: int | None = option(None, "dimension of z (default: 128)")
+    hidden_size: int | None = option(None, "GRU state size or Transformer width (default: 512)")
+    embedding_size: int | None = option(None, "token embedding width (default: 300)")
+    num_layers: int | None = option(None, "GRU layers or Transformer blocks, each of encoder and decoder (default: 1)")
+    num_attention_heads: int | None = option(None, "Transformer attention heads (default: 4)")
+    dropout: float | None = option(None, "dropout on embeddings and decoder outputs (default: 0)")
+    embedding_dropout: float | None = option(
+        None, "extra dropout on the decoder's input embeddings, the sentenceMIM demo's (default: 0)")
+    word_dropout: float | None = option(
+        None, "rate of decoder input words replaced by UNK in training, Bowman et al. (default: 0)")
+    tie_word_embeddings: bool | None = option(None, "tie the output layer to the token embedding (default: false)")
+    reverse_input: bool | None = option(None, "the GRU encoder reads each sentence backwards (default: false)")
+
+    def __post_init__(self):
+        check_choices(self)
+        sizes = ("latent_size", "hidden_size", "embedding_size", "num_layers", "num_attention_heads")
+        rates = ("dropout", "embedding_dropout", "word_dropout")
+        check_ranges(self, {**{name: (1, None, "int") for name in sizes},
+                            **{name: (0, ("below", 1), "float") for name in rates}})
+
+    def config_fields(self) -> dict:
+        """The SentenceMIMConfig fields given (not None)."""
+        return {name: value for name, value in dataclasses.asdict(self).items()
+                if name != "init_from" and value is not None}
+
+
+@dataclass
+class TrainingOptions:
+    """How to train: the loop, its schedules, checkpoints and logs."""
+
+    output_dir: str = option(help="folder of the run: the best model, checkpoints/, log.jsonl")
+    overwrite: bool = option(
+        False, "replace the earlier run in --output-dir (deletes only files a run wrote; refuses a folder holding "
+        "others)", aliases=("--overwrite_output_dir", "--overwrite-output-dir"))
+    resume: bool = option(
+        False, "continue the run in --output-dir exactly from its last checkpoint: the same command plus --resume. "
+        "Any other change of the data, tokenizer, model or training options, or of the number of processes, is "
+        "refused. May change: --logging-steps, --save-steps, --save-total-limit, --report-to, --cpu, "
+        "--disable-tqdm; --max-steps and --epochs (not with --lr-scheduler cosine); --eval-steps and "
+        "--eval-batch-size (not with --lr-scheduler plateau or --early-stopping-patience > 0)",
+        aliases=("--resume_from_checkpoint", "--resume-from-checkpoint"))
+    batch_size: int = option(
+        32, "sentences per batch, per process", aliases=("--per_device_train_batch_size",
+                                                          "--per-device-train-batch-size"))
+    eval_batch_size: int = option(
+        128, "sentences per validation batch",
+        aliases=("--per_device_eval_batch_size", "--per-device-eval-batch-size"))
+    max_steps: int | None = option(None, "optimizer steps; overrides --epochs")
+    epochs: float = option(1.0, "passes over the training split", aliases=("--num_train_epochs", "--num-train-epochs"))
+    learning_rate: float = option(1e-3, "peak learning rate")
+    optimizer: Literal["adam", "adamw"] = option("adam", "Adam, or AdamW (decoupled weight decay)")
+    weight_decay: float = option(0.0, "weight decay")
+    max_grad_norm: float = option(5.0, "clip the gradient's global norm to this")
+    lr_scheduler: Literal["constant", "cosine", "plateau"] = option(
+        "constant", "constant or cosine decay after --warmup-steps (transformers' schedules), or plateau: times "
+        "--plateau-factor after --plateau-patience evaluations without improvement (no warmup)",
+        aliases=("--lr_scheduler_type", "--lr-scheduler-type"))
+    warmup_steps: int = option(0, "steps of linear learning-rate warmup from 0")
+    plateau_factor: float = option(0.25, "plateau: learning-rate factor when validation stalls")
+    plateau_patience: int = option(2, "plateau: evaluations without improvement before the learning rate drops")
+    gradient_accumulation_steps: int = option(1, "batches per optimizer step")
+    mixed_precision: Literal["no", "bf16", "fp16"] = option("no", "autocast precision (one per process)")
+    eval_steps: int = option(500, "validate, and publish the model if it improved, every N steps")
+    save_steps: int | None = option(
+        None, "checkpoint every N steps (default: --eval-steps)", aliases=("--checkpointing_steps",
+                                                                           "--checkpointing-steps"))
+    save_total_limit: int = option(2, "checkpoints kept")
+    logging_steps: int = option(50, "log training averages every N steps")
+    early_stopping_patience: int = option(0, "stop after N evaluations without improvement; 0: never")
+    seed: int = option(0, "seeds the weights, the batch order and every sample")
+    report_to: Literal["none", "tensorboard"] = option("none", "also log to TensorBoard")
+    cpu: bool = option(False, "train on the CPU even when a GPU is present")
+    disable_tqdm: bool = option(False, "no progress bar")
+    kl_schedule: Literal["constant", "linear", "logistic", "cyclical"] = option(
+        "constant", "VAE: schedule of the KL weight beta_t (docs/objectives.md)")
+    kl_weight: float = option(1.0, "VAE: the KL weight beta (the schedule's maximum)")
+    kl_anneal_steps: int = option(10000, "VAE linear schedule: steps from 0 to --kl-weight")
+    kl_logistic_k: float = option(0.0025, "VAE logistic schedule: slope k")
+    kl_logistic_x0: int = option(2500, "VAE logistic schedule: midpoint step x0")
+    kl_cycle_steps: int = option(10000, "VAE cyclical schedule: steps per cycle")
+    kl_cycle_ratio: float = option(0.5, "VAE cyclical schedule: share of a cycle during which beta rises")
+    free_bits: float = option(0.0, "VAE: KL floor per latent dimension in nats, in training (0: none)")
+
+    def __post_init__(self):
+        check_choices(self)
+        positive_ints = ("batch_size", "eval_batch_size", "max_steps", "plateau_patience",
+                         "gradient_accumulation_steps", "eval_steps", "save_steps", "save_total_limit",
+                         "logging_steps", "kl_anneal_steps", "kl_cycle_steps")
+        check_ranges(self, {
+            **{name: (1, None, "int") for name in positive_ints},
+            **{name: (("above", 0), None, "float") for name in ("epochs", "learning_rate", "max_grad_norm")},
+            **{name: (0, None, "float") for name in ("weight_decay", "kl_weight", "kl_logistic_k", "free_bits")},
+            "warmup_steps": (0, None, "int"), "early_stopping_patience": (0, None, "int"),
+            "plateau_factor": (("above", 0), 1, "float"), "kl_cycle_ratio": (("above", 0), 1, "float"),
+            "kl_logistic_x0": (None, None, "int"), "seed": (0, 2**32 - 1, "int"),
+        })
+        if self.resume and self.overwrite:
+            raise ValueError("--resume and --overwrite exclude each other: resume continues a run, overwrite ends it")
+        if self.lr_scheduler == "plateau" and self.warmup_steps:
+            raise ValueError("--warmup-steps with --lr-scheduler plateau: not supported; use constant or cosine")
+
+
+@dataclass
+class EvaluationOptions:
+    """How a trained model is scored on a split (docs/metrics.md)."""
+
+    batch_size: int = option(
+        64, "sentences per batch", aliases=("--per_device_eval_batch_size", "--per-device-eval-batch-size"))
+    max_sentences: int | None = option(None, "score the first N sentences only")
+    seed: int = option(0, "seeds every sample of the evaluation")
+    output: str | None = option(
+        None, "write every metric to this JSON file (the benchmark's result keys)",
+        aliases=("--output_file", "--output-file"))
+    disable_tqdm: bool = option(False, "no progress bar")
+
+    def __post_init__(self):
+        check_ranges(self, {"batch_size": (1, None, "int"), "max_sentences": (1, None, "int"),
+                            "seed": (0, 2**32 - 1, "int")})
+
+
+@dataclass
+class LikelihoodOptions:
+    iw_samples: int = option(500, "importance samples K of IW-NLL (0 skips it)")
+
+    def __post_init__(self):
+        check_ranges(self, {"iw_samples": (0, None, "int")})
+
+
+@dataclass
+class PlotOptions:
+    plots: str | None = option(None, "write PNG plots (latent projection, KL per dimension, ...) into this folder")
+
+
+@dataclass
+class ModelFolderOptions:
+    """A trained model folder (the recipes; the CLI takes it as its first argument)."""
+
+    model_name_or_path: str = option(help="folder with the model and its tokenizer")
+    device: str | None = option(None, "where to run: cpu, cuda, cuda:1, ... (default: a GPU if there is one)")
+
+    def torch_device(self) -> str:
+        import torch
+
+        return self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class TestEvaluationOptions:
+    """After training (recipes/train.py, the benchmark): score the best model on a test split."""
+
+    test_split: str = option("test", "split the trained model is scored on ('' skips it)")
+    iw_samples: int = option(50, "importance samples K of IW-NLL (0 skips it)")
+    max_eval_sentences: int | None = option(None, "score the first N test sentences only")
+
+    def __post_init__(self):
+        check_ranges(self, {"iw_samples": (0, None, "int"), "max_eval_sentences": (1, None, "int")})
+
+
+@dataclass
+class TextInputOptions:
+    """Sentences from a file, besides those given as arguments."""
+
+    input: str | None = option(None, "a UTF-8 text file with one sentence per line")
+
+
+@dataclass
+class ReconstructOptions:
+    mode: Literal["mean", "sample", "perturb"] = option(
+        "mean", "decode the posterior mean, a posterior sample, or the mean plus a little noise")
+    num_beams: int = option(1, "beam search with this many beams (1: greedy)")
+
+    def __post_init__(self):
+        check_choices(self)
+        check_ranges(self, {"num_beams": (1, None, "int")})
+
+
+@dataclass
+class InterpolateOptions:
+    steps: int = option(8, "points strictly between the two sentences")
+    method: Literal["linear", "slerp"] = option("linear", "straight line, or spherical interpolation")
+
+    def __post_init__(self):
+        check_choices(self)
+        check_ranges(self, {"steps": (0, None, "int")})
+
+
+@dataclass
+class SampleOptions:
+    num_samples: int = option(10, "sentences to sample", aliases=("-n",))
+    temperature: float = option(1.0, "token sampling temperature (0: greedy)")
+    seed: int | None = option(None, "seed of the latents and the tokens (default: fresh randomness)")
+
+    def __post_init__(self):
+        check_ranges(self, {"num_samples": (1, None, "int"), "temperature": (0, None, "float"),
+                            "seed": (0, 2**32 - 1, "int")})
+
+
+@dataclass
+class EncodeOptions:
+    output: str = option(help="where to write the [N, latent] float32 array (.npy)")
+
+
+# -- resuming ---------------------------------------------------------------------------------------------------------
+
+# May differ on resume: they cannot change the weights the run ends with.
+RESUME_MAY_CHANGE = {"output_dir", "resume", "overwrite", "cpu", "disable_tqdm", "report_to", "logging_steps",
+                     "save_steps", "save_total_limit"}
+RESUME_LENGTH = {"max_steps", "epochs"}  # ... unless the cosine schedule decays over the run's length
+RESUME_EVALUATION = {"eval_steps", "eval_batch_size"}  # ... unless evaluations steer training
+
+
+def check_resume(saved: dict, current: dict, training: TrainingOptions, source) -> None:
+    """Refuse, naming the option with its old and new values, a resume whose options would change the run.
+    `saved` and `current` map option names to values (run_options.json, and this command's)."""
+    steered = training.lr_scheduler == "plateau" or training.early_stopping_patience > 0
+    for name in sorted(saved, key=lambda name: name in RESUME_LENGTH | RESUME_EVALUATION):  # plain refusals first
+        old, new = saved[name], current.get(name, saved[name])
+        if new == old or name in RESUME_MAY_CHANGE:
+            continue
+        if name in RESUME_LENGTH and training.lr_scheduler != "cosine":
+            continue
+        if name in RESUME_EVALUATION and not steered:
+            continue
+        why = ("the cosine schedule decays over the run's length" if name in RESUME_LENGTH else
+               "evaluations steer this run (plateau schedule or early stopping)" if name in RESUME_EVALUATION else
+               "it would change the run")
+        raise ValueError(
+            f"--resume: option {name} was {old!r} when this run started ({source}), now {new!r}: {why}; resume with "
+            f"{old!r}, or train into another output folder"
+        )
