@@ -231,7 +231,7 @@ def epoch_memory(corpus: str, streaming: bool, tokenizer, expected_sentences: in
 
 def source_sentences(data: str) -> tuple[list[str], str]:
     if data == "builtin":
-        from sentmim.corpus import load_builtin_corpus
+        from sentmim.apps.corpus import load_builtin_corpus
 
         return list(load_builtin_corpus()["train"]["text"]), "builtin corpus, train split"
     path = Path(data) / "ptb.train.txt"

@@ -251,7 +251,7 @@ def run_fault_injection(work: Path, kills: int, seed: int = 0, launch: str = "ex
                         timeout: float = 300.0, log=print) -> dict:
     """Kill the run `kills` times (kind drawn from `kinds`, seeded), resume each time, finish, compare. Returns the
     figures; raises AssertionError at the first violation."""
-    from sentmim.corpus import builtin_sentences
+    from sentmim.apps.corpus import builtin_sentences
 
     started = time.time()
     work.mkdir(parents=True, exist_ok=True)

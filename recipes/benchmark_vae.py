@@ -10,10 +10,10 @@ trains five models at each latent size (default 16, 128, 512):
     vae-cyclical   sVAE with cyclical KL annealing plus free bits
     ae             a deterministic auto-encoder
 
-with `sentmim.experiment.run_training` (the code behind `sentmim train`), scores each best model on the test split
+with `sentmim.assembly.train_from_options` (the code behind `sentmim train`), scores each best model on the test split
 with every metric of docs/metrics.md, and writes into --output_dir: results.json, results.md (the table),
 samples.md (reconstructions, interpolations), plots/ (KL and MI during training, active units and BLEU against latent
-size, a projection of each latent space) and models/<variant>-z<latent>/ (each run). See sentmim/benchmark.py.
+size, a projection of each latent space) and models/<variant>-z<latent>/ (each run). See sentmim/apps/benchmark.py.
 
 Launch:
 
@@ -37,51 +37,50 @@ Launch:
         --latent_sizes 32 --max_steps 3000 --iw_samples 100
 
 An interrupted benchmark continues when the same command is run again: finished models are skipped and a model
-interrupted during training resumes from its last checkpoint. --overwrite_output_dir starts over.
+interrupted during training resumes from its last checkpoint. --overwrite_output_dir starts over. The options are
+those of `sentmim benchmark` (and of `sentmim train`), in either spelling; a preset sets their defaults, so
+`python recipes/benchmark_vae.py --preset cpu --help` lists them with the cpu preset's values.
 """
 
-import argparse
 import logging
 import shlex
 import sys
 from pathlib import Path
 
-from sentmim.benchmark import PRESETS, add_settings_arguments, benchmark_settings, run_benchmark, settings_overrides
-from sentmim.benchmark_report import format_results_table
+from transformers import HfArgumentParser
+
+from sentmim.apps.benchmark import run_benchmark
+from sentmim.apps.benchmark_report import format_results_table
+from sentmim.apps.benchmark_settings import DEFAULTS, OPTION_CLASSES, PRESETS, BenchmarkSettings
 from sentmim.training import TrainingDiverged
 
-# Settings named as in the Hugging Face example scripts; the others keep their BenchmarkSettings names.
-HF_NAMES = {
-    "dataset": "dataset_name", "dataset_config": "dataset_config_name", "batch_size": "per_device_train_batch_size",
-    "eval_batch_size": "per_device_eval_batch_size", "epochs": "num_train_epochs",
-}
 
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def build_parser(preset: str) -> HfArgumentParser:
+    parser = HfArgumentParser(OPTION_CLASSES, description=__doc__.split("\n")[0])
     parser.add_argument("--preset", choices=list(PRESETS), default="cpu",
                         help="smoke: tiny test run; cpu: PTB in ~45 min on 2 cores; paper: the sentenceMIM demo's")
-    parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--overwrite_output_dir", action="store_true", help="delete output_dir and start over")
-    parser.add_argument("--disable_tqdm", action="store_true")
-    settings = parser.add_argument_group("settings (default: the preset's; lists as '16 128 512' or '16,128,512')")
-    add_settings_arguments(settings, lambda name: [f"--{HF_NAMES.get(name, name)}"])
+    parser.set_defaults(**{**DEFAULTS, **PRESETS.get(preset, {})})
     return parser
+
+
+def parse_args(argv: list[str]) -> tuple[str, BenchmarkSettings]:
+    """(preset, settings): the preset's values, with what the command line overrides."""
+    preset = next((argv[i + 1] for i, word in enumerate(argv[:-1]) if word == "--preset"), "cpu")
+    *options, rest = build_parser(preset).parse_args_into_dataclasses(argv)
+    return rest.preset, BenchmarkSettings(*options)
 
 
 def main(argv=None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s")
     logging.getLogger("sentmim").setLevel(logging.INFO)  # data counts and validation results of every run
 
     # 1. The settings: the preset, with what the command line overrides.
-    settings = benchmark_settings(args.preset, **settings_overrides(args))
+    preset, settings = parse_args(argv)
 
     # 2. Train and score every (objective, latent size) pair; the report is rewritten after each model.
     command = shlex.join(["python", "recipes/benchmark_vae.py", *argv])
-    results = run_benchmark(settings, args.output_dir, preset=args.preset, command=command,
-                            overwrite=args.overwrite_output_dir, progress=not args.disable_tqdm)
+    results = run_benchmark(settings, preset=preset, command=command)
 
     # 3. The table (also in output_dir/results.md, with what each column means).
     print(format_results_table(results["models"]))

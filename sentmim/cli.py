@@ -194,14 +194,14 @@ def run_encode(args) -> None:
 
 
 def run_demo(args) -> None:
-    from .demo import DemoOptions
-    from .demo import run_demo as demo
+    from .apps.demo import DemoOptions
+    from .apps.demo import run_demo as demo
 
     demo(options_from(args, DemoOptions))
 
 
 def run_benchmark(args) -> None:
-    from .benchmark import run_benchmark_command
+    from .apps.benchmark import run_benchmark_command
 
     run_benchmark_command(args)
 
@@ -233,9 +233,10 @@ def add_text_commands(commands) -> None:
     parser.add_argument("sentences", nargs="*", help="sentences (or --input FILE)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .benchmark import add_benchmark_arguments
-    from .demo import DemoOptions
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser of `sentmim`; `argv` picks the benchmark preset whose values are that command's defaults."""
+    from .apps.benchmark import OPTION_CLASSES, add_benchmark_arguments, preset_of
+    from .apps.demo import DemoOptions
 
     parser = Parser(prog="sentmim", description=__doc__.split("\n\n")[0])
     parser.add_argument("--verbose", action="store_true", help="log at INFO level")
@@ -252,15 +253,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser_evaluate.set_defaults(split="test")
     add_text_commands(commands)
     add_benchmark_arguments(add_command(
-        commands, "benchmark", run_benchmark, (),
+        commands, "benchmark", run_benchmark, OPTION_CLASSES,
         "sMIM vs text VAEs vs AE at several latent sizes: posterior collapse side by side",
-    ))
+    ), preset_of(sys.argv[1:] if argv is None else argv))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(argv).parse_args(argv)
     except SystemExit as exit_request:  # --help (0) or an argument error, already printed on one line (2)
         return exit_request.code
     main_process = is_main_process()

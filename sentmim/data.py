@@ -15,6 +15,7 @@ import hashlib
 import logging
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict, Value, load_dataset, load_from_disk
@@ -64,6 +65,16 @@ class DataError(ValueError):
     """A problem with the input data or its arguments, explained in one line."""
 
 
+# Corpora known by a name, each loaded by a function that returns a DatasetDict (the package's demo corpus registers
+# itself as "builtin" when sentmim is imported).
+NAMED_DATASETS: dict[str, Callable[[], DatasetDict]] = {}
+
+
+def register_dataset(name: str, load: Callable[[], DatasetDict]) -> None:
+    """Make `load_text_dataset(name)` (and `--dataset NAME`) load the DatasetDict that `load()` returns."""
+    NAMED_DATASETS[name] = load
+
+
 def _one_line(error: BaseException) -> str:
     lines = str(error).strip().splitlines()
     return f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": ")
@@ -86,9 +97,10 @@ def load_text_dataset(
     """Load a corpus as a dict of splits with a single "text" column.
 
     Args:
-        dataset: "builtin" (the package's own corpus), a Hugging Face Hub id ("stanfordnlp/imdb"), a local file
+        dataset: a registered name (`register_dataset`; "builtin" is the demo's corpus, sentmim.apps.corpus), a
+            Hugging Face Hub id ("stanfordnlp/imdb"), a local file
             (.txt one sentence per line, .json/.jsonl, .csv, .tsv, .parquet, .arrow), a folder of such files (file
-            names containing train / valid / validation / dev / test pick the split; other files go to train), or a
+            names containing train / valid / validation / dev / test pick the split, by datasets' rules), or a
             folder written by `save_to_disk`.
         dataset_config: the Hub configuration name (for example "wikitext-103-raw-v1").
         split: one split or a slice of it, in `datasets` syntax ("train", "train[:10%]", "train[:1000]+test");
@@ -102,10 +114,8 @@ def load_text_dataset(
     if not 0 <= validation_fraction < 1:
         raise DataError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
     name = os.fspath(dataset)
-    if name == "builtin":
-        from sentmim.corpus import load_builtin_corpus
-
-        splits = _select_splits(load_builtin_corpus(), split, name)
+    if name in NAMED_DATASETS:
+        splits = _select_splits(NAMED_DATASETS[name](), split, name)
     elif _is_local(name):
         if dataset_config is not None:
             raise DataError(f"dataset_config={dataset_config!r} applies to Hub datasets only, not to {name!r}")

@@ -36,6 +36,8 @@ def option(default=dataclasses.MISSING, help: str = "", aliases: tuple[str, ...]
     metadata = {"help": help}
     if aliases:
         metadata["aliases"] = list(aliases)
+    if isinstance(default, list):  # each instance gets its own list
+        return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
 
 

@@ -52,7 +52,7 @@ def builtin_splits():
 
 def builtin_splits_data():
     """What the builtin_splits fixture holds (also for tests that train in a fresh process)."""
-    from sentmim.corpus import load_builtin_corpus
+    from sentmim.apps.corpus import load_builtin_corpus
     from sentmim.preprocessing import tokenize_dataset
     from sentmim.tokenization import train_tokenizer
 
@@ -70,7 +70,7 @@ TINY_TRAIN = ["--max-steps", "3", "--eval-steps", "2", "--vocab-size", "200", "-
 @pytest.fixture(scope="session")
 def corpus_file(tmp_path_factory):
     """100 built-in sentences in a .txt file."""
-    from sentmim.corpus import builtin_sentences
+    from sentmim.apps.corpus import builtin_sentences
 
     path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
     path.write_text("\n".join(builtin_sentences(100, seed=0)) + "\n")

@@ -7,9 +7,10 @@ import shutil
 
 import pytest
 
-from sentmim import benchmark, benchmark_report, cli
-from sentmim.benchmark import MODEL_VARIANTS, benchmark_settings, parse_setting
-from sentmim.benchmark_report import NOT_APPLICABLE, format_results_table
+from sentmim import cli
+from sentmim.apps import benchmark, benchmark_report
+from sentmim.apps.benchmark_report import NOT_APPLICABLE, format_results_table
+from sentmim.apps.benchmark_settings import MODEL_VARIANTS, BenchmarkOptions, benchmark_settings
 from tests.recipe_loader import load_recipe
 
 SMOKE_FLAGS = ["--preset", "smoke", "--disable_tqdm"]
@@ -169,7 +170,7 @@ def test_sentmim_benchmark_command(tmp_path, capsys):
 def test_sentmim_benchmark_reports_a_bad_setting_in_one_line(tmp_path, capsys):
     code = cli.main(["benchmark", "--preset", "smoke", "--output-dir", str(tmp_path), "--latent-sizes", "four"])
     assert code == 2
-    assert capsys.readouterr().err.strip().startswith("sentmim benchmark: error: latent_sizes 'four'")
+    assert capsys.readouterr().err.strip().startswith("sentmim benchmark: error: argument --latent-sizes")
     assert cli.main(["benchmark", "--output-dir", str(tmp_path), "--objectives", "mim", "gan"]) == 2
 
 
@@ -212,45 +213,54 @@ def test_collapse_line_shows_when_the_mi_contradicts_zero_active_units():
 
 def test_presets_scale_the_annealing_to_the_budget():
     cpu = benchmark_settings("cpu", max_steps=1000)
-    assert (cpu.kl_logistic_x0, cpu.kl_cycle_steps) == (500, 250)
-    assert cpu.kl_logistic_k == pytest.approx(0.0025 * 2500 / 500)  # the demo's beta(0) = 1 / (1 + e^6.25)
+    logistic, cyclical = cpu.schedule_of("vae-logistic"), cpu.schedule_of("vae-cyclical")
+    assert (logistic["kl_logistic_x0"], cyclical["kl_cycle_steps"]) == (500, 250)
+    assert logistic["kl_logistic_k"] == pytest.approx(0.0025 * 2500 / 500)  # the demo's beta(0) = 1 / (1 + e^6.25)
+    assert cpu.schedule_of("vae") == {"kl_schedule": "constant", "kl_weight": 1.0, "free_bits": 0.0}
     paper = benchmark_settings("paper")
-    assert (paper.kl_logistic_k, paper.kl_logistic_x0, paper.batch_size, paper.lr_scheduler) == (
-        0.0025, 2500, 20, "plateau")
-    assert benchmark_settings("smoke", kl_logistic_x0=100).kl_logistic_x0 == 100
+    assert paper.schedule_of("vae-logistic")["kl_logistic_x0"] == 2500
+    assert (paper.training.kl_logistic_k, paper.training.batch_size, paper.training.lr_scheduler) == (
+        0.0025, 20, "plateau")
+    assert benchmark_settings("smoke", scale_schedules=False, kl_logistic_x0=100).schedule_of(
+        "vae-logistic")["kl_logistic_x0"] == 100
     with pytest.raises(ValueError, match="preset"):
         benchmark_settings("huge")
     with pytest.raises(ValueError, match="unknown benchmark settings: hidden"):
         benchmark_settings("cpu", hidden=3)
     with pytest.raises(ValueError, match="objectives"):
-        benchmark_settings("cpu", objectives=("mim", "gan"))
-    with pytest.raises(ValueError, match="need max_steps"):
+        benchmark_settings("cpu", objectives=["mim", "gan"])
+    with pytest.raises(ValueError, match="give --max-steps"):
         benchmark_settings("cpu", max_steps=None)
+    with pytest.raises(ValueError, match="--objective, --kl-schedule: the benchmark's variants set these"):
+        benchmark_settings("cpu", objective="vae", kl_schedule="linear")
 
 
 def test_schedule_note_says_when_x0_is_beyond_the_budget():
-    settings = vars(benchmark_settings("cpu", max_steps=600, kl_logistic_x0=2500, kl_logistic_k=0.0025))
-    assert any("beyond the 600-step budget" in note for note in benchmark_report._schedule_notes(settings))
-    assert not any("beyond" in note for note in benchmark_report._schedule_notes(vars(benchmark_settings("cpu"))))
+    def notes(settings):
+        schedules = {variant: settings.schedule_of(variant) for variant in MODEL_VARIANTS}
+        return benchmark_report._schedule_notes(settings.flat(), schedules)
+
+    late = benchmark_settings("cpu", max_steps=600, scale_schedules=False, kl_logistic_x0=2500)
+    assert any("beyond the 600-step budget" in note for note in notes(late))
+    assert not any("beyond" in note for note in notes(benchmark_settings("cpu")))
 
 
-def test_parse_setting():
-    assert parse_setting("latent_sizes", "16,128 512") == (16, 128, 512)
-    assert parse_setting("objectives", "mim,vae") == ("mim", "vae")
-    assert parse_setting("max_steps", "none") is None and parse_setting("max_steps", "30") == 30
-    assert parse_setting("learning_rate", "2e-3") == 2e-3 and parse_setting("cpu", "true") is True
-    with pytest.raises(ValueError):
-        parse_setting("cpu", "maybe")
+def test_list_options_take_words_or_comma_separated_words():
+    assert BenchmarkOptions(latent_sizes=[[16, 128], 512], objectives=["mim", "vae"]).latent_sizes == [16, 128, 512]
+    assert BenchmarkOptions(objectives=[["mim", "vae"]]).objectives == ["mim", "vae"]
+    flags = ["benchmark", "--output-dir", "x", "--latent-sizes", "16,128", "512", "--objectives", "mim,vae"]
+    args = cli.build_parser(flags).parse_args(flags)
+    assert BenchmarkOptions(objectives=args.objectives, latent_sizes=args.latent_sizes).latent_sizes == [16, 128, 512]
 
 
 def test_docstring_commands_use_real_flags():
     recipe = load_recipe("benchmark_vae")
-    known = {flag for action in recipe.build_parser()._actions for flag in action.option_strings}
-    used = set(re.findall(r"--\w+", recipe.__doc__))
+    known = set(re.findall(r"--[\w-]+", recipe.build_parser("cpu").format_help()))
+    used = set(re.findall(r"--\w+", recipe.__doc__)) - {"--help"}
     assert len(used) >= 8 and used <= known, sorted(used - known)
     lines = recipe.__doc__.splitlines()
     start = next(i for i, line in enumerate(lines) if "--preset cpu --dataset_name" in line)
     command = lines[start].replace("\\", "") + lines[start + 1]
-    args = recipe.build_parser().parse_args(shlex.split(command.split("recipes/benchmark_vae.py", 1)[1]))
-    assert (args.preset, args.dataset) == ("cpu", "../shared/data/ptb")
-    assert args.output_dir == "runs/benchmark-ptb-cpu"
+    preset, settings = recipe.parse_args(shlex.split(command.split("recipes/benchmark_vae.py", 1)[1]))
+    assert (preset, settings.dataset.dataset) == ("cpu", "../shared/data/ptb")
+    assert settings.training.output_dir == "runs/benchmark-ptb-cpu" and settings.training.max_steps == 2000

@@ -13,8 +13,8 @@ import torch
 import transformers
 from safetensors.torch import load_file
 
+from sentmim.apps.corpus import builtin_sentences
 from sentmim.cli import main
-from sentmim.corpus import builtin_sentences
 from sentmim.pipeline import SentenceMIMPipeline
 from tests.conftest import cli_error_line as error_line
 from tests.conftest import run_cli as run

@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from sentmim.corpus import TOPICS, builtin_sentences, load_builtin_corpus
+from sentmim.apps.corpus import TOPICS, builtin_sentences, load_builtin_corpus
 
 TOKEN = re.compile(r"[a-z]+|n't|'s|[.,?!]")
 

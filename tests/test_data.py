@@ -12,8 +12,8 @@ from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict
 
 import sentmim.batching as batching_module
 import sentmim.data as data_module
+from sentmim.apps.corpus import builtin_sentences
 from sentmim.batching import LengthBucketSampler, collate_batch, make_dataloader
-from sentmim.corpus import builtin_sentences
 from sentmim.data import DataError, load_text_dataset
 from sentmim.preprocessing import clean_dataset, clean_text, tokenize_dataset
 from sentmim.tokenization import train_tokenizer

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sentmim.corpus import builtin_sentences
+from sentmim.apps.corpus import builtin_sentences
 from sentmim.pipeline import SentenceMIMPipeline
 from tests.recipe_loader import load_recipe
 

@@ -13,7 +13,8 @@ import torch
 from safetensors.torch import load_file
 
 from sentmim import SentenceMIMModel, checkpointing
-from sentmim.benchmark import BenchmarkSettings, prepare_benchmark_dir
+from sentmim.apps.benchmark import prepare_benchmark_dir
+from sentmim.apps.benchmark_settings import benchmark_settings
 from sentmim.cli import main
 from sentmim.options import TrainingOptions
 from sentmim.pipeline import SentenceMIMPipeline
@@ -92,19 +93,20 @@ def test_overwrite_replaces_a_run_and_keeps_its_mark(cli_run, corpus_file, tmp_p
 
 
 def test_benchmark_overwrite_deletes_only_a_benchmark(tmp_path, corpus_file, capsys):
-    settings = BenchmarkSettings(dataset=str(corpus_file))
     folder = tmp_path / "bench"
-    prepare_benchmark_dir(folder, settings, overwrite=False)
+    settings = benchmark_settings("smoke", output_dir=folder, dataset=str(corpus_file))
+    overwriting = benchmark_settings("smoke", output_dir=folder, dataset=str(corpus_file), overwrite=True)
+    prepare_benchmark_dir(folder, settings)
     (folder / "results.md").write_text("old results")
     (folder / "plots").mkdir()
     (folder / "plots" / "kl.png").write_bytes(b"png")
-    prepare_benchmark_dir(folder, settings, overwrite=True)  # a benchmark's own files: replaced
+    prepare_benchmark_dir(folder, overwriting)  # a benchmark's own files: replaced
     assert sorted(p.name for p in folder.iterdir()) == ["settings.json"]
 
     (folder / "thesis.tex").write_text("months of work")
     before = snapshot(folder)
     with pytest.raises(ValueError, match=r"thesis\.tex.*nothing was deleted"):
-        prepare_benchmark_dir(folder, settings, overwrite=True)
+        prepare_benchmark_dir(folder, overwriting)
     assert snapshot(folder) == before
 
     data = tmp_path / "data"

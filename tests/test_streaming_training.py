@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from sentmim import checkpointing
+from sentmim.apps.corpus import builtin_sentences
 from sentmim.assembly import train_from_options
-from sentmim.corpus import builtin_sentences
 from sentmim.options import DataOptions, DatasetOptions, ModelOptions, TokenizerOptions, TrainingOptions
 from sentmim.pipeline import SentenceMIMPipeline
 

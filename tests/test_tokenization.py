@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from sentmim.corpus import builtin_sentences
+from sentmim.apps.corpus import builtin_sentences
 from sentmim.tokenization import (
     SPECIAL_TOKENS,
     decode_keep_unknown,

@@ -16,8 +16,8 @@ import torch
 from safetensors.torch import load_file
 
 from sentmim import SentenceMIMConfig, SentenceMIMModel, checkpointing, training
+from sentmim.apps.corpus import load_builtin_corpus
 from sentmim.checkpointing import CheckpointError
-from sentmim.corpus import load_builtin_corpus
 from sentmim.options import TrainingOptions
 from sentmim.preprocessing import tokenize_dataset
 from sentmim.tokenization import train_tokenizer

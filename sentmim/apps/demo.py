@@ -10,12 +10,12 @@ from pathlib import Path
 
 import torch
 
-from .assembly import load_training_splits, train_from_options
-from .batching import make_dataloader
-from .evaluation import evaluate
-from .options import DataOptions, DatasetOptions, ModelOptions, TokenizerOptions, TrainingOptions, option
-from .pipeline import SentenceMIMPipeline
-from .preprocessing import tokenize_dataset
+from sentmim.assembly import load_training_splits, train_from_options
+from sentmim.batching import make_dataloader
+from sentmim.evaluation import evaluate
+from sentmim.options import DataOptions, DatasetOptions, ModelOptions, TokenizerOptions, TrainingOptions, option
+from sentmim.pipeline import SentenceMIMPipeline
+from sentmim.preprocessing import tokenize_dataset
 
 DEMO_MODEL = {"architecture": "gru", "embedding_size": 64, "hidden_size": 128, "latent_size": 16}
 EXAMPLES = 4

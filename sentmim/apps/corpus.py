@@ -19,7 +19,7 @@ The corpus has latent structure that a sentence auto-encoder can learn to encode
 Word choices follow Zipf-like weights, so some words are frequent and many are rare, as in natural text. The space of
 sentences is combinatorially large: a model cannot simply memorise it.
 
-    >>> from sentmim.corpus import builtin_sentences
+    >>> from sentmim.apps.corpus import builtin_sentences
     >>> builtin_sentences(2, seed=0)  # doctest: +SKIP
     ['the hungry goats did n't chase the farmer near the barn yesterday .', 'where will anna park the car ?']
 """
@@ -31,6 +31,8 @@ from bisect import bisect
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
+
+from sentmim.data import register_dataset
 
 MIN_TOKENS = 4
 MAX_TOKENS = 25
@@ -585,3 +587,6 @@ def load_builtin_corpus(num_train: int = 20000, num_validation: int = 1000, num_
         splits[name] = Dataset.from_dict({"text": unique[start : start + size]})
         start += size
     return DatasetDict(splits)
+
+
+register_dataset("builtin", load_builtin_corpus)

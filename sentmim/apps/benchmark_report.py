@@ -1,12 +1,12 @@
-"""The benchmark's report (see sentmim.benchmark): results.md (one labelled table), samples.md (reconstructions and
-interpolations per model) and the plots, all from the records `run_benchmark` collects."""
+"""The benchmark's report (see sentmim.apps.benchmark): results.md (one labelled table), samples.md
+(reconstructions and interpolations per model) and the plots, all from the records `run_benchmark` collects."""
 
 import math
 from pathlib import Path
 
-from .files import read_jsonl, write_json_atomic, write_text_atomic
-from .plots import metric_curve, new_figure, save_figure
-from .reporting import number
+from sentmim.files import read_jsonl, write_json_atomic, write_text_atomic
+from sentmim.plots import metric_curve, new_figure, save_figure
+from sentmim.reporting import number
 
 NOT_APPLICABLE = "n/a (AE)"
 
@@ -84,20 +84,22 @@ COLUMN_NOTES = (
 )
 
 
-def _schedule_notes(settings: dict) -> list[str]:
-    k, x0, steps = settings["kl_logistic_k"], settings["kl_logistic_x0"], settings["max_steps"]
+def _schedule_notes(settings: dict, schedules: dict) -> list[str]:
+    """The KL schedules the VAE variants trained with (`schedules`: each variant's effective kl_* options)."""
+    logistic, cyclical = schedules["vae-logistic"], schedules["vae-cyclical"]
+    k, x0, steps = logistic["kl_logistic_k"], logistic["kl_logistic_x0"], settings["max_steps"]
     notes = [f"- vae-logistic: beta_t = 1 / (1 + exp(-{k:.4g} (t - {x0}))); the sentenceMIM demo: k 0.0025, x0 2500"]
     if steps is not None and x0 >= steps:
         notes.append(f"  - NOTE: x0 = {x0} lies beyond the {steps}-step budget: beta stays below 0.5 for the whole "
                      "run, so this VAE is barely regularised")
     notes.append(f"- vae-cyclical: beta rises linearly over the first {settings['kl_cycle_ratio']:.0%} of each "
-                 f"{settings['kl_cycle_steps']}-step cycle, then holds at 1; free bits {settings['free_bits']} nats "
+                 f"{cyclical['kl_cycle_steps']}-step cycle, then holds at 1; free bits {settings['free_bits']} nats "
                  "per latent dimension (batch average)")
     return notes
 
 
 def _setup_paragraph(results: dict) -> str:
-    s, records, machine = results["settings"], results["models"], results["machine"]
+    s, model, records, machine = results["settings"], results["model"], results["models"], results["machine"]
     budget = f"{s['max_steps']} steps" if s["max_steps"] else f"up to {s['epochs']:g} epochs"
     scored = records[0]["metrics"]["num_sentences"] if records else "?"
     vocabularies = {record.get("vocabulary_hash") for record in records}
@@ -105,8 +107,9 @@ def _setup_paragraph(results: dict) -> str:
     wall = f"total wall time {_duration(results['wall_seconds'])}" if "wall_seconds" in results else "in progress"
     return (
         f"Data: `{s['dataset']}`; models scored on the first {scored} `{s['test_split']}` sentences. Every model: "
-        f"{s['architecture'].upper()}, embedding {s['embedding_size']}, hidden {s['hidden_size']}, {s['num_layers']} "
-        f"layer(s), {'tied' if s['tie_word_embeddings'] else 'untied'} embeddings, batch {s['batch_size']}, Adam lr "
+        f"{model['architecture'].upper()}, embedding {model['embedding_size']}, hidden {model['hidden_size']}, "
+        f"{model['num_layers']} layer(s), {'tied' if model['tie_word_embeddings'] else 'untied'} embeddings, batch "
+        f"{s['batch_size']}, Adam lr "
         f"{s['learning_rate']:g} ({s['lr_scheduler']}), {budget}, seed {s['seed']}; {shared}. Machine: "
         f"{machine['cpu']} ({machine['cpu_count']} cores), torch {machine['torch']}, "
         f"{machine['torch_threads']} thread(s), {machine['gpu'] or 'no GPU'}; {wall}."
@@ -121,7 +124,7 @@ def format_report(results: dict) -> str:
         command += f" (preset `{results['preset']}`)"
     lines = ["# sMIM vs sVAE vs AE: posterior collapse measured side by side", "", f"Command: {command}", "",
              _setup_paragraph(results), "", format_results_table(records), "", COLUMN_NOTES, "",
-             *_schedule_notes(results["settings"])]
+             *_schedule_notes(results["settings"], results["schedules"])]
     signature = next((r["metrics"]["bleu_signature"] for r in records if r["metrics"].get("bleu_signature")), None)
     if signature:
         lines.append(f"- BLEU signature: `{signature}`")
