@@ -55,7 +55,7 @@ from transformers import (
 )
 from transformers.modeling_outputs import BaseModelOutput
 
-from .tokenization import bos_eos_template
+from .tokenization import fast_tokenizer
 
 # Sentences of a backbone without position embeddings (T5's relative positions) are limited to this many tokens.
 DEFAULT_MAX_LENGTH = 512
@@ -245,17 +245,8 @@ def _adapt_tokenizer(tokenizer) -> tuple[PreTrainedTokenizerFast, dict[str, int]
         bos = add("bos_token", ("<s>", "<|sentmim_bos|>"))
     if pad is None:
         pad = add("pad_token", ("<pad>", "<|sentmim_pad|>"))
-    backend.post_processor = bos_eos_template(bos, backend.token_to_id(bos), eos, backend.token_to_id(eos))
-    adapted = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token=bos,
-        eos_token=eos,
-        pad_token=pad,
-        unk_token=unk,
-        padding_side="right",
-        model_max_length=tokenizer.model_max_length,
-        clean_up_tokenization_spaces=getattr(tokenizer, "clean_up_tokenization_spaces", False),
-    )
+    adapted = fast_tokenizer(backend, bos, eos, pad, unk, tokenizer.model_max_length,
+                             clean_up=getattr(tokenizer, "clean_up_tokenization_spaces", False))
     return adapted, added
 
 

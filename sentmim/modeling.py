@@ -506,19 +506,11 @@ class SentenceMIMModel(SentenceMIMPreTrainedModel, GenerationMixin):
         return self.decoder.reorder_state(state, index)
 
     @torch.no_grad()
-    def decode(
-        self,
-        z: torch.Tensor,
-        max_length: int | None = None,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        num_beams: int = 1,
-        length_penalty: float = 1.0,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """Token ids [B, <=max_length]: the generated tokens after BOS, up to and including EOS, then padding."""
+    def decode(self, z: torch.Tensor, max_length: int | None = None, **generation_options) -> torch.Tensor:
+        """Token ids [B, <=max_length]: the generated tokens after BOS, up to and including EOS, then padding.
+
+        Greedy by default; generation_options are those of `sentmim.generation.decode_latents` (do_sample,
+        temperature, top_k, top_p, num_beams, length_penalty, generator)."""
         if not isinstance(z, torch.Tensor) or z.dim() != 2 or z.size(1) != self.config.latent_size:
             shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
             raise ValueError(f"z must be a tensor [batch, {self.config.latent_size}], got {shape}")
@@ -533,10 +525,7 @@ class SentenceMIMModel(SentenceMIMPreTrainedModel, GenerationMixin):
                 f"max_length={max_length}: a {self.config.architecture} decoder positions at most "
                 f"max_position_embeddings - 1 = {self.config.max_position_embeddings - 1} generated tokens"
             )
-        return decode_latents(
-            self, z, max_length, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
-            num_beams=num_beams, length_penalty=length_penalty, generator=generator,
-        )
+        return decode_latents(self, z, max_length, **generation_options)
 
     # -- forward -----------------------------------------------------------------------------------------------
 

@@ -46,45 +46,25 @@ def ae_loss(log_likelihood: torch.Tensor) -> torch.Tensor:
     return -log_likelihood
 
 
-def kl_weight(
-    step: int,
-    schedule: str = "constant",
-    max_weight: float = 1.0,
-    anneal_steps: int = 10000,
-    logistic_k: float = 0.0025,
-    logistic_x0: int = 2500,
-    cycle_steps: int = 10000,
-    cycle_ratio: float = 0.5,
-) -> float:
-    """beta_t of the VAE objective at optimisation step `step` (0-based).
+def kl_weight(step: int, options) -> float:
+    """beta_t of the VAE objective at optimisation step `step` (0-based), from the kl_* fields of `options`
+    (sentmim.options.TrainingOptions, or any object that has them):
 
-    - constant: max_weight.
-    - linear: rises from 0 to max_weight over `anneal_steps`, then stays (Bowman et al. 2016).
-    - logistic: max_weight / (1 + exp(-k (step - x0))) (Bowman et al.; the sentenceMIM demo uses k=0.0025, x0=2500).
-    - cyclical: each cycle of `cycle_steps` rises linearly over its first `cycle_ratio` fraction, then holds at
-      max_weight (Fu et al. 2019).
+    - constant: kl_weight.
+    - linear: rises from 0 to kl_weight over `kl_anneal_steps`, then stays (Bowman et al. 2016).
+    - logistic: kl_weight / (1 + exp(-k (step - x0))), k = kl_logistic_k, x0 = kl_logistic_x0 (Bowman et al.; the
+      sentenceMIM demo uses k=0.0025, x0=2500).
+    - cyclical: each cycle of `kl_cycle_steps` rises linearly over its first `kl_cycle_ratio` fraction, then holds at
+      kl_weight (Fu et al. 2019).
     """
+    schedule, top = options.kl_schedule, options.kl_weight
     if schedule == "constant":
-        return max_weight
+        return top
     if schedule == "linear":
-        return max_weight * min(1.0, step / anneal_steps)
+        return top * min(1.0, step / options.kl_anneal_steps)
     if schedule == "logistic":
-        return max_weight / (1.0 + math.exp(-logistic_k * (step - logistic_x0)))
+        return top / (1.0 + math.exp(-options.kl_logistic_k * (step - options.kl_logistic_x0)))
     if schedule == "cyclical":
-        position = (step % cycle_steps) / cycle_steps
-        return max_weight * min(1.0, position / cycle_ratio)
+        position = (step % options.kl_cycle_steps) / options.kl_cycle_steps
+        return top * min(1.0, position / options.kl_cycle_ratio)
     raise ValueError(f"kl schedule {schedule!r}: must be one of constant, linear, logistic, cyclical")
-
-
-def kl_weight_from_options(options, step: int) -> float:
-    """beta_t from the kl_* fields of `sentmim.options.TrainingOptions`."""
-    return kl_weight(
-        step,
-        schedule=options.kl_schedule,
-        max_weight=options.kl_weight,
-        anneal_steps=options.kl_anneal_steps,
-        logistic_k=options.kl_logistic_k,
-        logistic_x0=options.kl_logistic_x0,
-        cycle_steps=options.kl_cycle_steps,
-        cycle_ratio=options.kl_cycle_ratio,
-    )

@@ -110,17 +110,17 @@ def train_tokenizer(
     ids = {token: tokenizer.token_to_id(token) for token in SPECIAL_TOKENS}
     if list(ids.values()) != list(range(len(SPECIAL_TOKENS))):  # a guard: the model relies on pad id 0
         raise RuntimeError(f"special token ids came out as {ids}, expected 0..3")
-    tokenizer.post_processor = bos_eos_template(BOS_TOKEN, ids[BOS_TOKEN], EOS_TOKEN, ids[EOS_TOKEN])
+    # transformers would otherwise glue PTB tokens back together ("did n't" -> "didn't", "cat ." -> "cat.").
+    return fast_tokenizer(tokenizer, BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, UNK_TOKEN, model_max_length, clean_up=False)
+
+
+def fast_tokenizer(backend: Tokenizer, bos: str, eos: str, pad: str, unk: str | None, model_max_length: int,
+                   clean_up: bool = False) -> PreTrainedTokenizerFast:
+    """`backend` as a transformers fast tokenizer in sentmim's convention: BOS sentence EOS, padded on the right."""
+    backend.post_processor = bos_eos_template(bos, backend.token_to_id(bos), eos, backend.token_to_id(eos))
     return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        pad_token=PAD_TOKEN,
-        unk_token=UNK_TOKEN,
-        bos_token=BOS_TOKEN,
-        eos_token=EOS_TOKEN,
-        model_max_length=model_max_length,
-        padding_side="right",
-        # transformers would otherwise glue PTB tokens back together ("did n't" -> "didn't", "cat ." -> "cat.").
-        clean_up_tokenization_spaces=False,
+        tokenizer_object=backend, bos_token=bos, eos_token=eos, pad_token=pad, unk_token=unk, padding_side="right",
+        model_max_length=model_max_length, clean_up_tokenization_spaces=clean_up,
     )
 
 

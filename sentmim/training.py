@@ -210,7 +210,7 @@ class SentenceMIMTrainer:
         """One batch; True when it completed an optimizer step (the last batch of a gradient accumulation)."""
         options, accelerator, state = self.options, self.accelerator, self.state
         with accelerator.accumulate(self.model):
-            self.kl_weight = objectives.kl_weight_from_options(options, state.step)
+            self.kl_weight = objectives.kl_weight(state.step, options)
             out = self.model(**batch, kl_weight=self.kl_weight, free_bits=options.free_bits, return_logits=False)
             loss = out.loss.detach()
             terms = [loss, -out.log_likelihood.detach().mean(), out.kl.detach().mean(), (~loss.isfinite()).float()]

@@ -1,12 +1,14 @@
 """Objectives and KL schedules against direct computations."""
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
 from sentmim import objectives
+from sentmim.options import TrainingOptions
 
 
 def test_mim_loss_against_normal_log_probs_in_float64():
@@ -52,12 +54,17 @@ def test_free_bits_floor_each_dimension_on_the_batch_average():
 
 
 def test_kl_schedules_follow_their_closed_forms():
-    kw = dict(max_weight=0.8, anneal_steps=100, logistic_k=0.05, logistic_x0=50, cycle_steps=40, cycle_ratio=0.5)
+    kw = dict(kl_weight=0.8, kl_anneal_steps=100, kl_logistic_k=0.05, kl_logistic_x0=50, kl_cycle_steps=40,
+              kl_cycle_ratio=0.5)
+
+    def beta(step, schedule):
+        return objectives.kl_weight(step, TrainingOptions(output_dir="unused", kl_schedule=schedule, **kw))
+
     for step in range(0, 200, 7):
-        assert objectives.kl_weight(step, "constant", **kw) == 0.8
-        assert objectives.kl_weight(step, "linear", **kw) == pytest.approx(0.8 * min(1.0, step / 100))
-        assert objectives.kl_weight(step, "logistic", **kw) == pytest.approx(0.8 / (1 + math.exp(-0.05 * (step - 50))))
+        assert beta(step, "constant") == 0.8
+        assert beta(step, "linear") == pytest.approx(0.8 * min(1.0, step / 100))
+        assert beta(step, "logistic") == pytest.approx(0.8 / (1 + math.exp(-0.05 * (step - 50))))
         position = step % 40
-        assert objectives.kl_weight(step, "cyclical", **kw) == pytest.approx(0.8 * min(1.0, position / 20))
+        assert beta(step, "cyclical") == pytest.approx(0.8 * min(1.0, position / 20))
     with pytest.raises(ValueError, match="kl schedule"):
-        objectives.kl_weight(0, "exponential")
+        objectives.kl_weight(0, SimpleNamespace(kl_schedule="exponential", kl_weight=1.0))
