@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.utils import ModelOutput
@@ -46,6 +46,165 @@ class SentenceMIMOutput(ModelOutput):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# GRU layers: torch's fused kernel on accelerators, the time loop written out on the CPU
+
+
+def values_are_free(tensor: torch.Tensor) -> bool:
+    """Whether Python may read a tensor's values at no cost. On the CPU it may; on an accelerator a read waits for
+    all queued work (a host sync), so there the forward pass takes the branches that need no values: it runs over
+    the padding instead of skipping it, and it does not check the attention mask's values."""
+    return tensor.device.type == "cpu"
+
+
+# On the CPU a GRU skips the padding of a batch (packed layout: each time step runs only the sentences still going)
+# when more than this fraction of it is padding. Skipping costs a reordering of the rows and smaller matrix products
+# per step, which only pays off once the padding is a real share of the work (length-bucketed batches: ~1-2%,
+# random batches of PTB: ~50%; benchmarks/throughput measures both).
+PADDED_RUN_MAX_PADDING = 0.1
+
+
+class GRURecurrence(torch.autograd.Function):
+    """The time loop of one GRU layer (torch's gate order: reset, update, new), given the input side of its gates.
+
+        r = sigmoid(i_r + W_hr h + b_hr)   u = sigmoid(i_u + W_hu h + b_hu)   n = tanh(i_n + r * (W_hn h + b_hn))
+        h' = n + u * (h - n)
+
+    torch's CPU GRU records every time step's products in the autograd graph, so its backward computes the small
+    weight gradient of W_hh once per step. Here the backward loops over time only for the state gradient and
+    computes W_hh's gradient as one matrix product over all steps.
+
+    input_gates [N, 3H] and the returned outputs [N, H] are in packed layout (PackedSequence.data): the rows of
+    step 0, then those of step 1, ...; step t holds rows 0 .. batch_sizes[t] - 1 of the batch (sorted by length,
+    longest first), so a step runs only the sentences not yet finished. initial: [B, H] in the same row order.
+    """
+
+    @staticmethod
+    def forward(ctx, input_gates, initial, weight_hh, bias_hh, batch_sizes: list[int]):
+        hidden = initial.size(1)
+        outputs = input_gates.new_empty(input_gates.size(0), hidden)
+        reset_update = input_gates.new_empty(input_gates.size(0), 2 * hidden)  # saved for the backward
+        new_gates = input_gates.new_empty(input_gates.size(0), hidden)  # n
+        hidden_new_gates = input_gates.new_empty(input_gates.size(0), hidden)  # W_hn h + b_hn
+        with torch.autocast(input_gates.device.type, enabled=False):  # computed in the dtype it is given
+            for rows, previous in _steps(batch_sizes, initial, outputs):
+                hidden_gates = torch.addmm(bias_hh, previous, weight_hh.t())
+                gates = torch.sigmoid(input_gates[rows, : 2 * hidden] + hidden_gates[:, : 2 * hidden])
+                reset, update = gates.chunk(2, dim=1)
+                new = torch.tanh(torch.addcmul(input_gates[rows, 2 * hidden :], reset, hidden_gates[:, 2 * hidden :]))
+                torch.addcmul(new, update, previous - new, out=outputs[rows])
+                reset_update[rows], new_gates[rows], hidden_new_gates[rows] = gates, new, hidden_gates[:, 2 * hidden :]
+        ctx.batch_sizes = batch_sizes
+        ctx.save_for_backward(initial, outputs, reset_update, new_gates, hidden_new_gates, weight_hh)
+        return outputs
+
+    @staticmethod
+    def backward(ctx, grad_outputs):
+        initial, outputs, reset_update, new_gates, hidden_new_gates, weight_hh = ctx.saved_tensors
+        hidden = initial.size(1)
+        grad_state = torch.zeros_like(initial)  # d loss / d state of each row; a finished row's passes through
+        grad_input_gates = outputs.new_empty(outputs.size(0), 3 * hidden)
+        grad_hidden_gates = torch.empty_like(grad_input_gates)
+        steps = list(_steps(ctx.batch_sizes, initial, outputs))
+        for rows, previous in reversed(steps):
+            size = previous.size(0)
+            grad = grad_state[:size] + grad_outputs[rows]
+            reset, update = reset_update[rows].chunk(2, dim=1)
+            new = new_gates[rows]
+            grad_new = grad * (1 - update) * (1 - new * new)
+            grad_update = grad * (previous - new) * update * (1 - update)
+            grad_reset = grad_new * hidden_new_gates[rows] * reset * (1 - reset)
+            torch.cat([grad_reset, grad_update, grad_new], dim=1, out=grad_input_gates[rows])
+            torch.cat([grad_reset, grad_update, grad_new * reset], dim=1, out=grad_hidden_gates[rows])
+            grad_state[:size] = torch.addmm(grad * update, grad_hidden_gates[rows], weight_hh)
+        previous_states = torch.cat([previous for _, previous in steps])
+        grad_weight_hh = grad_hidden_gates.t() @ previous_states
+        return grad_input_gates, grad_state, grad_weight_hh, grad_hidden_gates.sum(0), None
+
+
+def _steps(batch_sizes: list[int], initial: torch.Tensor, outputs: torch.Tensor):
+    """(rows of step t in the packed layout, the states those rows start step t from) for each step t."""
+    start = 0
+    for step, size in enumerate(batch_sizes):
+        if step == 0:
+            previous = initial[:size]
+        else:
+            previous = outputs[start - batch_sizes[step - 1] : start - batch_sizes[step - 1] + size]
+        yield slice(start, start + size), previous
+        start += size
+
+
+def run_gru(rnn: nn.GRU, inputs, initial=None, lengths=None, sentence_inputs=None):
+    """Run the batch-first `rnn` over inputs [B, T, I] from initial states [layers, B, H] (None: zeros).
+
+    sentence_inputs [B, S], constant over time, are appended to every step's first-layer input (the rnn's input
+    size is I + S): the same model as concatenating them to `inputs`, but on the CPU their share of the input
+    products is computed once per sentence instead of at every step. lengths [B]: each row's real steps (None: all
+    T). Returns the last layer's outputs [B, T, H] (unspecified past a row's length) and every layer's state after
+    each row's last real step [layers, B, H].
+    """
+    if not values_are_free(inputs):
+        return _run_fused_gru(rnn, inputs, initial, lengths, sentence_inputs)
+    batch_size, width = inputs.shape[:2]
+    num_layers, hidden = rnn.num_layers, rnn.hidden_size
+    if initial is None:
+        initial = inputs.new_zeros(num_layers, batch_size, hidden)
+    real_steps = batch_size * width if lengths is None else int(lengths.sum())
+    if real_steps >= (1 - PADDED_RUN_MAX_PADDING) * batch_size * width:  # a padded run, rows in batch order
+        data = inputs.transpose(0, 1).reshape(width * batch_size, -1)
+        batch_sizes, order = [batch_size] * width, None
+        step_of_row = (width - 1 if lengths is None else lengths - 1)
+        last_rows = step_of_row * batch_size + torch.arange(batch_size, device=inputs.device)
+    else:  # packed: each step runs only the rows still going, longest sentences first
+        packed = pack_padded_sequence(inputs, lengths, batch_first=True, enforce_sorted=False)
+        data, batch_sizes, order = packed.data, packed.batch_sizes.tolist(), packed.sorted_indices
+        step_starts = torch.cumsum(packed.batch_sizes, 0) - packed.batch_sizes
+        last_rows = step_starts[lengths - 1] + packed.unsorted_indices
+    finals = []
+    for layer in range(num_layers):
+        weight_ih, bias_ih = getattr(rnn, f"weight_ih_l{layer}"), getattr(rnn, f"bias_ih_l{layer}")
+        if layer == 0 and sentence_inputs is not None:
+            gates = F.linear(data, weight_ih[:, : data.size(1)], bias_ih)
+            sentence_gates = F.linear(sentence_inputs, weight_ih[:, data.size(1) :])  # once per sentence
+            if order is None:
+                gates = (gates.view(width, batch_size, -1) + sentence_gates).view_as(gates)
+            else:
+                rows = torch.cat([torch.arange(size, device=data.device) for size in batch_sizes])
+                gates = gates + sentence_gates[order][rows]
+        else:
+            gates = F.linear(data, weight_ih, bias_ih)
+        start = initial[layer] if order is None else initial[layer].index_select(0, order)
+        weight_hh, bias_hh = getattr(rnn, f"weight_hh_l{layer}"), getattr(rnn, f"bias_hh_l{layer}")
+        data = GRURecurrence.apply(gates, start.to(gates.dtype), weight_hh.to(gates.dtype), bias_hh.to(gates.dtype),
+                                   batch_sizes)
+        finals.append(data.index_select(0, last_rows))
+        if layer < num_layers - 1:
+            data = F.dropout(data, rnn.dropout, rnn.training)
+    if order is None:
+        outputs = data.view(width, batch_size, hidden).transpose(0, 1)
+    else:
+        outputs = PackedSequence(data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices)
+        outputs = pad_packed_sequence(outputs, batch_first=True, total_length=width)[0]
+    return outputs, torch.stack(finals)
+
+
+def _run_fused_gru(rnn: nn.GRU, inputs, initial, lengths, sentence_inputs):
+    """run_gru with torch's GRU (cuDNN on a GPU): over the padding, except a multi-layer GRU with lengths (packed;
+    its lengths are read on the host)."""
+    if sentence_inputs is not None:
+        inputs = torch.cat([inputs, sentence_inputs[:, None].expand(-1, inputs.size(1), -1)], dim=-1)
+    if lengths is None:
+        return rnn(inputs, initial)
+    if rnn.num_layers == 1:
+        outputs, _ = rnn(inputs, initial)
+        # Padding follows each sentence, so the output at its last token is its final state.
+        final = outputs[torch.arange(inputs.size(0), device=inputs.device), lengths - 1]
+        return outputs, final[None]
+    packed = pack_padded_sequence(inputs, lengths.cpu(), batch_first=True, enforce_sorted=False)
+    outputs, final = rnn(packed, initial)
+    return pad_packed_sequence(outputs, batch_first=True, total_length=inputs.size(1))[0], final
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # GRU encoder and decoder
 
 
@@ -55,13 +214,6 @@ def reverse_within_length(embeds: torch.Tensor, lengths: torch.Tensor) -> torch.
     source = (lengths[:, None] - 1 - positions).clamp(min=0)
     source = torch.where(positions < lengths[:, None], source, positions)
     return embeds.gather(1, source[:, :, None].expand_as(embeds))
-
-
-# A one-layer GRU encoder runs over the padded batch when at most this fraction of it is padding (length-bucketed
-# batches: ~1-2%). A padded run computes the input products of all steps as one matrix product; a packed run goes
-# step by step and costs ~1.75x more per real token on a CPU (forward + backward, batch 20 and 128), so packing
-# only pays when about half the batch is padding.
-PADDED_RUN_MAX_PADDING = 0.4
 
 
 class GRUEncoder(nn.Module):
@@ -82,17 +234,8 @@ class GRUEncoder(nn.Module):
         lengths = attention_mask.sum(1)
         if self.reverse_input:
             embeds = reverse_within_length(embeds, lengths)
-        batch_size, width = embeds.shape[:2]
-        if self.rnn.num_layers == 1 and int(lengths.sum()) >= (1 - PADDED_RUN_MAX_PADDING) * batch_size * width:
-            # Padding follows each sentence, so the output at its last token is its final state, and nothing
-            # computed on the padding flows back into it.
-            outputs, _ = self.rnn(embeds)
-            final = outputs[torch.arange(batch_size, device=embeds.device), lengths - 1]
-        else:
-            packed = pack_padded_sequence(embeds, lengths.cpu(), batch_first=True, enforce_sorted=False)
-            _, final = self.rnn(packed)  # [num_layers, B, hidden], each row at its own length
-            final = final.transpose(0, 1).reshape(batch_size, -1)
-        mean, logvar = self.to_posterior(final).chunk(2, dim=-1)
+        _, final = run_gru(self.rnn, embeds, lengths=lengths)  # [num_layers, B, hidden], each row at its length
+        mean, logvar = self.to_posterior(final.transpose(0, 1).reshape(embeds.size(0), -1)).chunk(2, dim=-1)
         return mean, logvar
 
 
@@ -112,15 +255,14 @@ class GRUDecoder(nn.Module):
         state = torch.tanh(self.latent_to_state(z)).view(z.size(0), self.num_layers, self.hidden_size)
         return {"hidden": state.transpose(0, 1).contiguous(), "z": z}
 
-    def step(self, embeds: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
-        """Run [B, T, E] inputs from `state`; returns [B, T, hidden] outputs and the state after them."""
-        z = state["z"]
-        inputs = torch.cat([embeds, z[:, None].expand(-1, embeds.size(1), -1)], dim=-1)
-        outputs, hidden = self.rnn(inputs, state["hidden"])
-        return outputs, {"hidden": hidden, "z": z}
+    def step(self, embeds: torch.Tensor, state: dict, lengths: torch.Tensor | None = None):
+        """Run [B, T, E] inputs from `state`; returns [B, T, hidden] outputs and the state after them. lengths [B]:
+        the real inputs of each row (teacher forcing), so that the CPU can skip a batch's padding."""
+        outputs, hidden = run_gru(self.rnn, embeds, state["hidden"], lengths, sentence_inputs=state["z"])
+        return outputs, {"hidden": hidden, "z": state["z"]}
 
-    def forward(self, embeds: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return self.step(embeds, self.start(z))[0]
+    def forward(self, embeds: torch.Tensor, z: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        return self.step(embeds, self.start(z), lengths)[0]
 
     @staticmethod
     def reorder_state(state: dict, index: torch.Tensor) -> dict:
@@ -410,14 +552,18 @@ class SentenceMIMModel(SentenceMIMPreTrainedModel, GenerationMixin):
 
     # -- encoder side ------------------------------------------------------------------------------------------
 
-    def _check_attention_mask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    def _check_attention_mask(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, check_values: bool = True
+    ) -> torch.Tensor:
+        """The attention mask (from the padding when None), after checking that every sentence has BOS and EOS and
+        is right-padded. check_values=False checks shapes only: reading values on an accelerator is a host sync."""
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
         if attention_mask is None:
             attention_mask = (input_ids != self.config.pad_token_id).long()
-        if input_ids.size(1) < 2 or bool((attention_mask.sum(1) < 2).any()):
+        if input_ids.size(1) < 2 or (check_values and bool((attention_mask.sum(1) < 2).any())):
             raise ValueError("input_ids: every sentence needs at least BOS and EOS (2 tokens)")
-        if bool((attention_mask[:, 1:] > attention_mask[:, :-1]).any()):
+        if check_values and bool((attention_mask[:, 1:] > attention_mask[:, :-1]).any()):
             raise ValueError("attention_mask: sentences must be right-padded (tokens first, then padding)")
         return attention_mask
 
@@ -449,12 +595,18 @@ class SentenceMIMModel(SentenceMIMPreTrainedModel, GenerationMixin):
             return hidden
         return self.lm_head(self.output_projection(self.dropout(hidden)))
 
-    def _teacher_forced_hidden(self, decoder_input_ids: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    def _teacher_forced_hidden(
+        self, decoder_input_ids: torch.Tensor, z: torch.Tensor, lengths: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Decoder outputs [B, T, hidden] for the inputs; lengths [B]: each row's real inputs (None: all), which lets
+        a GRU skip the padding (its outputs there are then unspecified)."""
         if self.training and self.config.word_dropout > 0:
             decoder_input_ids = self._drop_words(decoder_input_ids)
         if self.config.architecture == "backbone":
             return self.latent(self.backbone, decoder_input_ids, z)
         embeds = self.decoder_input_dropout(self.dropout(self.embed_tokens(decoder_input_ids)))
+        if self.config.architecture == "gru":
+            return self.decoder(embeds, z, lengths)
         return self.decoder(embeds, z)
 
     def _drop_words(self, decoder_input_ids: torch.Tensor) -> torch.Tensor:
@@ -467,19 +619,21 @@ class SentenceMIMModel(SentenceMIMPreTrainedModel, GenerationMixin):
     def _log_likelihood(self, input_ids, z, attention_mask, return_logits: bool):
         """log p(x|z) per sentence, and the full logits when asked for.
 
-        Without logits, only the real target positions go through the output layer (no work on padding)."""
-        hidden = self._teacher_forced_hidden(input_ids[:, :-1], z)
+        Without logits, only the real target positions go through the output layer (no work on padding) where
+        picking them out costs no host sync (the CPU); on an accelerator every position does, padding masked."""
+        target_mask = attention_mask[:, 1:]
+        hidden = self._teacher_forced_hidden(input_ids[:, :-1], z, lengths=target_mask.sum(1))
         # Scores are at least float32 even when the model runs in bf16/fp16 (cross-entropy needs the precision).
         score_dtype = torch.promote_types(hidden.dtype, torch.float32)
-        targets, target_mask = input_ids[:, 1:], attention_mask[:, 1:].bool()
-        if return_logits:
+        targets = input_ids[:, 1:]
+        if return_logits or not values_are_free(hidden):
             logits = self.project(hidden)
             token_nll = F.cross_entropy(logits.flatten(0, 1).to(score_dtype), targets.flatten(), reduction="none")
-            return -(token_nll.view_as(targets) * target_mask).sum(1), logits
-        rows = torch.arange(input_ids.size(0), device=input_ids.device)[:, None].expand_as(targets)[target_mask]
-        token_nll = F.cross_entropy(
-            self.project(hidden[target_mask]).to(score_dtype), targets[target_mask], reduction="none"
-        )
+            log_likelihood = -(token_nll.view_as(targets) * target_mask).sum(1)
+            return log_likelihood, logits if return_logits else None
+        real = target_mask.bool()
+        rows = torch.arange(input_ids.size(0), device=input_ids.device)[:, None].expand_as(targets)[real]
+        token_nll = F.cross_entropy(self.project(hidden[real]).to(score_dtype), targets[real], reduction="none")
         log_likelihood = torch.zeros(input_ids.size(0), device=input_ids.device, dtype=token_nll.dtype)
         return log_likelihood.index_add(0, rows, -token_nll), None
 
@@ -555,7 +709,9 @@ class SentenceMIMModel(SentenceMIMPreTrainedModel, GenerationMixin):
             return SentenceMIMOutput(logits=self.project(self._teacher_forced_hidden(decoder_input_ids, z)), z=z)
         if input_ids is None:
             raise ValueError("forward needs input_ids (or encoder_outputs with decoder_input_ids, as in generate())")
-        attention_mask = self._check_attention_mask(input_ids, attention_mask)
+        # The checks of the mask's values run where they cost no host sync (the CPU): a training step on an
+        # accelerator must not wait for its own data.
+        attention_mask = self._check_attention_mask(input_ids, attention_mask, check_values=values_are_free(input_ids))
         mean, logvar = self._encode(input_ids, attention_mask)
         z = self.sample_latent(mean, logvar)
         log_likelihood, logits = self._log_likelihood(input_ids, z, attention_mask, return_logits)
