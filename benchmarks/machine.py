@@ -1,9 +1,12 @@
-"""What the benchmark scripts record about the machine, and the float32 matmul rate they compare against."""
+"""What the benchmark scripts record about the machine, the matmul rate they compare against, and how they write
+their results."""
 
+import json
 import os
 import platform
 import subprocess
 import time
+from pathlib import Path
 
 import torch
 
@@ -22,9 +25,10 @@ def machine_info(threads: int) -> dict:
             "python": platform.python_version(), "load_average_at_start": list(os.getloadavg())}
 
 
-def matmul_rate(size: int = 2048, repeats: int = 2, device: str = "cpu") -> float:
-    """Best float32 GFLOP/s of one size x size matrix product, at the current thread count, over `repeats` tries."""
-    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+def matmul_rate(size: int = 2048, repeats: int = 2, device: str = "cpu", dtype: torch.dtype = torch.float32) -> float:
+    """Best GFLOP/s of one size x size matrix product in `dtype`, at the current thread count, over `repeats` tries."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
     a @ b  # warm-up: the first product also pays for allocations (and, on a GPU, for the kernel choice)
     best = 0.0
     for _ in range(repeats):
@@ -36,3 +40,12 @@ def matmul_rate(size: int = 2048, repeats: int = 2, device: str = "cpu") -> floa
             torch.cuda.synchronize()
         best = max(best, 2 * size**3 / (time.perf_counter() - start) / 1e9)
     return best
+
+
+def write_results(folder, results: dict, markdown: str) -> None:
+    """results.json and results.md into `folder` (created), and the markdown on the console."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    (folder / "results.md").write_text(markdown)
+    print(markdown)

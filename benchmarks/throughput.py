@@ -29,7 +29,6 @@ Tokens are predicted targets: words + EOS, the count perplexity uses.
 """
 
 import argparse
-import json
 import resource
 import shlex
 import sys
@@ -43,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import flops
 import naive
 import throughput_report
-from machine import machine_info, matmul_rate
+from machine import machine_info, matmul_rate, write_results
 
 REPO = Path(__file__).resolve().parent.parent
 MAX_LENGTH = 64  # tokens, BOS and EOS included (the training default); longer sentences are dropped
@@ -83,24 +82,25 @@ def plan(args) -> dict:
 # Machine, data, models
 
 
-def load_data(source: str, max_train_sentences: int | None):
-    import datasets
-
+def load_data(source: str, max_train_sentences: int | None, max_length: int = MAX_LENGTH):
+    """(word tokenizer of the whole train vocabulary, tokenized splits without the sentences longer than
+    max_length tokens, a description of the data)."""
+    from sentmim.console import library_progress_bars
     from sentmim.data import load_text_dataset
     from sentmim.preprocessing import clean_dataset, tokenize_dataset
     from sentmim.tokenization import train_tokenizer
 
-    datasets.disable_progress_bars()
     if source != "builtin" and not Path(source).is_dir():
         raise SystemExit(f"--data {source}: no such folder (give the PTB folder or 'builtin')")
-    splits = clean_dataset(load_text_dataset(source))
-    if max_train_sentences is not None:
-        splits["train"] = splits["train"].select(range(min(max_train_sentences, len(splits["train"]))))
-    tokenizer = train_tokenizer(splits["train"]["text"], kind="word", vocab_size=1_000_000)  # the whole vocabulary
-    tokenized, _ = tokenize_dataset(splits, tokenizer, max_length=MAX_LENGTH)
+    with library_progress_bars(False):
+        splits = clean_dataset(load_text_dataset(source))
+        if max_train_sentences is not None:
+            splits["train"] = splits["train"].select(range(min(max_train_sentences, len(splits["train"]))))
+        tokenizer = train_tokenizer(splits["train"]["text"], kind="word", vocab_size=1_000_000)  # whole vocabulary
+        tokenized, _ = tokenize_dataset(splits, tokenizer, max_length=max_length)
     lengths = tokenized["train"]["length"][:]
     info = {"source": source, "vocab_size": len(tokenizer), "train_sentences": len(lengths),
-            "mean_tokens": sum(lengths) / len(lengths), "max_tokens": max(lengths), "max_length": MAX_LENGTH}
+            "mean_tokens": sum(lengths) / len(lengths), "max_tokens": max(lengths), "max_length": max_length}
     return tokenizer, tokenized, info
 
 
@@ -165,6 +165,12 @@ def _reset_peak_memory() -> None:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
         pass
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the queued work of an accelerator, so that a timer read afterwards includes it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _targets(batch) -> int:
@@ -285,10 +291,13 @@ def measure_decode(model, num_sentences, num_naive, batch_size, seed, tick) -> d
 
 def _measure_decode(model, num_sentences, num_naive, batch_size, seed, tick) -> dict:
     z = torch.randn(num_sentences, model.config.latent_size, generator=torch.Generator().manual_seed(seed))
+    z = z.to(model.device)
 
     def timed(decode, latents):
+        synchronize(model.device)
         start = time.perf_counter()
         outputs = [decode(chunk) for chunk in latents.split(batch_size)]
+        synchronize(model.device)
         return time.perf_counter() - start, outputs
 
     def fast(chunk):
@@ -322,7 +331,10 @@ def _measure_decode(model, num_sentences, num_naive, batch_size, seed, tick) -> 
 
 
 @torch.no_grad()
-def measure_iw_nll(model, tokenized_valid, num_sentences, num_samples, seed, pad_token_id, tick) -> dict:
+def measure_iw_nll(model, tokenized_valid, num_sentences, num_samples, seed, pad_token_id, tick,
+                   deadline: float | None = None) -> dict:
+    """IW-NLL of num_sentences validation sentences in batches of 64 (fewer when time.monotonic() passes deadline
+    after a batch)."""
     from sentmim import metrics
     from sentmim.batching import make_dataloader
 
@@ -330,15 +342,19 @@ def measure_iw_nll(model, tokenized_valid, num_sentences, num_samples, seed, pad
     chosen = torch.randperm(len(tokenized_valid), generator=torch.Generator().manual_seed(seed))[:num_sentences]
     subset = tokenized_valid.select(sorted(chosen.tolist()))
     loader = make_dataloader(subset, 64, pad_token_id, shuffle=False)  # as evaluation batches them
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(model.device).manual_seed(seed)
     seconds, lengths = 0.0, []
     for batch in loader:
+        batch = {name: tensor.to(model.device) for name, tensor in batch.items()}
         start = time.perf_counter()
         metrics.importance_weighted_nll(model, batch["input_ids"], batch["attention_mask"], num_samples=num_samples,
                                         generator=generator)
+        synchronize(model.device)
         seconds += time.perf_counter() - start
         lengths += batch["attention_mask"].sum(1).tolist()
         tick()
+        if deadline is not None and time.monotonic() > deadline:
+            break
     return {
         "architecture": model.config.architecture, "num_samples": num_samples, "sentences": len(lengths),
         "sentences_per_s": len(lengths) / seconds, "seconds": seconds,
@@ -409,12 +425,7 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     results = run(args, argv)
     results["wall_seconds"] = time.perf_counter() - start
-    output = Path(args.output)
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    markdown = throughput_report.to_markdown(results)
-    (output / "results.md").write_text(markdown)
-    print(markdown)
+    write_results(args.output, results, throughput_report.to_markdown(results))
     return results
 
 
