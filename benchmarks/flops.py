@@ -2,7 +2,8 @@
 
 A multiply-add counts 2. Counted: the matrix products of the encoder, the decoder and the output layer, and the
 attention scores of a Transformer (causal attention counts only the keys a query can see). Not counted: embedding
-look-ups, element-wise work (gates, norms, softmax) and the per-sentence latent projections, which are small.
+look-ups, element-wise work (gates, norms, softmax) and the per-sentence latent projections, which are small. z's
+share of the GRU decoder's input products is one of them: the model computes it once per sentence, not per step.
 Training costs 3x the forward pass (backward = 2x forward).
 """
 
@@ -38,7 +39,7 @@ def decoder_flops(config, num_steps: int, start: int = 0) -> int:
     """The decoder and output layer over positions start .. start + num_steps - 1 (one logit row per position)."""
     output = _output_layer(config)
     if config.architecture == "gru":
-        return num_steps * (_gru_step(config, config.embedding_size + config.latent_size) + output)
+        return num_steps * (_gru_step(config, config.embedding_size) + output)
     hidden, width, slots = config.hidden_size, config.intermediate_size, config.num_memory_slots
     # self-attention and cross-attention projections (query + out for the cross one), feed-forward
     per_block = 12 * hidden**2 + 4 * hidden * width + 4 * hidden * slots
