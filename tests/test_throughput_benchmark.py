@@ -15,8 +15,8 @@ def test_quick_tiny_run_writes_json_and_markdown(tmp_path):
     assert set(results["models"]) == {"gru", "transformer"}
     runs = {(row["architecture"], row["batch_size"], row["variant"]) for row in results["training"]}
     assert runs == {(a, b, v) for a in ("gru", "transformer") for b in (20, 128)
-                    for v in ("naive", "fast", "fast_unfused_adam")} | {("gru", 20, "fast_packed_encoder"),
-                                                                      ("gru", 128, "fast_packed_encoder")}
+                    for v in ("naive", "fast", "fast_unfused_adam")} | {("gru", 20, "fast_packed"),
+                                                                      ("gru", 128, "fast_packed")}
     for row in results["training"]:
         assert row["tokens_per_s"] > 0 and 0 < row["flop_fraction"] and 0 <= row["padding_fraction"] < 1
     for row in results["decode"]:
@@ -31,6 +31,6 @@ def test_quick_tiny_run_writes_json_and_markdown(tmp_path):
     assert results["peak_memory_mib"] > 0
     markdown = (tmp_path / "results.md").read_text()
     for section in ("## Training", "## Greedy decoding", "## IW-NLL", "## Peak resident memory", "## Targets",
-                    "## Before / after"):
+                    "## Length-bucketed batches: one padded run or packed"):
         assert section in markdown
     assert results["command"] in markdown
