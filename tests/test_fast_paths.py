@@ -180,3 +180,24 @@ def test_training_forward_and_backward_read_no_values_on_an_accelerator(tiny_con
     assert all(parameter.grad is not None for parameter in model.parameters() if parameter.requires_grad)
     with pytest.raises((RuntimeError, NotImplementedError)):  # the test can fail: meta refuses value reads
         input_ids[attention_mask.bool()]
+
+
+def test_output_layer_nll_equals_cross_entropy_of_the_linear_layer():
+    torch.manual_seed(0)
+    features = torch.randn(9, 5, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(7, 5, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(7, dtype=torch.float64, requires_grad=True)
+    targets = torch.tensor([0, 6, 3, 3, 1, 2, 5, 4, 6])
+    row_weights = torch.rand(9, dtype=torch.float64)  # a loss that weighs the rows unequally
+    leaves = (features, weight, bias)
+    expected = torch.nn.functional.cross_entropy(features @ weight.t() + bias, targets, reduction="none")
+    fused = modeling.OutputLayerNLL.apply(features, weight, bias, targets, True)
+    torch.testing.assert_close(fused, expected, rtol=0, atol=1e-12)
+    for got, want in zip(torch.autograd.grad((fused * row_weights).sum(), leaves),
+                         torch.autograd.grad((expected * row_weights).sum(), leaves), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    with torch.no_grad():  # evaluation: the same losses without keeping the gradient
+        torch.testing.assert_close(modeling.OutputLayerNLL.apply(features, weight, bias, targets, False), expected)
+    assert torch.autograd.gradcheck(
+        lambda *tensors: modeling.OutputLayerNLL.apply(*tensors, targets, True), leaves
+    )
