@@ -144,7 +144,7 @@ def run_gru(rnn: nn.GRU, inputs, initial=None, lengths=None, sentence_inputs=Non
     each row's last real step [layers, B, H].
     """
     if not values_are_free(inputs):
-        return _run_fused_gru(rnn, inputs, initial, lengths, sentence_inputs)
+        return run_torch_gru(rnn, inputs, initial, lengths, sentence_inputs)
     batch_size, width = inputs.shape[:2]
     num_layers, hidden = rnn.num_layers, rnn.hidden_size
     if initial is None:
@@ -166,11 +166,11 @@ def run_gru(rnn: nn.GRU, inputs, initial=None, lengths=None, sentence_inputs=Non
         if layer == 0 and sentence_inputs is not None:
             gates = F.linear(data, weight_ih[:, : data.size(1)], bias_ih)
             sentence_gates = F.linear(sentence_inputs, weight_ih[:, data.size(1) :])  # once per sentence
-            if order is None:
-                gates = (gates.view(width, batch_size, -1) + sentence_gates).view_as(gates)
+            if order is None:  # in place: the product's backward does not need its output
+                gates.view(width, batch_size, -1).add_(sentence_gates)
             else:
                 rows = torch.cat([torch.arange(size, device=data.device) for size in batch_sizes])
-                gates = gates + sentence_gates[order][rows]
+                gates.add_(sentence_gates[order][rows])
         else:
             gates = F.linear(data, weight_ih, bias_ih)
         start = initial[layer] if order is None else initial[layer].index_select(0, order)
@@ -188,9 +188,9 @@ def run_gru(rnn: nn.GRU, inputs, initial=None, lengths=None, sentence_inputs=Non
     return outputs, torch.stack(finals)
 
 
-def _run_fused_gru(rnn: nn.GRU, inputs, initial, lengths, sentence_inputs):
-    """run_gru with torch's GRU (cuDNN on a GPU): over the padding, except a multi-layer GRU with lengths (packed;
-    its lengths are read on the host)."""
+def run_torch_gru(rnn: nn.GRU, inputs, initial=None, lengths=None, sentence_inputs=None):
+    """run_gru with torch's GRU (cuDNN on a GPU) on the inputs with the sentence inputs concatenated at every step:
+    over the padding, except a multi-layer GRU with lengths (packed; its lengths are read on the host)."""
     if sentence_inputs is not None:
         inputs = torch.cat([inputs, sentence_inputs[:, None].expand(-1, inputs.size(1), -1)], dim=-1)
     if lengths is None:
