@@ -43,29 +43,36 @@ def matmul_rate(size: int = 2048, repeats: int = 2, device: str = "cpu", dtype: 
 
 
 class MatmulReference:
-    """The matmul rate under the load the measured work saw. One size x size product is timed at each `sample()`
-    (called between the rounds of a measurement, so that it takes its turn with the variants) and `rate` is all its
-    FLOPs over all its seconds: on a shared machine, the rate the measured steps could have had. `best` is the
-    fastest single product, what a quiet moment gives."""
+    """The matmul rate under the load the measured work saw. Each `sample()` (called between the rounds of a
+    measurement, so that it takes its turn with the variants) times size x size products for `share` of the time
+    since the previous sample (at least one product), and `rate` is all their FLOPs over all their seconds: on a
+    shared machine, the rate the measured steps could have had. `best` is the fastest single product, what a quiet
+    moment gives."""
 
-    def __init__(self, size: int = 2048, device: str = "cpu", dtype: torch.dtype = torch.float32):
-        self.size, self.device = size, device
+    def __init__(self, size: int = 2048, device: str = "cpu", dtype: torch.dtype = torch.float32, share: float = 0.1):
+        self.size, self.device, self.share = size, device, share
         self.a = torch.randn(size, size, device=device, dtype=dtype)
         self.b = torch.randn(size, size, device=device, dtype=dtype)
         self.a @ self.b  # warm-up
         self.seconds, self.count, self.best = 0.0, 0, 0.0
+        self.last = time.perf_counter()
 
     def sample(self) -> None:
-        if self.device.startswith("cuda"):
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        self.a @ self.b
-        if self.device.startswith("cuda"):
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
-        self.seconds += seconds
-        self.count += 1
-        self.best = max(self.best, 2 * self.size**3 / seconds / 1e9)
+        budget = self.share * (time.perf_counter() - self.last)
+        spent = 0.0
+        while spent == 0.0 or spent < budget:
+            if self.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            self.a @ self.b
+            if self.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - start
+            spent += seconds
+            self.count += 1
+            self.best = max(self.best, 2 * self.size**3 / seconds / 1e9)
+        self.seconds += spent
+        self.last = time.perf_counter()
 
     @property
     def rate(self) -> float:

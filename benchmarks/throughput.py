@@ -23,8 +23,9 @@ real lengths (at most 64 tokens, as in training). Sections, each measured within
   down so that every sentence runs to the max length (30), the same work for both.
 - iw_nll: sentences/s of `metrics.importance_weighted_nll` with K = 100 and K = 500 on PTB validation sentences.
 - Useful FLOPs (benchmarks/flops.py: real tokens only) per second, as a fraction of the float32 matmul rate of
-  this machine under the same load (machine.MatmulReference: a 2048 x 2048 product at the same thread count, timed
-  before and after each section and once in each round of its measurement).
+  this machine under the same load (machine.MatmulReference: 2048 x 2048 products at the same thread count, timed
+  before and after each section and in each round of its measurement, a tenth of the time), and of the fastest
+  single product (a quiet moment).
 - Peak resident memory (ru_maxrss) of each section.
 
 Tokens are predicted targets: words + EOS, the count perplexity uses.
@@ -136,8 +137,8 @@ def model_info(model) -> dict:
 
 class Section:
     """A section of the run: its wall time, its peak resident memory, and the matmul rate of the machine while it
-    ran (machine.MatmulReference: one product timed before, after, and whenever the measurement calls `tick()`
-    between its rounds, so that the reference sees the same load as the measured work)."""
+    ran (machine.MatmulReference: products timed before, after, and whenever the measurement calls `tick()`
+    between its rounds, for a tenth of the time, so that the reference sees the same load as the measured work)."""
 
     def __init__(self, name: str, matmul_size: int, memory: dict, rates: list):
         self.name, self.matmul_size, self.memory, self.rates = name, matmul_size, memory, rates
@@ -396,6 +397,7 @@ def run(args, argv: list[str]) -> dict:
                                             args.seed, pad, section.tick)
                 for row in rows:
                     row["flop_fraction"] = row["useful_gflop_per_s"] / section.rate
+                    row["flop_fraction_of_best"] = row["useful_gflop_per_s"] / section.best_rate
                     row["matmul_gflop_per_s"] = section.rate
                 results["training"] += rows
         if "compile" in args.sections:

@@ -51,9 +51,13 @@ def _training_rows(results: dict) -> list[list]:
         rows.append([
             row["architecture"], row["batch_size"], row["variant"], row["tokens_per_s"],
             row["tokens_per_s"] / naive["tokens_per_s"], f"{row['padding_fraction']:.1%}",
-            row["useful_gflop_per_s"], f"{row['flop_fraction']:.0%}", row["steps"],
+            row["useful_gflop_per_s"], f"{row['flop_fraction']:.0%}", _of_best(row), row["steps"],
         ])
     return rows
+
+
+def _of_best(row: dict) -> str:
+    return f"{row['flop_fraction_of_best']:.0%}" if "flop_fraction_of_best" in row else "-"
 
 
 def _padding_bounds(results: dict) -> list[str]:
@@ -101,9 +105,9 @@ def to_markdown(results: dict) -> str:
         "# Throughput: training, decoding and evaluation (issue #6)", "",
         f"Command: `{results['command']}` ({results['wall_seconds']:.0f} s)", "",
         (f"Machine: {machine['cpu_model']}, {machine['cores']} cores, torch {machine['torch']}, "
-         f"{machine['threads']} thread(s), Python {machine['python']}; float32 matmul ({_rates(results)}: one "
-         f"{machine['matmul_gflop_per_s']['size']}^2 product timed in each round of a section, taking its turn with "
-         "the variants); load average at start "
+         f"{machine['threads']} thread(s), Python {machine['python']}; float32 matmul ({_rates(results)}: "
+         f"{machine['matmul_gflop_per_s']['size']}^2 products timed in each round of a section for a tenth of its "
+         "time, taking their turn with the variants); load average at start "
          f"{', '.join(f'{x:.1f}' for x in machine['load_average_at_start'])} (the machine is shared)."),
         "",
         (f"Data: {data['source']}, {data['train_sentences']:,} train sentences of at most {data['max_length']} "
@@ -120,7 +124,7 @@ def to_markdown(results: dict) -> str:
                    "(benchmarks/flops.py); the fraction is of the matmul rate measured around that section."), ""]
     if results["training"]:
         header = ["model", "batch", "variant", "tokens/s", "vs naive", "padding", "useful GFLOP/s", "of matmul",
-                  "steps"]
+                  "of fastest matmul", "steps"]
         lines += ["## Training (forward + backward + Adam step)", "", *_table(header, _training_rows(results)), "",
                   ("naive: random batches, full projection, ignore_index; fast: the library (bucketed batches, "
                    "projection of real targets) with Adam as sentmim.training builds it (fused: torch has a CPU "
