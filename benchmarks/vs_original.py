@@ -55,6 +55,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import ablations
 import flops
 import throughput
 from machine import MatmulReference, machine_info, write_results
@@ -215,33 +216,14 @@ def sentmim_step(model, optimizer, batch) -> None:
 
 def step_over_padding(model, optimizer, batch) -> None:
     """sentmim_step with the GRUs running over the padding of every batch (no padding skipped)."""
-    from sentmim import modeling
-
-    default = modeling.PADDED_RUN_MAX_PADDING
-    modeling.PADDED_RUN_MAX_PADDING = 1.0
-    try:
+    with ablations.over_padding(model):
         sentmim_step(model, optimizer, batch)
-    finally:
-        modeling.PADDED_RUN_MAX_PADDING = default
 
 
 def step_z_every_step(model, optimizer, batch) -> None:
     """sentmim_step with z concatenated to the decoder's input at every step, as before issue #17."""
-    from sentmim import modeling
-
-    decoder = model.decoder
-
-    def step(embeds, state, lengths=None):
-        z = state["z"]
-        inputs = torch.cat([embeds, z[:, None].expand(-1, embeds.size(1), -1)], dim=-1)
-        outputs, hidden = modeling.run_gru(decoder.rnn, inputs, state["hidden"], lengths)
-        return outputs, {"hidden": hidden, "z": z}
-
-    decoder.step = step
-    try:
+    with ablations.z_every_step(model):
         sentmim_step(model, optimizer, batch)
-    finally:
-        del decoder.step
 
 
 # ---------------------------------------------------------------------------------------------------------------------
