@@ -1,0 +1,204 @@
+"""How the training loop hands values to the model and the optimizer, checked through `train()` and its log.
+
+- the VAE's beta_t: logged and applied at every step, equal to the schedule's closed form;
+- free bits: the training loss shows the floor, the validation loss does not;
+- validation numbers (log.jsonl) equal the metrics computed directly on the same loader;
+- gradient clipping: the run equals a hand-written loop that clips by the global norm (and differs from one that
+  does not).
+"""
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from sentmim import SentenceMIMConfig, SentenceMIMModel, metrics
+from sentmim.data import make_dataloader
+from sentmim.training import TrainingArguments, train
+
+LATENT = 8
+
+
+@pytest.fixture(scope="module")
+def data(builtin_splits):
+    return builtin_splits
+
+
+def make_model(tokenizer, **overrides) -> SentenceMIMModel:
+    settings = dict(
+        vocab_size=len(tokenizer), embedding_size=16, hidden_size=32, latent_size=LATENT, objective="vae",
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    settings.update(overrides)
+    torch.manual_seed(0)
+    return SentenceMIMModel(SentenceMIMConfig(**settings))
+
+
+def arguments(output_dir, **overrides) -> TrainingArguments:
+    settings = dict(batch_size=16, max_steps=8, eval_steps=8, logging_steps=1, progress=False, learning_rate=1e-2)
+    settings.update(overrides)
+    return TrainingArguments(output_dir=str(output_dir), **settings)
+
+
+def read_log(output_dir) -> list[dict]:
+    return [json.loads(line) for line in (Path(output_dir) / "log.jsonl").read_text().splitlines()]
+
+
+def train_records(output_dir) -> list[dict]:
+    return [record for record in read_log(output_dir) if "train_loss" in record]
+
+
+# -- beta_t -----------------------------------------------------------------------------------------------------------
+
+# schedule settings -> beta at 0-based optimizer step t, written out from each schedule's definition
+SCHEDULES = {
+    "constant": (dict(kl_schedule="constant", kl_weight=0.3), lambda t: 0.3),
+    "linear": (dict(kl_schedule="linear", kl_anneal_steps=6), lambda t: min(1.0, t / 6)),
+    "cyclical": (dict(kl_schedule="cyclical", kl_cycle_steps=4, kl_cycle_ratio=0.5, kl_weight=0.8),
+                 lambda t: 0.8 * min(1.0, (t % 4) / 4 / 0.5)),
+    "logistic": (dict(kl_schedule="logistic", kl_logistic_k=0.9, kl_logistic_x0=3),
+                 lambda t: 1 / (1 + math.exp(-0.9 * (t - 3)))),
+}
+
+
+@pytest.mark.parametrize("schedule", list(SCHEDULES))
+def test_beta_logged_and_applied_at_each_step_is_the_schedules_value(schedule, data, tmp_path):
+    tokenizer, splits = data
+    settings, beta_at = SCHEDULES[schedule]
+    train(make_model(tokenizer, **settings), tokenizer, splits, arguments(tmp_path))
+    records = train_records(tmp_path)
+    assert [record["step"] for record in records] == list(range(1, 9))
+    betas = set()
+    for record in records:
+        beta = beta_at(record["step"] - 1)  # the record of step s is the update made at 0-based step s - 1
+        betas.add(round(beta, 6))
+        assert record["kl_weight"] == pytest.approx(beta, abs=1e-12), record
+        # one step per record: the logged loss is that step's batch mean of recon + beta * KL
+        applied = record["train_loss"] - record["train_recon_nll"]
+        assert applied == pytest.approx(beta * record["train_kl"], abs=2e-4), record
+    assert len(betas) >= 2 or schedule == "constant"
+    # beta = 1 would differ from the schedule by more than the tolerance: the KL term is large enough to tell
+    assert any(abs(1 - beta_at(r["step"] - 1)) * r["train_kl"] > 1e-2 for r in records)
+
+
+# -- free bits --------------------------------------------------------------------------------------------------------
+
+
+def test_free_bits_floor_the_training_loss_and_not_the_validation_loss(data, tmp_path):
+    """With a floor of 2 nats per dimension above every dimension's batch-average KL, the training loss is
+    recon + beta * latent * 2 exactly; validation (beta = 1, no floor) is recon + KL."""
+    tokenizer, splits = data
+    floor = 2.0
+    model = make_model(tokenizer, free_bits=floor, kl_schedule="linear", kl_anneal_steps=4)
+    train(model, tokenizer, splits, arguments(tmp_path, max_steps=6, eval_steps=3, learning_rate=1e-3))
+    records = train_records(tmp_path)
+    assert len(records) == 6
+    for record in records:
+        # the sum over dimensions of batch-average KLs is below the floor, so every dimension sits on the floor
+        assert record["train_kl"] < floor
+        beta = min(1.0, (record["step"] - 1) / 4)
+        assert record["train_loss"] - record["train_recon_nll"] == pytest.approx(beta * LATENT * floor, abs=2e-4)
+    validation = [record for record in read_log(tmp_path) if "val_loss" in record]
+    assert [record["step"] for record in validation] == [3, 6]
+    for record in validation:
+        assert record["val_loss"] == pytest.approx(record["val_recon_nll"] + record["val_kl"], abs=2e-4)
+        assert record["val_loss"] < record["val_recon_nll"] + LATENT * floor - 1.0
+
+
+# -- validation numbers -----------------------------------------------------------------------------------------------
+
+
+def direct_validation_metrics(model, loader, seed: int) -> dict:
+    """The validation record recomputed with the model's public forward and sentmim.metrics, per sentence."""
+    model.eval()
+    nll, kl, ll_targets, means, logvars, samples = [], [], 0, [], [], []
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(seed)  # validation draws its z from the global generator seeded with the run's seed
+        for batch in loader:
+            out = model(**batch)
+            mean, logvar = model.encode(batch["input_ids"], batch["attention_mask"])
+            nll.append(-out.log_likelihood.double())
+            kl.append(metrics.kl_divergence(mean.double(), logvar.double()))
+            ll_targets += int(metrics.num_targets(batch["input_ids"], batch["attention_mask"]).sum())
+            means.append(mean)
+            logvars.append(logvar)
+            samples.append(out.z)
+    model.train()
+    nll, kl = torch.cat(nll), torch.cat(kl)
+    mean, logvar = torch.cat(means), torch.cat(logvars)
+    return {
+        "val_loss": float((nll + kl).mean()),
+        "val_recon_nll": float(nll.mean()),
+        "val_kl": float(kl.mean()),
+        "val_recon_ppl": math.exp(float(nll.sum()) / ll_targets),
+        "val_mi_whole_split": metrics.mutual_information(mean, logvar, z=torch.cat(samples)),
+        "val_active_units": metrics.active_units(mean),
+    }
+
+
+def test_logged_validation_equals_the_metrics_on_the_same_loader(data, tmp_path):
+    tokenizer, splits = data
+    model = make_model(tokenizer)
+    args = arguments(tmp_path, max_steps=6, eval_steps=6, eval_batch_size=16, seed=3)
+    train(model, tokenizer, splits, args)
+    logged = [record for record in read_log(tmp_path) if "val_loss" in record]
+    assert len(logged) == 1 and logged[0]["step"] == 6
+    loader = make_dataloader(splits["validation"], 16, tokenizer.pad_token_id, shuffle=False)
+    expected = direct_validation_metrics(model, loader, seed=3)
+    assert expected["val_kl"] > 0.05, "a KL this small would hide a mean-for-sum mistake"
+    assert set(expected) <= set(logged[0])
+    for key, value in expected.items():
+        assert logged[0][key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
+
+
+# -- gradient clipping ------------------------------------------------------------------------------------------------
+
+
+def record_training_batches(model) -> list[dict]:
+    """Spy on the batches train() feeds the model (it calls the instance's forward)."""
+    seen, forward = [], model.forward
+
+    def recording_forward(*args, **kwargs):
+        if model.training:
+            seen.append({name: kwargs[name].clone() for name in ("input_ids", "attention_mask")})
+        return forward(*args, **kwargs)
+
+    model.forward = recording_forward
+    return seen
+
+
+def hand_written_run(model, batches, learning_rate: float, max_grad_norm: float | None):
+    """Adam on the same batches, the gradient scaled to at most max_grad_norm in global L2 norm (float64 norm)."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    for batch in batches:
+        model(**batch, return_logits=False).loss.backward()
+        if max_grad_norm is not None:
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            norm = math.sqrt(sum(float(grad.double().pow(2).sum()) for grad in grads))
+            scale = min(1.0, max_grad_norm / (norm + 1e-6))
+            for grad in grads:
+                grad.mul_(scale)
+        optimizer.step()
+        optimizer.zero_grad()
+    return model
+
+
+def test_gradient_clipping_matches_a_hand_written_clip(data, tmp_path):
+    """An AE without dropout is deterministic, so train() must equal the hand-written loop on the same batches."""
+    tokenizer, splits = data
+    model = make_model(tokenizer, objective="ae")
+    initial = copy.deepcopy(model)
+    seen = record_training_batches(model)
+    no_validation = {"train": splits["train"]}
+    train(model, tokenizer, no_validation, arguments(tmp_path, max_steps=5, max_grad_norm=0.05, learning_rate=3e-3))
+    assert len(seen) == 5
+    clipped = hand_written_run(copy.deepcopy(initial), seen, 3e-3, max_grad_norm=0.05)
+    unclipped = hand_written_run(copy.deepcopy(initial), seen, 3e-3, max_grad_norm=None)
+    trained, without_clipping = dict(model.named_parameters()), dict(unclipped.named_parameters())
+    gap = max(float((p - without_clipping[n]).detach().abs().max()) for n, p in clipped.named_parameters())
+    assert gap > 1e-4, "clipping must change this run for the test to mean anything"
+    for name, parameter in clipped.named_parameters():
+        torch.testing.assert_close(trained[name], parameter, rtol=0, atol=2e-6, msg=name)
