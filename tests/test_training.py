@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from sentmim import SentenceMIMConfig, SentenceMIMModel, checkpointing, training
 from sentmim.apps.corpus import load_builtin_corpus
@@ -33,7 +33,7 @@ def data(builtin_splits):
     return builtin_splits
 
 
-def make_model(tokenizer, **overrides):
+def make_model(tokenizer, seed=0, **overrides):
     """A VAE with dropout (trained with a linear KL schedule): noise, dropout, beta_t and batch order all shape
     training."""
     settings = dict(
@@ -42,7 +42,7 @@ def make_model(tokenizer, **overrides):
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
     )
     settings.update(overrides)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     return SentenceMIMModel(SentenceMIMConfig(**settings))
 
 
@@ -110,7 +110,11 @@ def test_interrupted_and_resumed_run_equals_uninterrupted_run(where, data, unint
     assert checkpointing.latest_checkpoint(tmp_path / "checkpoints").name == f"step_{kill_at}"
 
     # A fresh model (other initial weights, to prove they come from the checkpoint) and a fresh global RNG.
-    resumed = make_model(tokenizer, initializer_range=0.5)
+    resumed = make_model(tokenizer, seed=1)
+    saved = load_file(tmp_path / "checkpoints" / f"step_{kill_at}" / "model.safetensors")
+    initial = make_model(tokenizer).state_dict()
+    for name, tensor in resumed.state_dict().items():
+        assert not torch.equal(tensor, saved[name]) and not torch.equal(tensor, initial[name]), name
     torch.manual_seed(1234)
     result = train(resumed, tokenizer, splits, arguments(tmp_path, save_steps=1, resume=True))
 
@@ -462,6 +466,18 @@ def test_output_folder_holds_the_best_validation_model(data, tmp_path, monkeypat
 # -- two processes -------------------------------------------------------------------------------------------------
 
 
+def two_process_data():
+    raw = load_builtin_corpus(num_train=64, num_validation=16, num_test=4)
+    tokenizer = train_tokenizer(raw["train"]["text"], vocab_size=200)
+    splits, _ = tokenize_dataset(raw, tokenizer, max_length=24)
+    return tokenizer, splits
+
+
+def deterministic_model(tokenizer):
+    """An AE without dropout: no random draws, so two runs differ only by how they split the work."""
+    return make_model(tokenizer, objective="ae", dropout=0.0)
+
+
 def train_on_two_processes(output_dir: str) -> None:
     """Run by each of debug_launcher's forked processes."""
     from accelerate import PartialState
@@ -469,12 +485,10 @@ def train_on_two_processes(output_dir: str) -> None:
 
     # A forked child inherits this pytest process's accelerate singletons (single process): start afresh.
     AcceleratorState._reset_state(reset_partial_state=True)
-    raw = load_builtin_corpus(num_train=64, num_validation=16, num_test=4)
-    tokenizer = train_tokenizer(raw["train"]["text"], vocab_size=200)
-    splits, _ = tokenize_dataset(raw, tokenizer, max_length=24)
-    model = make_model(tokenizer)
+    tokenizer, splits = two_process_data()
+    model = deterministic_model(tokenizer)
     args = TrainingOptions(output_dir=str(Path(output_dir) / "run"), batch_size=8, max_steps=4, eval_steps=2,
-                             logging_steps=1, disable_tqdm=True, cpu=True)
+                           logging_steps=1, disable_tqdm=True, cpu=True)
     if torch.distributed.get_rank() == 1:
         time.sleep(1.0)  # a slower process must still find the output folder empty, not the main process's files
     result = train(model, tokenizer, splits, args)
@@ -482,6 +496,8 @@ def train_on_two_processes(output_dir: str) -> None:
     digest = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in model.parameters())).hexdigest()
     report = {"rank": state.process_index, "world": state.num_processes, "step": result["step"], "params": digest}
     (Path(output_dir) / f"rank_{state.process_index}.json").write_text(json.dumps(report))
+    if state.is_main_process:
+        save_file(model.state_dict(), Path(output_dir) / "final.safetensors")
 
 
 def test_two_processes_on_cpu(tmp_path, monkeypatch):
@@ -495,6 +511,18 @@ def test_two_processes_on_cpu(tmp_path, monkeypatch):
     assert [r["world"] for r in reports] == [2, 2]
     assert [r["step"] for r in reports] == [4, 4]
     assert reports[0]["params"] == reports[1]["params"]
+    # Two processes with 8 sentences each make the step of one process with the combined 16: the same
+    # consecutive batches of the seeded order, gradients averaged (accumulating 2 batches of 8 averages them too).
+    tokenizer, splits = two_process_data()
+    one_process = deterministic_model(tokenizer)
+    train(one_process, tokenizer, splits, TrainingOptions(
+        output_dir=str(tmp_path / "one"), batch_size=8, gradient_accumulation_steps=2, max_steps=4, eval_steps=2,
+        logging_steps=1, disable_tqdm=True, cpu=True))
+    two_processes = load_file(tmp_path / "final.safetensors")
+    initial = deterministic_model(tokenizer).state_dict()
+    for name, tensor in one_process.state_dict().items():
+        assert not torch.equal(tensor, initial[name]), name
+        torch.testing.assert_close(two_processes[name], tensor, rtol=0, atol=1e-5, msg=name)
     step_4 = tmp_path / "run" / "checkpoints" / "step_4"
     assert (step_4 / "random_states_0.pkl").is_file() and (step_4 / "random_states_1.pkl").is_file()
     assert not list((tmp_path / "run" / "checkpoints").glob(".tmp-*"))
@@ -511,12 +539,10 @@ def test_two_process_checkpoint_does_not_resume_on_one_process(tmp_path, monkeyp
     from accelerate import debug_launcher
 
     debug_launcher(train_on_two_processes, args=(str(tmp_path),), num_processes=2)
-    raw = load_builtin_corpus(num_train=64, num_validation=16, num_test=4)
-    tokenizer = train_tokenizer(raw["train"]["text"], vocab_size=200)
-    splits, _ = tokenize_dataset(raw, tokenizer, max_length=24)
+    tokenizer, splits = two_process_data()
     args = TrainingOptions(output_dir=str(tmp_path / "run"), batch_size=8, max_steps=6, eval_steps=2,
-                             logging_steps=1, disable_tqdm=True, cpu=True, resume=True)
+                           logging_steps=1, disable_tqdm=True, cpu=True, resume=True)
     with pytest.raises(ValueError, match=r"written by 2 process\(es\), this run has 1") as caught:
-        train(make_model(tokenizer), tokenizer, splits, args)
+        train(deterministic_model(tokenizer), tokenizer, splits, args)
     assert "\n" not in str(caught.value)
     assert not os.path.isdir(tmp_path / "run" / "checkpoints" / "step_6")
