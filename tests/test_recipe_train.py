@@ -126,7 +126,6 @@ def test_docstring_commands_use_real_flags():
         "../shared/data/ptb", "runs/ptb-mim", "mim", 20000)
 
 
-@pytest.mark.slow
 def test_two_cpu_processes_with_torchrun(data_dir, tmp_path):
     """The docstring's CPU command: ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 recipes/train.py ..."""
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
