@@ -77,6 +77,10 @@ def test_every_printed_metric_is_the_librarys_on_the_same_data(model_and_data, c
         value = expected[key]
         assert text == (str(value) if isinstance(value, int) else f"{value:.3f}"), key
     assert output.rstrip("\n") == format_results(expected)  # the rest of the table: labels, counts, warnings
+    lines = output.splitlines()
+    for heading in ("Likelihood (NLL in nats per sentence; PPL = exp(sum NLL / sum predicted targets))",
+                    "Latent space", "Reconstruction (greedy decoding of the posterior mean)"):
+        assert heading in lines
 
     saved = json.loads((model_dir / "eval_results_validation.json").read_text())
     for key, value in expected.items():
@@ -90,3 +94,11 @@ def test_iw_samples_zero_skips_only_iw_nll(model_and_data, capsys):
     printed = printed_values(capsys.readouterr().out)
     assert printed["iw_nll"] == printed["iw_ppl"] == "skipped"
     assert all(text != "skipped" for key, text in printed.items() if not key.startswith("iw_"))
+
+
+def test_an_unknown_split_is_one_line_naming_the_available_ones(model_and_data, capsys):
+    model_dir, data_dir = model_and_data
+    assert main(["evaluate", str(model_dir), "--dataset", str(data_dir), "--split", "dev"]) == 2
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert error.startswith("sentmim evaluate: error: no split 'dev'")
+    assert error.endswith("available splits: train, validation, test")

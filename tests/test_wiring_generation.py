@@ -185,3 +185,19 @@ def test_token_temperature_reaches_the_decoder(pipe):
     calls.clear()
     pipe.sample(n=3, temperature=0, seed=4)
     assert not any(kwargs.get("do_sample") for _, kwargs in calls)  # temperature 0 decodes greedily
+
+
+def test_beam_search_stops_when_every_beam_has_ended(tiny_config):
+    """EOS made certain at every step: the best beam is EOS alone, and the search stops long before max_length
+    (at step 2, when the beams that did not take EOS at step 1 have taken it)."""
+    model = peaked_model(tiny_config)
+    with torch.no_grad():
+        model.lm_head.bias[model.config.eos_token_id] = 100.0
+    decoded = model.decode(torch.randn(3, model.config.latent_size), max_length=10, num_beams=4)
+    assert decoded.tolist() == [[model.config.eos_token_id, model.config.pad_token_id]] * 3
+
+
+def test_beam_search_refuses_sampling(tiny_config):
+    model = peaked_model(tiny_config)
+    with pytest.raises(ValueError, match="num_beams > 1 with do_sample=True is not supported"):
+        model.decode(torch.randn(1, model.config.latent_size), num_beams=2, do_sample=True)

@@ -202,3 +202,94 @@ def test_gradient_clipping_matches_a_hand_written_clip(data, tmp_path):
     assert gap > 1e-4, "clipping must change this run for the test to mean anything"
     for name, parameter in clipped.named_parameters():
         torch.testing.assert_close(trained[name], parameter, rtol=0, atol=2e-6, msg=name)
+
+
+# -- what a log line averages, and when early stopping counts ---------------------------------------------------------
+
+
+def record_step_losses(model) -> list[float]:
+    losses, forward = [], model.forward
+
+    def recording_forward(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        if model.training:
+            losses.append(float(out.loss.detach()))
+        return out
+
+    model.forward = recording_forward
+    return losses
+
+
+def test_a_log_line_averages_the_steps_since_the_last_one(data, tmp_path):
+    """logging_steps=3 over 13 batches per epoch: each record is the mean of its own steps' losses, and says which
+    epoch it was logged in."""
+    tokenizer, splits = data
+    model = make_model(tokenizer)
+    losses = record_step_losses(model)
+    train(model, tokenizer, {"train": splits["train"]}, arguments(tmp_path, max_steps=15, logging_steps=3))
+    records = train_records(tmp_path)
+    assert [record["step"] for record in records] == [3, 6, 9, 12, 15]
+    for record in records:
+        steps = losses[record["step"] - 3 : record["step"]]
+        assert record["train_loss"] == pytest.approx(sum(steps) / 3, rel=1e-6)
+        assert record["epoch"] == (record["step"] - 1) // 13  # 200 sentences / 16 per batch = 13 batches
+
+
+def test_early_stopping_counts_only_evaluations_since_the_last_improvement(data, tmp_path, monkeypatch):
+    """Validation losses 10, 11, 9, 12, 8, 13, 14: never two stalls in a row until the end, so patience 2 stops the
+    run only at the 7th evaluation (step 14)."""
+    from sentmim import training
+
+    losses = iter([10.0, 11.0, 9.0, 12.0, 8.0, 13.0, 14.0, 15.0, 16.0, 17.0])
+    monkeypatch.setattr(training, "validation_metrics", lambda *args, **kwargs: {"val_loss": next(losses)})
+    tokenizer, splits = data
+    result = train(make_model(tokenizer), tokenizer, splits,
+                   arguments(tmp_path, max_steps=20, eval_steps=2, early_stopping_patience=2, logging_steps=20))
+    assert result == {"step": 14, "best_val_loss": 8.0, "stopped_early": True}
+
+
+# -- the argument checks, the optimizer, the schedule's defaults ------------------------------------------------------
+
+INVALID = {"batch_size": 0, "eval_batch_size": 0, "max_steps": 0, "epochs": 0.0, "learning_rate": 0.0,
+           "optimizer": "sgd", "lr_scheduler": "linear", "gradient_accumulation_steps": 0, "mixed_precision": "fp8",
+           "eval_steps": 0, "logging_steps": 0, "save_total_limit": 0, "report_to": "wandb"}
+
+
+@pytest.mark.parametrize("name", list(INVALID))
+def test_an_invalid_training_argument_is_named_and_the_smallest_valid_one_accepted(name, tmp_path):
+    with pytest.raises(ValueError, match=f"training argument {name}={INVALID[name]!r} is invalid"):
+        TrainingArguments(output_dir=str(tmp_path), **{name: INVALID[name]})
+    smallest = {"batch_size": 1, "eval_batch_size": 1, "max_steps": 1, "gradient_accumulation_steps": 1,
+                "eval_steps": 1, "logging_steps": 1, "save_total_limit": 1}
+    if name in smallest:
+        assert getattr(TrainingArguments(output_dir=str(tmp_path), **{name: smallest[name]}), name) == 1
+
+
+def test_fused_adam_is_used_where_supported(data, tmp_path):
+    from sentmim.training import build_optimizer, fused_adam_supported
+
+    version = tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
+    assert fused_adam_supported(torch.device("cpu")) is (version >= (2, 4))
+    assert fused_adam_supported(torch.device("cuda")) is True
+    assert fused_adam_supported(torch.device("meta")) is False
+    tokenizer, _ = data
+    model = make_model(tokenizer)
+    assert build_optimizer(model, arguments(tmp_path), fused=True).defaults["fused"] is True
+    assert not build_optimizer(model, arguments(tmp_path), fused=False).defaults.get("fused")
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear", "logistic", "cyclical"])
+def test_kl_weight_defaults_are_the_configs_defaults(schedule):
+    from sentmim.objectives import kl_weight, kl_weight_from_config
+
+    config = SentenceMIMConfig(kl_schedule=schedule)
+    for step in (0, 1200, 2500, 6000, 13000):
+        assert kl_weight(step, schedule) == kl_weight_from_config(config, step)
+
+
+def test_vae_loss_default_beta_is_one():
+    from sentmim.objectives import kl_per_dimension, vae_loss
+
+    log_likelihood, mean, logvar = torch.tensor([-3.0, -5.0]), torch.randn(2, 4), torch.randn(2, 4)
+    expected = -log_likelihood + kl_per_dimension(mean, logvar).sum(-1)
+    torch.testing.assert_close(vae_loss(log_likelihood, mean, logvar), expected)

@@ -1,0 +1,217 @@
+"""Every `sentmim` flag reaches the function that uses it, with the documented default when it is left out.
+
+The work itself (training, evaluation, the demo, the benchmark, the pipeline) is replaced by recorders: these tests
+pin down the command line -> library wiring in milliseconds; the end-to-end runs are in test_cli*.py."""
+
+import dataclasses
+import logging
+
+import numpy as np
+import pytest
+
+from sentmim import cli
+from sentmim.experiment import RunOptions
+from sentmim.training import TrainingArguments
+
+
+@pytest.fixture
+def recorded(monkeypatch):
+    """Replace each command's worker by a recorder; returns {name: (args, kwargs)} of the calls."""
+    import sentmim.benchmark
+    import sentmim.benchmark_report
+    import sentmim.demo
+    import sentmim.evaluation
+    import sentmim.experiment
+
+    calls = {}
+
+    def recorder(name, result=None):
+        def record(*args, **kwargs):
+            calls[name] = (args, kwargs)
+            return result
+        return record
+
+    monkeypatch.setattr(sentmim.experiment, "run_training",
+                        recorder("run_training", (None, None, {"step": 1, "best_val_loss": 2.0})))
+    monkeypatch.setattr(sentmim.evaluation, "evaluate_folder", recorder("evaluate_folder", {}))
+    monkeypatch.setattr(sentmim.evaluation, "format_results", recorder("format_results", "table"))
+    monkeypatch.setattr(sentmim.demo, "run_demo", recorder("run_demo"))
+    monkeypatch.setattr(sentmim.benchmark, "run_benchmark", recorder("run_benchmark", {"models": ["rows"]}))
+    monkeypatch.setattr(sentmim.benchmark_report, "format_results_table", recorder("format_results_table", "t"))
+    return calls
+
+
+# -- train ---------------------------------------------------------------------------------------------------------
+
+TRAINING_FLAGS = {  # flag value -> TrainingArguments field, every one away from its default
+    "--batch-size": ("7", "batch_size", 7), "--eval-batch-size": ("9", "eval_batch_size", 9),
+    "--max-steps": ("11", "max_steps", 11), "--epochs": ("2.5", "epochs", 2.5),
+    "--learning-rate": ("0.02", "learning_rate", 0.02), "--optimizer": ("adamw", "optimizer", "adamw"),
+    "--weight-decay": ("0.1", "weight_decay", 0.1), "--max-grad-norm": ("0.7", "max_grad_norm", 0.7),
+    "--lr-scheduler": ("cosine", "lr_scheduler", "cosine"), "--warmup-steps": ("3", "warmup_steps", 3),
+    "--gradient-accumulation-steps": ("4", "gradient_accumulation_steps", 4),
+    "--mixed-precision": ("bf16", "mixed_precision", "bf16"), "--eval-steps": ("13", "eval_steps", 13),
+    "--save-steps": ("17", "save_steps", 17), "--logging-steps": ("19", "logging_steps", 19),
+    "--early-stopping-patience": ("5", "early_stopping_patience", 5),
+    "--report-to": ("tensorboard", "report_to", "tensorboard"), "--seed": ("23", "seed", 23),
+}
+RUN_FLAGS = {  # -> RunOptions field
+    "--dataset": ("some/folder", "dataset", "some/folder"), "--dataset-config": ("cfg", "dataset_config", "cfg"),
+    "--split": ("train[:10]", "split", "train[:10]"), "--text-column": ("body", "text_column", "body"),
+    "--max-length": ("40", "max_length", 40), "--overlong": ("truncate", "overlong", "truncate"),
+    "--validation-fraction": ("0.2", "validation_fraction", 0.2), "--tokenizer": ("bpe", "tokenizer", "bpe"),
+    "--vocab-size": ("500", "vocab_size", 500), "--min-frequency": ("3", "min_frequency", 3),
+    "--init-from": ("runs/old", "init_from", "runs/old"),
+}
+MODEL_FLAGS = {  # -> RunOptions.model entry (SentenceMIMConfig field)
+    "--objective": ("vae", "vae"), "--architecture": ("transformer", "transformer"), "--latent-size": ("16", 16),
+    "--hidden-size": ("24", 24), "--embedding-size": ("12", 12), "--num-layers": ("2", 2),
+    "--num-attention-heads": ("3", 3), "--dropout": ("0.3", 0.3), "--embedding-dropout": ("0.2", 0.2),
+    "--word-dropout": ("0.1", 0.1), "--kl-schedule": ("cyclical", "cyclical"), "--kl-anneal-steps": ("77", 77),
+    "--kl-cycle-steps": ("88", 88), "--free-bits": ("0.5", 0.5),
+}
+
+
+def test_every_train_flag_reaches_the_run(recorded, capsys):
+    argv = ["train", "--output-dir", "runs/x", "--lowercase", "--streaming", "--cpu", "--overwrite"]
+    for flags in (TRAINING_FLAGS, RUN_FLAGS):
+        for flag, (value, *_) in flags.items():
+            argv += [flag, value]
+    for flag, (value, _) in MODEL_FLAGS.items():
+        argv += [flag, value]
+    assert cli.main(argv) == 0
+    (options, training_args), _ = recorded["run_training"]
+    for flag, (_, field, expected) in TRAINING_FLAGS.items():
+        assert getattr(training_args, field) == expected, flag
+    assert (training_args.output_dir, training_args.cpu, training_args.overwrite) == ("runs/x", True, True)
+    for flag, (_, field, expected) in RUN_FLAGS.items():
+        assert getattr(options, field) == expected, flag
+    assert options.lowercase and options.streaming
+    assert options.model == {flag[2:].replace("-", "_"): expected for flag, (_, expected) in MODEL_FLAGS.items()}
+    assert "trained 1 steps; best validation loss 2.0; model in runs/x" in capsys.readouterr().out
+
+
+def test_train_defaults_are_the_libraries_defaults(recorded):
+    assert cli.main(["train", "--output_dir", "runs/y"]) == 0  # the underscore spelling works too
+    (options, training_args), _ = recorded["run_training"]
+    assert dataclasses.asdict(training_args) == dataclasses.asdict(TrainingArguments(output_dir="runs/y"))
+    assert dataclasses.asdict(options) == dataclasses.asdict(RunOptions())
+
+
+def test_train_needs_an_output_dir_and_checks_choices(recorded, capsys):
+    for argv in (["train"], ["train", "--output-dir", "x", "--tokenizer", "char"],
+                 ["train", "--output-dir", "x", "--overlong", "wrap"]):
+        with pytest.raises(SystemExit) as exited:
+            cli.main(argv)
+        assert exited.value.code == 2
+    assert "run_training" not in recorded
+    assert "--output-dir" in capsys.readouterr().err
+
+
+# -- evaluate, demo, benchmark --------------------------------------------------------------------------------------
+
+
+def test_evaluate_flags_and_defaults(recorded, capsys):
+    assert cli.main(["evaluate", "runs/m"]) == 0
+    args, kwargs = recorded["evaluate_folder"]
+    assert args == ("runs/m", "builtin")
+    assert kwargs == dict(dataset_config=None, split="test", text_column=None, batch_size=64, iw_samples=500,
+                          max_sentences=None, seed=0, plots_dir=None)
+    assert cli.main(["evaluate", "runs/m", "--dataset", "d", "--dataset-config", "c", "--split", "validation",
+                     "--text-column", "t", "--batch-size", "8", "--iw-samples", "9", "--max-sentences", "10",
+                     "--plots", "p", "--seed", "4"]) == 0
+    args, kwargs = recorded["evaluate_folder"]
+    assert args == ("runs/m", "d")
+    assert kwargs == dict(dataset_config="c", split="validation", text_column="t", batch_size=8, iw_samples=9,
+                          max_sentences=10, seed=4, plots_dir="p")
+    assert capsys.readouterr().out == "table\ntable\n"
+
+
+def test_demo_flags_and_defaults(recorded):
+    assert cli.main(["demo"]) == 0
+    assert recorded["run_demo"][1] == dict(output_dir="runs/demo", max_steps=3000, seed=0)
+    assert cli.main(["demo", "--output-dir", "d", "--max-steps", "5", "--seed", "2"]) == 0
+    assert recorded["run_demo"][1] == dict(output_dir="d", max_steps=5, seed=2)
+
+
+def test_benchmark_flags_and_defaults(recorded, capsys):
+    from sentmim.benchmark import benchmark_settings
+
+    assert cli.main(["benchmark", "--output-dir", "b"]) == 0
+    (settings, output_dir), kwargs = recorded["run_benchmark"]
+    assert settings == benchmark_settings("cpu") and output_dir == "b"
+    assert kwargs == dict(preset="cpu", command="sentmim benchmark --preset cpu --output-dir b", overwrite=False,
+                          progress=True)
+    assert recorded["format_results_table"][0] == (["rows"],) and capsys.readouterr().out == "t\n"
+    assert cli.main(["benchmark", "--preset", "smoke", "--output-dir", "b", "--overwrite", "--disable-tqdm"]) == 0
+    (settings, _), kwargs = recorded["run_benchmark"]
+    assert settings == benchmark_settings("smoke")
+    assert (kwargs["preset"], kwargs["overwrite"], kwargs["progress"]) == ("smoke", True, False)
+
+
+# -- the text commands ----------------------------------------------------------------------------------------------
+
+
+class RecordingPipeline:
+    """Stands in for SentenceMIMPipeline: records each call, answers with one line per input."""
+
+    def __init__(self):
+        self.calls = []
+
+    def reconstruct(self, sentences, **kwargs):
+        self.calls.append(("reconstruct", sentences, kwargs))
+        return [f"out {index}" for index, _ in enumerate(sentences)]
+
+    def interpolate(self, *args):
+        self.calls.append(("interpolate", args))
+        return ["a", "b", "c"]
+
+    def sample(self, n, **kwargs):
+        self.calls.append(("sample", n, kwargs))
+        return [f"sample {index}" for index in range(n)]
+
+    def encode(self, sentences):
+        import torch
+
+        self.calls.append(("encode", sentences))
+        return torch.ones(len(sentences), 3)
+
+
+@pytest.fixture
+def pipeline(monkeypatch):
+    fake = RecordingPipeline()
+    monkeypatch.setattr(cli, "load_pipeline", lambda model_dir: fake)
+    return fake
+
+
+def test_text_commands_pass_their_options(pipeline, tmp_path, capsys):
+    assert cli.main(["reconstruct", "m", "one", "two"]) == 0
+    assert pipeline.calls[-1] == ("reconstruct", ["one", "two"], {"mode": "mean", "num_beams": 1})
+    assert cli.main(["reconstruct", "m", "one", "--mode", "perturb", "--num-beams", "3"]) == 0
+    assert pipeline.calls[-1] == ("reconstruct", ["one"], {"mode": "perturb", "num_beams": 3})
+    assert cli.main(["interpolate", "m", "x", "y"]) == 0
+    assert pipeline.calls[-1] == ("interpolate", ("x", "y", 8, "linear"))
+    assert cli.main(["interpolate", "m", "x", "y", "--steps", "2", "--method", "slerp"]) == 0
+    assert pipeline.calls[-1] == ("interpolate", ("x", "y", 2, "slerp"))
+    assert cli.main(["sample", "m"]) == 0
+    assert pipeline.calls[-1] == ("sample", 10, {"temperature": 1.0, "seed": None})
+    assert cli.main(["sample", "m", "-n", "2", "--temperature", "0.5", "--seed", "7"]) == 0
+    assert pipeline.calls[-1] == ("sample", 2, {"temperature": 0.5, "seed": 7})
+    output = tmp_path / "z.npy"
+    assert cli.main(["encode", "m", "s1", "s2", "--output", str(output)]) == 0
+    assert pipeline.calls[-1] == ("encode", ["s1", "s2"]) and np.load(output).shape == (2, 3)
+    out = capsys.readouterr().out
+    assert "input:  one\noutput: out 0" in out and "  1  b" in out and "sample 1" in out
+
+
+@pytest.mark.parametrize(("command", "level"), [("train", logging.INFO), ("demo", logging.INFO),
+                                                ("evaluate", logging.WARNING), ("sample", logging.WARNING)])
+def test_only_training_commands_log_at_info(command, level, recorded, pipeline, monkeypatch):
+    levels = []
+    monkeypatch.setattr(logging, "basicConfig", lambda **kwargs: levels.append(kwargs["level"]))
+    argv = {"train": ["train", "--output-dir", "o"], "demo": ["demo"], "evaluate": ["evaluate", "m"],
+            "sample": ["sample", "m"]}[command]
+    assert cli.main(argv) == 0
+    assert levels == [level]
+    assert cli.main(["--verbose", *argv]) == 0
+    assert levels[-1] == logging.INFO

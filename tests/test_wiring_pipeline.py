@@ -1,0 +1,109 @@
+"""SentenceMIMPipeline hands the right latents and options to the model: its length limit, batching, device,
+interpolation method, perturbation noise and prior defaults, each checked against the model called directly."""
+
+import pytest
+import torch
+
+from sentmim import SentenceMIMModel, SentenceMIMPipeline
+from sentmim.pipeline import slerp
+from sentmim.tokenization import train_tokenizer
+
+SENTENCES = ["the cat sat on the mat .", "a dog ran in the park .", "the bird sang .", "it rained ."]
+LATENT = 8
+
+
+def make_pipe(tiny_config, tokenizer_max_length: int = 16, **kwargs) -> SentenceMIMPipeline:
+    """An untrained model with wide weights (it writes long, varied sentences) and a word tokenizer."""
+    tokenizer = train_tokenizer(SENTENCES, kind="word", model_max_length=tokenizer_max_length)
+    torch.manual_seed(0)
+    model = SentenceMIMModel(tiny_config(
+        vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, unk_token_id=tokenizer.unk_token_id, max_position_embeddings=16,
+        latent_size=LATENT,
+    ))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0.0, 0.6)
+        model.lm_head.bias[tokenizer.eos_token_id] -= 3.0  # long sentences, so that length limits show
+    return SentenceMIMPipeline(model, tokenizer, **kwargs)
+
+
+def spy_on_decode(pipe) -> list:
+    calls, decode = [], pipe.model.decode
+
+    def recording_decode(z, **kwargs):
+        calls.append((z.clone(), kwargs))
+        return decode(z, **kwargs)
+
+    pipe.model.decode = recording_decode
+    return calls
+
+
+def latents(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, LATENT, generator=torch.Generator().manual_seed(seed)) * 2
+
+
+def test_the_tokenizer_limit_bounds_encoding_and_decoding(tiny_config):
+    pipe = make_pipe(tiny_config, tokenizer_max_length=6)
+    assert pipe.max_length == 6 and pipe.tokenizer.padding_side == "right"
+    z = latents(6)
+    assert max(len(text.split()) for text in pipe.decode(z)) <= 5  # BOS + at most 5 tokens
+    longest = (pipe.model.decode(z, max_length=15) != pipe.model.config.pad_token_id).sum(1).max()
+    assert longest > 6, "the model must write longer sentences than the limit for this test to mean anything"
+    assert make_pipe(tiny_config, tokenizer_max_length=100).max_length == 16  # the model's limit then
+
+
+def test_decoding_in_batches_equals_decoding_one_by_one(tiny_config):
+    pipe = make_pipe(tiny_config, batch_size=2)
+    z = latents(5)
+    assert pipe.decode(z) == [pipe.decode(z[row : row + 1])[0] for row in range(5)]
+
+
+def test_from_pretrained_on_a_device(tiny_config, tmp_path):
+    pipe = make_pipe(tiny_config)
+    pipe.save_pretrained(tmp_path)
+    loaded = SentenceMIMPipeline.from_pretrained(tmp_path, device="cpu")
+    assert loaded.device.type == "cpu"
+    torch.testing.assert_close(loaded.encode(SENTENCES), pipe.encode(SENTENCES))
+
+
+def test_interpolate_decodes_the_path_of_the_method_asked_for(tiny_config):
+    pipe = make_pipe(tiny_config)
+    first, second = SENTENCES[0], SENTENCES[2]
+    linear = pipe.interpolation_latents(first, second, steps=4, method="linear")
+    spherical = pipe.interpolation_latents(first, second, steps=4, method="slerp")
+    assert not torch.allclose(linear, spherical)
+    torch.testing.assert_close(pipe.interpolation_latents(first, second, steps=4), linear)  # default: linear
+    calls = spy_on_decode(pipe)
+    pipe.interpolate(first, second, steps=4, method="slerp")
+    torch.testing.assert_close(calls[0][0], spherical)
+    with pytest.raises(ValueError, match="method='cubic': must be linear or slerp"):
+        pipe.interpolation_latents(first, second, method="cubic")
+
+
+def test_slerp_of_parallel_vectors_is_the_straight_path():
+    start = torch.tensor([1.0, 2.0, -1.0])
+    fractions = torch.tensor([0.0, 0.25, 1.0])
+    path = slerp(start, 3 * start, fractions)
+    torch.testing.assert_close(path, torch.stack([start, 1.5 * start, 3 * start]))
+
+
+def test_perturbed_reconstruction_adds_noise_of_the_default_scale(tiny_config):
+    pipe = make_pipe(tiny_config)
+    sentences = SENTENCES * 100
+    mean = pipe.encode(sentences)
+    calls = spy_on_decode(pipe)
+    pipe.reconstruct(sentences, mode="perturb")
+    noise = torch.cat([z for z, _ in calls]) - mean
+    assert float(noise.std()) == pytest.approx(0.1, rel=0.05)
+
+
+def test_prior_sample_defaults(tiny_config):
+    pipe = make_pipe(tiny_config)
+    calls = spy_on_decode(pipe)
+    assert len(pipe.sample(n=1, seed=0)) == 1
+    calls.clear()
+    pipe.sample(n=1000, seed=0)  # latent_temperature=1: z ~ N(0, I)
+    z = torch.cat([latents for latents, _ in calls])
+    assert float(z.std()) == pytest.approx(1.0, rel=0.05)
+    assert all(kwargs["do_sample"] and kwargs["temperature"] == 1.0 for _, kwargs in calls)
