@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test test-slow demo lint
+.PHONY: setup test demo lint mutation
 
 setup: $(VENV)/.installed
 
@@ -18,11 +18,13 @@ $(VENV)/.installed: pyproject.toml constraints-cpu.txt
 test: setup
 	$(PY) -m pytest
 
-test-slow: setup
-	$(PY) -m pytest -m slow
-
 demo: setup
 	$(VENV)/bin/sentmim demo
 
 lint: setup
 	$(VENV)/bin/ruff check sentmim recipes tests benchmarks
+
+# Mutation testing of the wiring modules (mutmut; about an hour on 2 cores, so not part of `make test`):
+# writes benchmarks/mutation/results/after.json; see benchmarks/mutation/README.md.
+mutation: setup
+	$(PY) benchmarks/mutation/run_mutation.py --label after
