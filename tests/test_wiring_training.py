@@ -57,8 +57,8 @@ def train_records(output_dir) -> list[dict]:
 SCHEDULES = {
     "constant": (dict(kl_schedule="constant", kl_weight=0.3), lambda t: 0.3),
     "linear": (dict(kl_schedule="linear", kl_anneal_steps=6), lambda t: min(1.0, t / 6)),
-    "cyclical": (dict(kl_schedule="cyclical", kl_cycle_steps=4, kl_cycle_ratio=0.5, kl_weight=0.8),
-                 lambda t: 0.8 * min(1.0, (t % 4) / 4 / 0.5)),
+    "cyclical": (dict(kl_schedule="cyclical", kl_cycle_steps=4, kl_cycle_ratio=0.75, kl_weight=0.8),
+                 lambda t: 0.8 * min(1.0, (t % 4) / 4 / 0.75)),
     "logistic": (dict(kl_schedule="logistic", kl_logistic_k=0.9, kl_logistic_x0=3),
                  lambda t: 1 / (1 + math.exp(-0.9 * (t - 3)))),
 }
@@ -285,6 +285,7 @@ def test_kl_weight_defaults_are_the_configs_defaults(schedule):
     config = SentenceMIMConfig(kl_schedule=schedule)
     for step in (0, 1200, 2500, 6000, 13000):
         assert kl_weight(step, schedule) == kl_weight_from_config(config, step)
+    assert kl_weight(1200) == 1.0  # the default schedule is constant
 
 
 def test_vae_loss_default_beta_is_one():
