@@ -1,0 +1,60 @@
+"""A streamed corpus on two processes: each process reads its own part of the stream, so the two never train on
+the same sentence, and together they read the stream in order without gaps."""
+
+import json
+from pathlib import Path
+
+import torch
+
+from sentmim import SentenceMIMConfig, SentenceMIMModel
+from sentmim.corpus import builtin_sentences
+from sentmim.data import load_text_dataset, tokenize_dataset
+from sentmim.tokenization import train_tokenizer
+from sentmim.training import TrainingArguments, train
+
+SENTENCES = builtin_sentences(200, seed=4)
+
+
+def stream_on_two_processes(folder: str) -> None:
+    """Run by each of debug_launcher's processes: 3 steps of 8 sentences per process on the streamed corpus,
+    writing the sentences this process trained on."""
+    from accelerate import PartialState
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # a forked child inherits the parent's singletons
+    tokenizer = train_tokenizer(SENTENCES, vocab_size=5000)  # every word known: decoding gives the text
+    raw = load_text_dataset(str(Path(folder) / "corpus.txt"), streaming=True, validation_fraction=0.0)
+    splits, _ = tokenize_dataset(raw, tokenizer, max_length=48)
+    torch.manual_seed(0)
+    model = SentenceMIMModel(SentenceMIMConfig(
+        vocab_size=len(tokenizer), embedding_size=8, hidden_size=16, latent_size=4,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    ))
+    seen, forward = [], model.forward
+
+    def recording_forward(*args, **kwargs):
+        if model.training:
+            for ids, mask in zip(kwargs["input_ids"], kwargs["attention_mask"], strict=True):
+                seen.append(tokenizer.decode(ids[mask.bool()], skip_special_tokens=True))
+        return forward(*args, **kwargs)
+
+    model.forward = recording_forward
+    args = TrainingArguments(output_dir=str(Path(folder) / "run"), batch_size=8, max_steps=3, logging_steps=1,
+                             progress=False, cpu=True)
+    result = train(model, tokenizer, {"train": splits["train"]}, args)
+    rank = PartialState().process_index
+    (Path(folder) / f"rank_{rank}.json").write_text(json.dumps({"step": result["step"], "seen": seen}))
+
+
+def test_two_processes_read_disjoint_parts_of_a_stream(tmp_path, monkeypatch):
+    from accelerate import debug_launcher
+
+    (tmp_path / "corpus.txt").write_text("\n".join(SENTENCES) + "\n")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    debug_launcher(stream_on_two_processes, args=(str(tmp_path),), num_processes=2)
+    reports = [json.loads((tmp_path / f"rank_{rank}.json").read_text()) for rank in (0, 1)]
+    assert [report["step"] for report in reports] == [3, 3]
+    first, second = (set(report["seen"]) for report in reports)
+    assert len(first) == len(second) == 24  # 3 steps of 8 distinct sentences each
+    assert not first & second
+    assert first | second <= set(SENTENCES)
