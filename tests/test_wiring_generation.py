@@ -201,3 +201,19 @@ def test_beam_search_refuses_sampling(tiny_config):
     model = peaked_model(tiny_config)
     with pytest.raises(ValueError, match="num_beams > 1 with do_sample=True is not supported"):
         model.decode(torch.randn(1, model.config.latent_size), num_beams=2, do_sample=True)
+
+
+def test_the_decoding_functions_defaults_are_the_models(tiny_config):
+    """Called directly, the algorithms decode greedily, filter nothing and use length penalty 1, as model.decode."""
+    from sentmim.generation import beam_search, decode_latents
+
+    model = peaked_model(tiny_config, vocab_size=6)  # EOS is one of 4 tokens: sentences of many lengths
+    z = torch.randn(8, model.config.latent_size, generator=torch.Generator().manual_seed(6)) * 2
+    assert torch.equal(decode_latents(model, z, 6), model.decode(z, max_length=6))
+    sampled = decode_latents(model, z, 6, do_sample=True, generator=torch.Generator().manual_seed(1))
+    expected = model.decode(z, max_length=6, do_sample=True, top_k=0, top_p=1.0,
+                            generator=torch.Generator().manual_seed(1))
+    assert torch.equal(sampled, expected)
+    assert torch.equal(beam_search(model, z, 6, 3), model.decode(z, max_length=6, num_beams=3, length_penalty=1.0))
+    assert not torch.equal(model.decode(z, max_length=6, num_beams=3, length_penalty=3.0),
+                           model.decode(z, max_length=6, num_beams=3, length_penalty=1.0))

@@ -107,3 +107,14 @@ def test_prior_sample_defaults(tiny_config):
     z = torch.cat([latents for latents, _ in calls])
     assert float(z.std()) == pytest.approx(1.0, rel=0.05)
     assert all(kwargs["do_sample"] and kwargs["temperature"] == 1.0 for _, kwargs in calls)
+
+
+def test_slerp_between_opposite_vectors_keeps_its_endpoints():
+    """Rounding puts the cosine of these opposite vectors at -1.0000001: without the clamp, acos gives NaN."""
+    start = torch.tensor([10.751029968261719, -2.0471582412719727, -15.20070743560791, 3.9657607078552246,
+                          -7.566360950469971, -9.757547378540039, 2.8140201568603516, 5.846638202667236])
+    assert float(torch.dot(start, -start) / (start.norm() * start.norm())) < -1.0
+    path = slerp(start, -start, torch.tensor([0.0, 0.5, 1.0]))
+    assert torch.isfinite(path).all()
+    torch.testing.assert_close(path[0], start)
+    torch.testing.assert_close(path[2], -start)
