@@ -71,3 +71,20 @@ def test_evaluate_folder_defaults_and_what_it_records(tmp_path):
     assert (results["split"], results["max_length"], results["num_truncated"]) == ("test", 16, 0)
     assert results["model_dir"] == str(tmp_path / "model") and results["dataset"] == str(tmp_path / "data")
     assert json.loads((tmp_path / "model" / "eval_results_test.json").read_text()) == results
+
+
+def test_progress_false_draws_no_bar_even_on_a_terminal(monkeypatch):
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    tokenizer = train_tokenizer(SENTENCES, kind="word", model_max_length=16)
+    model = long_writing_model(tokenizer)
+    for progress, expect_bar in ((False, False), (True, True)):
+        terminal = Terminal()
+        monkeypatch.setattr(sys, "stderr", terminal)
+        evaluate(model, batches_of(tokenizer, SENTENCES), tokenizer, iw_samples=2, progress=progress)
+        assert ("evaluate" in terminal.getvalue()) is expect_bar
