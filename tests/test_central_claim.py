@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from sentmim import SentenceMIMConfig, SentenceMIMModel
+from sentmim.batching import make_dataloader
 from sentmim.corpus import load_builtin_corpus
-from sentmim.data import make_dataloader, tokenize_dataset
 from sentmim.evaluation import evaluate
+from sentmim.preprocessing import tokenize_dataset
 from sentmim.tokenization import train_tokenizer
 from sentmim.training import TrainingArguments, train
 

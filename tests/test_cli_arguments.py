@@ -100,12 +100,12 @@ def test_train_defaults_are_the_libraries_defaults(recorded):
 
 def test_train_needs_an_output_dir_and_checks_choices(recorded, capsys):
     bad_choices = [["--tokenizer", "char"], ["--overlong", "wrap"], ["--optimizer", "sgd"]]
-    for argv in (["train"], *(["train", "--output-dir", "x", *choice] for choice in bad_choices)):
-        with pytest.raises(SystemExit) as exited:
-            cli.main(argv)
-        assert exited.value.code == 2
-    assert "run_training" not in recorded
+    assert cli.main(["train"]) == 2
     assert "--output-dir" in capsys.readouterr().err
+    for flag, value in bad_choices:  # refused by the parser, which names the flag, before anything runs
+        assert cli.main(["train", "--output-dir", "x", flag, value]) == 2
+        assert f"argument {flag}: invalid choice: '{value}'" in capsys.readouterr().err
+    assert "run_training" not in recorded
     for flag, values in {"--overlong": ("drop", "truncate"), "--tokenizer": ("word", "bpe", "unigram"),
                          "--optimizer": ("adam", "adamw"), "--report-to": ("none", "tensorboard")}.items():
         for value in values:  # every documented choice is accepted

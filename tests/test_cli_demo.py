@@ -10,11 +10,12 @@ import re
 
 import pytest
 
+from sentmim.batching import make_dataloader
 from sentmim.cli import main
-from sentmim.data import make_dataloader, tokenize_dataset
 from sentmim.evaluation import evaluate
 from sentmim.experiment import RunOptions, load_splits
 from sentmim.pipeline import SentenceMIMPipeline
+from sentmim.preprocessing import tokenize_dataset
 
 ROWS = {  # table label -> result key (the IW rows are checked for consistency: recomputing K=50 costs seconds)
     "KL(q(z|x)||p(z)) nats": "kl", "MI whole-split, nats": "mi_whole_split", "active units": "active_units",

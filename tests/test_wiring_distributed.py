@@ -8,7 +8,8 @@ import torch
 
 from sentmim import SentenceMIMConfig, SentenceMIMModel
 from sentmim.corpus import builtin_sentences
-from sentmim.data import load_text_dataset, tokenize_dataset
+from sentmim.data import load_text_dataset
+from sentmim.preprocessing import tokenize_dataset
 from sentmim.tokenization import train_tokenizer
 from sentmim.training import TrainingArguments, train
 

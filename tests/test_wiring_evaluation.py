@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sentmim import SentenceMIMConfig, SentenceMIMModel, SentenceMIMPipeline
-from sentmim.data import collate_batch
+from sentmim.batching import collate_batch
 from sentmim.evaluation import evaluate, evaluate_folder, save_results
 from sentmim.tokenization import train_tokenizer
 

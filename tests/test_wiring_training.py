@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from sentmim import SentenceMIMConfig, SentenceMIMModel, metrics
-from sentmim.data import make_dataloader
+from sentmim.batching import make_dataloader
 from sentmim.training import TrainingArguments, train
 
 LATENT = 8
@@ -289,7 +289,8 @@ def test_kl_weight_defaults_are_the_configs_defaults(schedule):
 
 
 def test_vae_loss_default_beta_is_one():
-    from sentmim.objectives import kl_per_dimension, vae_loss
+    from sentmim.gaussian import kl_per_dimension
+    from sentmim.objectives import vae_loss
 
     log_likelihood, mean, logvar = torch.tensor([-3.0, -5.0]), torch.randn(2, 4), torch.randn(2, 4)
     expected = -log_likelihood + kl_per_dimension(mean, logvar).sum(-1)
