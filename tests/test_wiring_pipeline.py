@@ -118,3 +118,12 @@ def test_slerp_between_opposite_vectors_keeps_its_endpoints():
     assert torch.isfinite(path).all()
     torch.testing.assert_close(path[0], start)
     torch.testing.assert_close(path[2], -start)
+
+
+def test_only_sentences_longer_than_the_limit_are_counted_as_truncated(tiny_config, caplog):
+    import logging
+
+    pipe = make_pipe(tiny_config, tokenizer_max_length=6)
+    with caplog.at_level(logging.WARNING, logger="sentmim.pipeline"):
+        pipe.encode(["the cat sat on", "the cat sat on the"])  # BOS + words + EOS: 6 tokens (the limit), then 7
+    assert "1 of 2 sentences exceed 6 tokens and were truncated" in caplog.text
