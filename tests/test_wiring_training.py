@@ -295,3 +295,14 @@ def test_vae_loss_default_beta_is_one():
     log_likelihood, mean, logvar = torch.tensor([-3.0, -5.0]), torch.randn(2, 4), torch.randn(2, 4)
     expected = -log_likelihood + kl_per_dimension(mean, logvar).sum(-1)
     torch.testing.assert_close(vae_loss(log_likelihood, mean, logvar), expected)
+
+
+@pytest.mark.parametrize(("name", "value"), [("learning_rate", 0.02), ("max_grad_norm", 1.0), ("seed", 5),
+                                             ("weight_decay", 0.1)])
+def test_train_refuses_to_resume_with_an_option_that_changes_the_run(name, value, data, tmp_path):
+    """Checked by train() itself, whichever option changed and wherever it comes in the saved arguments."""
+    tokenizer, splits = data
+    train(make_model(tokenizer), tokenizer, splits, arguments(tmp_path, max_steps=2, eval_steps=2))
+    with pytest.raises(ValueError, match=f"option {name} was .* when this run started"):
+        train(make_model(tokenizer), tokenizer, splits,
+              arguments(tmp_path, max_steps=4, eval_steps=2, resume=True, **{name: value}))
