@@ -127,3 +127,9 @@ def test_only_sentences_longer_than_the_limit_are_counted_as_truncated(tiny_conf
     with caplog.at_level(logging.WARNING, logger="sentmim.pipeline"):
         pipe.encode(["the cat sat on", "the cat sat on the"])  # BOS + words + EOS: 6 tokens (the limit), then 7
     assert "1 of 2 sentences exceed 6 tokens and were truncated" in caplog.text
+
+
+@pytest.mark.parametrize("n", [True, 2.5, 0])
+def test_prior_sample_count_must_be_a_positive_integer(tiny_config, n):
+    with pytest.raises(ValueError, match=f"n={n!r}: must be an integer >= 1"):
+        make_pipe(tiny_config).sample(n=n)
