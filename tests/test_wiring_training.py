@@ -306,3 +306,15 @@ def test_train_refuses_to_resume_with_an_option_that_changes_the_run(name, value
     with pytest.raises(ValueError, match=f"option {name} was .* when this run started"):
         train(make_model(tokenizer), tokenizer, splits,
               arguments(tmp_path, max_steps=4, eval_steps=2, resume=True, **{name: value}))
+
+
+def test_a_longer_run_may_resume_but_not_with_other_evaluations_when_they_steer_it(data, tmp_path):
+    """Plateau schedule: extending max_steps is allowed (not cosine), changing eval_steps is not, even together."""
+    tokenizer, splits = data
+    settings = dict(lr_scheduler="plateau", eval_steps=2)
+    train(make_model(tokenizer), tokenizer, splits, arguments(tmp_path, max_steps=2, **settings))
+    with pytest.raises(ValueError, match="option eval_steps was 2 when this run started"):
+        train(make_model(tokenizer), tokenizer, splits,
+              arguments(tmp_path, max_steps=4, resume=True, **(settings | {"eval_steps": 1})))
+    result = train(make_model(tokenizer), tokenizer, splits, arguments(tmp_path, max_steps=4, resume=True, **settings))
+    assert result["step"] == 4
