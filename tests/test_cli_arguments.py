@@ -20,8 +20,9 @@ def recorded(monkeypatch):
     import sentmim.benchmark
     import sentmim.benchmark_report
     import sentmim.demo
-    import sentmim.evaluation
+    import sentmim.evaluate_folder
     import sentmim.experiment
+    import sentmim.reporting
 
     calls = {}
 
@@ -33,8 +34,8 @@ def recorded(monkeypatch):
 
     monkeypatch.setattr(sentmim.experiment, "run_training",
                         recorder("run_training", (None, None, {"step": 1, "best_val_loss": 2.0})))
-    monkeypatch.setattr(sentmim.evaluation, "evaluate_folder", recorder("evaluate_folder", {}))
-    monkeypatch.setattr(sentmim.evaluation, "format_results", recorder("format_results", "table"))
+    monkeypatch.setattr(sentmim.evaluate_folder, "evaluate_folder", recorder("evaluate_folder", {}))
+    monkeypatch.setattr(sentmim.reporting, "format_results", recorder("format_results", "table"))
     monkeypatch.setattr(sentmim.demo, "run_demo", recorder("run_demo"))
     monkeypatch.setattr(sentmim.benchmark, "run_benchmark", recorder("run_benchmark", {"models": ["rows"]}))
     monkeypatch.setattr(sentmim.benchmark_report, "format_results_table", recorder("format_results_table", "t"))

@@ -11,8 +11,10 @@ import torch
 from sentmim import SentenceMIMConfig, SentenceMIMModel
 from sentmim.cli import main
 from sentmim.corpus import builtin_sentences
-from sentmim.evaluation import evaluate, format_results, load_eval_batches, load_split_texts
+from sentmim.evaluate_folder import load_eval_batches, load_split_texts
+from sentmim.evaluation import evaluate
 from sentmim.pipeline import SentenceMIMPipeline
+from sentmim.reporting import format_results
 from sentmim.tokenization import train_tokenizer
 
 OPTIONS = {"--split": "validation", "--iw-samples": "7", "--batch-size": "16", "--max-sentences": "30", "--seed": "3"}

@@ -8,7 +8,8 @@ import torch
 
 from sentmim import SentenceMIMConfig, SentenceMIMModel, SentenceMIMPipeline
 from sentmim.batching import collate_batch
-from sentmim.evaluation import evaluate, evaluate_folder, save_results
+from sentmim.evaluate_folder import evaluate_folder
+from sentmim.evaluation import evaluate
 from sentmim.tokenization import train_tokenizer
 
 SENTENCES = ["the cat sat on the mat .", "a dog ran in the park .", "the bird sang .", "it rained .",
@@ -54,11 +55,6 @@ def test_two_sentences_are_enough_and_one_is_not():
     assert two["num_sentences"] == 2
     with pytest.raises(ValueError, match="at least 2 sentences"):
         evaluate(model, batches_of(tokenizer, SENTENCES[:1]), tokenizer, iw_samples=2, progress=False)
-
-
-def test_save_results_creates_missing_folders(tmp_path):
-    path = save_results({"kl": 1.5}, tmp_path / "a" / "b" / "results.json")
-    assert json.loads(path.read_text()) == {"kl": 1.5}
 
 
 def test_evaluate_folder_defaults_and_what_it_records(tmp_path):
