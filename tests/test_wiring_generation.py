@@ -1,5 +1,5 @@
 """Decoding options reach the algorithms: sampling temperature, top-k and top-p, beam search's length penalty, and
-the pipeline's prior temperature, each checked against an independent computation.
+the functions' defaults, each checked against an independent computation.
 
 The reference distributions come from teacher-forced `model.log_likelihood` on hand-built prefixes, not from the
 decoding path (`decode_step`) that the algorithms use.
@@ -11,8 +11,7 @@ import math
 import pytest
 import torch
 
-from sentmim import SentenceMIMModel, SentenceMIMPipeline
-from sentmim.tokenization import train_tokenizer
+from sentmim import SentenceMIMModel
 
 
 def peaked_model(tiny_config, **overrides) -> SentenceMIMModel:
@@ -132,59 +131,6 @@ def test_beam_search_with_enough_beams_equals_exhaustive_search(tiny_config):
             assert decoded[row].tolist() == padded, (length_penalty, row)
     assert compared >= 15
     assert any(len(found) > 1 for found in winners.values()), "a length penalty must change some winner"
-
-
-# -- the pipeline's prior sample --------------------------------------------------------------------------------------
-
-SENTENCES = ["the cat sat on the mat .", "a dog ran in the park .", "the bird sang .", "it rained ."]
-
-
-@pytest.fixture
-def pipe(tiny_config):
-    tokenizer = train_tokenizer(SENTENCES, kind="word", model_max_length=8)
-    model = peaked_model(tiny_config, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         unk_token_id=tokenizer.unk_token_id, max_position_embeddings=8, latent_size=8)
-    return SentenceMIMPipeline(model, tokenizer)
-
-
-def spy_on_decode(pipe) -> list:
-    """Record the latents and options that the pipeline hands to model.decode."""
-    calls, decode = [], pipe.model.decode
-
-    def recording_decode(z, **kwargs):
-        calls.append((z.clone(), kwargs))
-        return decode(z, **kwargs)
-
-    pipe.model.decode = recording_decode
-    return calls
-
-
-@pytest.mark.parametrize("latent_temperature", [0.0, 0.5, 2.0])
-def test_prior_samples_have_the_latent_temperature_as_standard_deviation(pipe, latent_temperature):
-    calls = spy_on_decode(pipe)
-    pipe.sample(n=2000, temperature=0.8, latent_temperature=latent_temperature, seed=1)
-    z = torch.cat([latents for latents, _ in calls])
-    assert z.shape == (2000, 8)
-    assert float(z.std()) == pytest.approx(latent_temperature, rel=0.05, abs=1e-12)
-    assert abs(float(z.mean())) < 0.1 * latent_temperature + 1e-12
-    assert all(kwargs["do_sample"] and kwargs["temperature"] == 0.8 for _, kwargs in calls)
-
-
-def test_prior_sample_at_zero_temperatures_is_the_decoded_origin(pipe):
-    origin = pipe.decode(torch.zeros(1, 8))[0]
-    assert pipe.sample(n=5, temperature=0, latent_temperature=0.0, seed=2) == [origin] * 5
-    varied = pipe.sample(n=20, temperature=0, latent_temperature=1.0, seed=2)
-    assert len(set(varied)) > 1, "greedy decoding of distinct prior latents must give distinct sentences here"
-
-
-def test_token_temperature_reaches_the_decoder(pipe):
-    calls = spy_on_decode(pipe)
-    pipe.sample(n=3, temperature=0.3, seed=4)
-    assert [kwargs.get("temperature") for _, kwargs in calls] == [0.3]
-    calls.clear()
-    pipe.sample(n=3, temperature=0, seed=4)
-    assert not any(kwargs.get("do_sample") for _, kwargs in calls)  # temperature 0 decodes greedily
 
 
 def test_beam_search_stops_when_every_beam_has_ended(tiny_config):

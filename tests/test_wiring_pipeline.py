@@ -98,17 +98,6 @@ def test_perturbed_reconstruction_adds_noise_of_the_default_scale(tiny_config):
     assert float(noise.std()) == pytest.approx(0.1, rel=0.05)
 
 
-def test_prior_sample_defaults(tiny_config):
-    pipe = make_pipe(tiny_config)
-    calls = spy_on_decode(pipe)
-    assert len(pipe.sample(n=1, seed=0)) == 1
-    calls.clear()
-    pipe.sample(n=1000, seed=0)  # latent_temperature=1: z ~ N(0, I)
-    z = torch.cat([latents for latents, _ in calls])
-    assert float(z.std()) == pytest.approx(1.0, rel=0.05)
-    assert all(kwargs["do_sample"] and kwargs["temperature"] == 1.0 for _, kwargs in calls)
-
-
 def test_slerp_between_opposite_vectors_keeps_its_endpoints():
     """Rounding puts the cosine of these opposite vectors at -1.0000001: without the clamp, acos gives NaN."""
     start = torch.tensor([10.751029968261719, -2.0471582412719727, -15.20070743560791, 3.9657607078552246,
@@ -127,6 +116,50 @@ def test_only_sentences_longer_than_the_limit_are_counted_as_truncated(tiny_conf
     with caplog.at_level(logging.WARNING, logger="sentmim.pipeline"):
         pipe.encode(["the cat sat on", "the cat sat on the"])  # BOS + words + EOS: 6 tokens (the limit), then 7
     assert "1 of 2 sentences exceed 6 tokens and were truncated" in caplog.text
+
+
+# -- the prior sample -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("latent_temperature", [0.0, 0.5, 2.0])
+def test_prior_samples_have_the_latent_temperature_as_standard_deviation(tiny_config, latent_temperature):
+    pipe = make_pipe(tiny_config)
+    calls = spy_on_decode(pipe)
+    pipe.sample(n=2000, temperature=0.8, latent_temperature=latent_temperature, seed=1)
+    z = torch.cat([latents for latents, _ in calls])
+    assert z.shape == (2000, 8)
+    assert float(z.std()) == pytest.approx(latent_temperature, rel=0.05, abs=1e-12)
+    assert abs(float(z.mean())) < 0.1 * latent_temperature + 1e-12
+    assert all(kwargs["do_sample"] and kwargs["temperature"] == 0.8 for _, kwargs in calls)
+
+
+def test_prior_sample_at_zero_temperatures_is_the_decoded_origin(tiny_config):
+    pipe = make_pipe(tiny_config)
+    origin = pipe.decode(torch.zeros(1, LATENT))[0]
+    assert pipe.sample(n=5, temperature=0, latent_temperature=0.0, seed=2) == [origin] * 5
+    varied = pipe.sample(n=20, temperature=0, latent_temperature=1.0, seed=2)
+    assert len(set(varied)) > 1, "greedy decoding of distinct prior latents must give distinct sentences here"
+
+
+def test_token_temperature_reaches_the_decoder(tiny_config):
+    pipe = make_pipe(tiny_config)
+    calls = spy_on_decode(pipe)
+    pipe.sample(n=3, temperature=0.3, seed=4)
+    assert [kwargs.get("temperature") for _, kwargs in calls] == [0.3]
+    calls.clear()
+    pipe.sample(n=3, temperature=0, seed=4)
+    assert not any(kwargs.get("do_sample") for _, kwargs in calls)  # temperature 0 decodes greedily
+
+
+def test_prior_sample_defaults(tiny_config):
+    pipe = make_pipe(tiny_config)
+    calls = spy_on_decode(pipe)
+    assert len(pipe.sample(n=1, seed=0)) == 1
+    calls.clear()
+    pipe.sample(n=1000, seed=0)  # latent_temperature=1: z ~ N(0, I)
+    z = torch.cat([latents for latents, _ in calls])
+    assert float(z.std()) == pytest.approx(1.0, rel=0.05)
+    assert all(kwargs["do_sample"] and kwargs["temperature"] == 1.0 for _, kwargs in calls)
 
 
 @pytest.mark.parametrize("n", [True, 2.5, 0])

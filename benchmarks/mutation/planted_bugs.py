@@ -43,7 +43,7 @@ BUGS = [
      ["tests/test_wiring_generation.py::test_beam_search_with_enough_beams_equals_exhaustive_search"]),
     ("prior sampling ignores latent_temperature", "sentmim/pipeline.py",
      "z = z * latent_temperature", "z = z",
-     ["tests/test_wiring_generation.py::test_prior_samples_have_the_latent_temperature_as_standard_deviation"]),
+     ["tests/test_wiring_pipeline.py::test_prior_samples_have_the_latent_temperature_as_standard_deviation"]),
     ("sentmim evaluate drops IW-NLL (iw_samples forced to 0)", "sentmim/cli.py",
      "iw_samples=args.iw_samples,", "iw_samples=0,",
      ["tests/test_cli_evaluate.py::test_every_printed_metric_is_the_librarys_on_the_same_data"]),
