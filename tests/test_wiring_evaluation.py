@@ -84,3 +84,4 @@ def test_progress_false_draws_no_bar_even_on_a_terminal(monkeypatch):
         monkeypatch.setattr(sys, "stderr", terminal)
         evaluate(model, batches_of(tokenizer, SENTENCES), tokenizer, iw_samples=2, progress=progress)
         assert ("evaluate" in terminal.getvalue()) is expect_bar
+    assert "2/2" in terminal.getvalue()  # the bar knows how many batches there are
