@@ -13,9 +13,10 @@ from sentmim import SentenceMIMConfig, SentenceMIMModel
 from sentmim.batching import make_dataloader
 from sentmim.corpus import load_builtin_corpus
 from sentmim.evaluation import evaluate
+from sentmim.options import TrainingOptions
 from sentmim.preprocessing import tokenize_dataset
 from sentmim.tokenization import train_tokenizer
-from sentmim.training import TrainingArguments, train
+from sentmim.training import train
 
 
 @pytest.fixture(scope="module")
@@ -29,11 +30,12 @@ def measured(tmp_path_factory):
         torch.manual_seed(0)
         model = SentenceMIMModel(SentenceMIMConfig(
             vocab_size=len(tokenizer), embedding_size=32, hidden_size=64, latent_size=8, objective=objective,
-            kl_schedule="constant", kl_weight=1.0, pad_token_id=tokenizer.pad_token_id,
+            pad_token_id=tokenizer.pad_token_id,
             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         ))
-        args = TrainingArguments(output_dir=str(tmp_path_factory.mktemp(objective)), batch_size=32, max_steps=300,
-                                 learning_rate=3e-3, logging_steps=100, eval_steps=1000, progress=False)
+        args = TrainingOptions(output_dir=str(tmp_path_factory.mktemp(objective)), batch_size=32, max_steps=300,
+                               learning_rate=3e-3, logging_steps=100, eval_steps=1000, kl_schedule="constant",
+                               kl_weight=1.0, disable_tqdm=True)
         train(model, tokenizer, {"train": splits["train"]}, args)
         results[objective] = evaluate(model, test_batches, tokenizer, iw_samples=0, bleu=False, progress=False)
     return results

@@ -1,27 +1,22 @@
 """Every `sentmim` flag reaches the function that uses it, with the documented default when it is left out.
 
-The work itself (training, evaluation, the demo, the benchmark, the pipeline) is replaced by recorders: these tests
-pin down the command line -> library wiring in milliseconds; the end-to-end runs are in test_cli*.py."""
+The work itself (training, evaluation, the demo, the pipeline) is replaced by recorders: these tests pin down the
+command line -> library wiring in milliseconds; the end-to-end runs are in test_cli*.py."""
 
-import dataclasses
-import logging
 
 import numpy as np
 import pytest
 
 from sentmim import cli
-from sentmim.experiment import RunOptions
-from sentmim.training import TrainingArguments
+from sentmim import options as opts
 
 
 @pytest.fixture
 def recorded(monkeypatch):
     """Replace each command's worker by a recorder; returns {name: (args, kwargs)} of the calls."""
-    import sentmim.benchmark
-    import sentmim.benchmark_report
+    import sentmim.assembly
     import sentmim.demo
     import sentmim.evaluate_folder
-    import sentmim.experiment
     import sentmim.reporting
 
     calls = {}
@@ -32,13 +27,11 @@ def recorded(monkeypatch):
             return result
         return record
 
-    monkeypatch.setattr(sentmim.experiment, "run_training",
-                        recorder("run_training", (None, None, {"step": 1, "best_val_loss": 2.0})))
+    monkeypatch.setattr(sentmim.assembly, "train_from_options",
+                        recorder("train", (None, None, {"step": 1, "best_val_loss": 2.0})))
     monkeypatch.setattr(sentmim.evaluate_folder, "evaluate_folder", recorder("evaluate_folder", {}))
     monkeypatch.setattr(sentmim.reporting, "format_results", recorder("format_results", "table"))
     monkeypatch.setattr(sentmim.demo, "run_demo", recorder("run_demo"))
-    monkeypatch.setattr(sentmim.benchmark, "run_benchmark", recorder("run_benchmark", {"models": ["rows"]}))
-    monkeypatch.setattr(sentmim.benchmark_report, "format_results_table", recorder("format_results_table", "t"))
     return calls
 
 
@@ -81,22 +74,27 @@ def test_every_train_flag_reaches_the_run(recorded, capsys):
     for flag, (value, _) in MODEL_FLAGS.items():
         argv += [flag, value]
     assert cli.main(argv) == 0
-    (options, training_args), _ = recorded["run_training"]
+    (dataset, data, tokenizer, model, training), _ = recorded["train"]
     for flag, (_, field, expected) in TRAINING_FLAGS.items():
-        assert getattr(training_args, field) == expected, flag
-    assert (training_args.output_dir, training_args.cpu, training_args.overwrite) == ("runs/x", True, True)
+        assert getattr(training, field) == expected, flag
+    assert (training.output_dir, training.cpu, training.overwrite) == ("runs/x", True, True)
     for flag, (_, field, expected) in RUN_FLAGS.items():
-        assert getattr(options, field) == expected, flag
-    assert options.lowercase and options.streaming
-    assert options.model == {flag[2:].replace("-", "_"): expected for flag, (_, expected) in MODEL_FLAGS.items()}
+        owner = next(part for part in (dataset, data, tokenizer, model) if hasattr(part, field))
+        assert getattr(owner, field) == expected, flag
+    assert data.lowercase and data.streaming
+    for flag, (_, expected) in MODEL_FLAGS.items():
+        field = flag[2:].replace("-", "_")
+        owner = model if hasattr(model, field) else training
+        assert getattr(owner, field) == expected, flag
     assert "trained 1 steps; best validation loss 2.0; model in runs/x" in capsys.readouterr().out
 
 
 def test_train_defaults_are_the_libraries_defaults(recorded):
     assert cli.main(["train", "--output_dir", "runs/y"]) == 0  # the underscore spelling works too
-    (options, training_args), _ = recorded["run_training"]
-    assert dataclasses.asdict(training_args) == dataclasses.asdict(TrainingArguments(output_dir="runs/y"))
-    assert dataclasses.asdict(options) == dataclasses.asdict(RunOptions())
+    (dataset, data, tokenizer, model, training), _ = recorded["train"]
+    assert training == opts.TrainingOptions(output_dir="runs/y")
+    assert (dataset, data, tokenizer, model) == (opts.DatasetOptions(), opts.DataOptions(), opts.TokenizerOptions(),
+                                                 opts.ModelOptions())
 
 
 def test_train_needs_an_output_dir_and_checks_choices(recorded, capsys):
@@ -106,7 +104,7 @@ def test_train_needs_an_output_dir_and_checks_choices(recorded, capsys):
     for flag, value in bad_choices:  # refused by the parser, which names the flag, before anything runs
         assert cli.main(["train", "--output-dir", "x", flag, value]) == 2
         assert f"argument {flag}: invalid choice: '{value}'" in capsys.readouterr().err
-    assert "run_training" not in recorded
+    assert "train" not in recorded
     for flag, values in {"--overlong": ("drop", "truncate"), "--tokenizer": ("word", "bpe", "unigram"),
                          "--optimizer": ("adam", "adamw"), "--report-to": ("none", "tensorboard")}.items():
         for value in values:  # every documented choice is accepted
@@ -121,37 +119,24 @@ def test_evaluate_flags_and_defaults(recorded, capsys):
     args, kwargs = recorded["evaluate_folder"]
     assert args == ("runs/m", "builtin")
     assert kwargs == dict(dataset_config=None, split="test", text_column=None, batch_size=64, iw_samples=500,
-                          max_sentences=None, seed=0, plots_dir=None)
+                          max_sentences=None, seed=0, plots_dir=None, progress=True)
     assert cli.main(["evaluate", "runs/m", "--dataset", "d", "--dataset-config", "c", "--split", "validation",
                      "--text-column", "t", "--batch-size", "8", "--iw-samples", "9", "--max-sentences", "10",
                      "--plots", "p", "--seed", "4"]) == 0
     args, kwargs = recorded["evaluate_folder"]
     assert args == ("runs/m", "d")
     assert kwargs == dict(dataset_config="c", split="validation", text_column="t", batch_size=8, iw_samples=9,
-                          max_sentences=10, seed=4, plots_dir="p")
+                          max_sentences=10, seed=4, plots_dir="p", progress=True)
     assert capsys.readouterr().out == "table\ntable\n"
 
 
 def test_demo_flags_and_defaults(recorded):
+    from sentmim.demo import DemoOptions
+
     assert cli.main(["demo"]) == 0
-    assert recorded["run_demo"][1] == dict(output_dir="runs/demo", max_steps=3000, seed=0)
+    assert recorded["run_demo"][0] == (DemoOptions(output_dir="runs/demo", max_steps=3000, seed=0),)
     assert cli.main(["demo", "--output-dir", "d", "--max-steps", "5", "--seed", "2"]) == 0
-    assert recorded["run_demo"][1] == dict(output_dir="d", max_steps=5, seed=2)
-
-
-def test_benchmark_flags_and_defaults(recorded, capsys):
-    from sentmim.benchmark import benchmark_settings
-
-    assert cli.main(["benchmark", "--output-dir", "b"]) == 0
-    (settings, output_dir), kwargs = recorded["run_benchmark"]
-    assert settings == benchmark_settings("cpu") and output_dir == "b"
-    assert kwargs == dict(preset="cpu", command="sentmim benchmark --preset cpu --output-dir b", overwrite=False,
-                          progress=True)
-    assert recorded["format_results_table"][0] == (["rows"],) and capsys.readouterr().out == "t\n"
-    assert cli.main(["benchmark", "--preset", "smoke", "--output-dir", "b", "--overwrite", "--disable-tqdm"]) == 0
-    (settings, _), kwargs = recorded["run_benchmark"]
-    assert settings == benchmark_settings("smoke")
-    assert (kwargs["preset"], kwargs["overwrite"], kwargs["progress"]) == ("smoke", True, False)
+    assert recorded["run_demo"][0] == (DemoOptions(output_dir="d", max_steps=5, seed=2),)
 
 
 # -- the text commands ----------------------------------------------------------------------------------------------
@@ -207,16 +192,3 @@ def test_text_commands_pass_their_options(pipeline, tmp_path, capsys):
     assert pipeline.calls[-1] == ("encode", ["s1", "s2"]) and np.load(output).shape == (2, 3)
     out = capsys.readouterr().out
     assert "input:  one\noutput: out 0" in out and "  1  b" in out and "sample 1" in out
-
-
-@pytest.mark.parametrize(("command", "level"), [("train", logging.INFO), ("demo", logging.INFO),
-                                                ("evaluate", logging.WARNING), ("sample", logging.WARNING)])
-def test_only_training_commands_log_at_info(command, level, recorded, pipeline, monkeypatch):
-    levels = []
-    monkeypatch.setattr(logging, "basicConfig", lambda **kwargs: levels.append(kwargs["level"]))
-    argv = {"train": ["train", "--output-dir", "o"], "demo": ["demo"], "evaluate": ["evaluate", "m"],
-            "sample": ["sample", "m"]}[command]
-    assert cli.main(argv) == 0
-    assert levels == [level]
-    assert cli.main(["--verbose", *argv]) == 0
-    assert levels[-1] == logging.INFO

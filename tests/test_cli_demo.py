@@ -10,10 +10,11 @@ import re
 
 import pytest
 
+from sentmim.assembly import load_training_splits
 from sentmim.batching import make_dataloader
 from sentmim.cli import main
 from sentmim.evaluation import evaluate
-from sentmim.experiment import RunOptions, load_splits
+from sentmim.options import DataOptions, DatasetOptions
 from sentmim.pipeline import SentenceMIMPipeline
 from sentmim.preprocessing import tokenize_dataset
 
@@ -61,7 +62,7 @@ def test_demo_table_shows_what_evaluate_measures(demo):
     _, output, output_dir = demo
     rows = table(output)
     assert set(ROWS) | {"IW-NLL (K=50), nats", "IW-PPL (K=50)"} <= set(rows)
-    test_split = load_splits(RunOptions(dataset="builtin"), 0)["test"].select(range(500))
+    test_split = load_training_splits(DatasetOptions(dataset="builtin"), DataOptions(), 0)["test"].select(range(500))
     for column, objective in enumerate(("mim", "vae")):
         pipe = SentenceMIMPipeline.from_pretrained(output_dir / objective)
         tokenized, _ = tokenize_dataset(test_split, pipe.tokenizer, max_length=32, overlong="truncate")

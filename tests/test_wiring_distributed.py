@@ -9,9 +9,10 @@ import torch
 from sentmim import SentenceMIMConfig, SentenceMIMModel
 from sentmim.corpus import builtin_sentences
 from sentmim.data import load_text_dataset
+from sentmim.options import TrainingOptions
 from sentmim.preprocessing import tokenize_dataset
 from sentmim.tokenization import train_tokenizer
-from sentmim.training import TrainingArguments, train
+from sentmim.training import train
 
 SENTENCES = builtin_sentences(200, seed=4)
 
@@ -40,8 +41,8 @@ def stream_on_two_processes(folder: str) -> None:
         return forward(*args, **kwargs)
 
     model.forward = recording_forward
-    args = TrainingArguments(output_dir=str(Path(folder) / "run"), batch_size=8, max_steps=3, logging_steps=1,
-                             progress=False, cpu=True)
+    args = TrainingOptions(output_dir=str(Path(folder) / "run"), batch_size=8, max_steps=3, logging_steps=1,
+                             disable_tqdm=True, cpu=True)
     result = train(model, tokenizer, {"train": splits["train"]}, args)
     rank = PartialState().process_index
     (Path(folder) / f"rank_{rank}.json").write_text(json.dumps({"step": result["step"], "seen": seen}))

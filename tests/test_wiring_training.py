@@ -17,7 +17,8 @@ import torch
 
 from sentmim import SentenceMIMConfig, SentenceMIMModel, metrics
 from sentmim.batching import make_dataloader
-from sentmim.training import TrainingArguments, train
+from sentmim.options import TrainingOptions
+from sentmim.training import train
 
 LATENT = 8
 
@@ -37,10 +38,10 @@ def make_model(tokenizer, **overrides) -> SentenceMIMModel:
     return SentenceMIMModel(SentenceMIMConfig(**settings))
 
 
-def arguments(output_dir, **overrides) -> TrainingArguments:
-    settings = dict(batch_size=16, max_steps=8, eval_steps=8, logging_steps=1, progress=False, learning_rate=1e-2)
+def arguments(output_dir, **overrides) -> TrainingOptions:
+    settings = dict(batch_size=16, max_steps=8, eval_steps=8, logging_steps=1, disable_tqdm=True, learning_rate=1e-2)
     settings.update(overrides)
-    return TrainingArguments(output_dir=str(output_dir), **settings)
+    return TrainingOptions(output_dir=str(output_dir), **settings)
 
 
 def read_log(output_dir) -> list[dict]:
@@ -68,7 +69,7 @@ SCHEDULES = {
 def test_beta_logged_and_applied_at_each_step_is_the_schedules_value(schedule, data, tmp_path):
     tokenizer, splits = data
     settings, beta_at = SCHEDULES[schedule]
-    train(make_model(tokenizer, **settings), tokenizer, splits, arguments(tmp_path))
+    train(make_model(tokenizer), tokenizer, splits, arguments(tmp_path, **settings))
     records = train_records(tmp_path)
     assert [record["step"] for record in records] == list(range(1, 9))
     betas = set()
@@ -92,8 +93,9 @@ def test_free_bits_floor_the_training_loss_and_not_the_validation_loss(data, tmp
     recon + beta * latent * 2 exactly; validation (beta = 1, no floor) is recon + KL."""
     tokenizer, splits = data
     floor = 2.0
-    model = make_model(tokenizer, free_bits=floor, kl_schedule="linear", kl_anneal_steps=4)
-    train(model, tokenizer, splits, arguments(tmp_path, max_steps=6, eval_steps=3, learning_rate=1e-3))
+    options = arguments(tmp_path, max_steps=6, eval_steps=3, learning_rate=1e-3, free_bits=floor, kl_schedule="linear",
+                        kl_anneal_steps=4)
+    train(make_model(tokenizer), tokenizer, splits, options)
     records = train_records(tmp_path)
     assert len(records) == 6
     for record in records:
@@ -257,12 +259,12 @@ INVALID = {"batch_size": 0, "eval_batch_size": 0, "max_steps": 0, "epochs": 0.0,
 
 @pytest.mark.parametrize("name", list(INVALID))
 def test_an_invalid_training_argument_is_named_and_the_smallest_valid_one_accepted(name, tmp_path):
-    with pytest.raises(ValueError, match=f"training argument {name}={INVALID[name]!r} is invalid"):
-        TrainingArguments(output_dir=str(tmp_path), **{name: INVALID[name]})
+    with pytest.raises(ValueError, match=f"^{name}={INVALID[name]!r} is invalid"):
+        TrainingOptions(output_dir=str(tmp_path), **{name: INVALID[name]})
     smallest = {"batch_size": 1, "eval_batch_size": 1, "max_steps": 1, "gradient_accumulation_steps": 1,
                 "eval_steps": 1, "logging_steps": 1, "save_total_limit": 1}
     if name in smallest:
-        assert getattr(TrainingArguments(output_dir=str(tmp_path), **{name: smallest[name]}), name) == 1
+        assert getattr(TrainingOptions(output_dir=str(tmp_path), **{name: smallest[name]}), name) == 1
 
 
 def test_fused_adam_is_used_where_supported(data, tmp_path):
@@ -279,12 +281,12 @@ def test_fused_adam_is_used_where_supported(data, tmp_path):
 
 
 @pytest.mark.parametrize("schedule", ["constant", "linear", "logistic", "cyclical"])
-def test_kl_weight_defaults_are_the_configs_defaults(schedule):
-    from sentmim.objectives import kl_weight, kl_weight_from_config
+def test_kl_weight_defaults_are_the_options_defaults(schedule):
+    from sentmim.objectives import kl_weight, kl_weight_from_options
 
-    config = SentenceMIMConfig(kl_schedule=schedule)
+    options = TrainingOptions(output_dir="unused", kl_schedule=schedule)
     for step in (0, 1200, 2500, 6000, 13000):
-        assert kl_weight(step, schedule) == kl_weight_from_config(config, step)
+        assert kl_weight(step, schedule) == kl_weight_from_options(options, step)
     assert kl_weight(1200) == 1.0  # the default schedule is constant
 
 
