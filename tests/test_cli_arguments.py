@@ -10,6 +10,8 @@ import pytest
 from sentmim import cli
 from sentmim import options as opts
 
+pytestmark = pytest.mark.usefixtures("quiet_progress_bars")  # main() sets the libraries' global bar switches
+
 
 @pytest.fixture
 def recorded(monkeypatch):

@@ -18,6 +18,8 @@ from sentmim.options import DataOptions, DatasetOptions
 from sentmim.pipeline import SentenceMIMPipeline
 from sentmim.preprocessing import tokenize_dataset
 
+pytestmark = pytest.mark.usefixtures("quiet_progress_bars")  # main() sets the libraries' global bar switches
+
 ROWS = {  # table label -> result key (the IW rows are checked for consistency: recomputing K=50 costs seconds)
     "KL(q(z|x)||p(z)) nats": "kl", "MI whole-split, nats": "mi_whole_split", "active units": "active_units",
     "BLEU-4 corpus (sacreBLEU)": "bleu4_corpus", "BLEU-1 mean sentence": "bleu1_sentence_mean",

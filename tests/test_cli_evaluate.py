@@ -17,6 +17,8 @@ from sentmim.pipeline import SentenceMIMPipeline
 from sentmim.reporting import format_results
 from sentmim.tokenization import train_tokenizer
 
+pytestmark = pytest.mark.usefixtures("quiet_progress_bars")  # main() sets the libraries' global bar switches
+
 OPTIONS = {"--split": "validation", "--iw-samples": "7", "--batch-size": "16", "--max-sentences": "30", "--seed": "3"}
 # printed label (start of the line) -> result key
 PRINTED = {
