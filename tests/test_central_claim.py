@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from sentmim import SentenceMIMConfig, SentenceMIMModel
+from sentmim.apps.corpus import load_builtin_corpus
 from sentmim.batching import make_dataloader
-from sentmim.corpus import load_builtin_corpus
 from sentmim.evaluation import evaluate
 from sentmim.options import TrainingOptions
 from sentmim.preprocessing import tokenize_dataset

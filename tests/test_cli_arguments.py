@@ -16,8 +16,8 @@ pytestmark = pytest.mark.usefixtures("quiet_progress_bars")  # main() sets the l
 @pytest.fixture
 def recorded(monkeypatch):
     """Replace each command's worker by a recorder; returns {name: (args, kwargs)} of the calls."""
+    import sentmim.apps.demo
     import sentmim.assembly
-    import sentmim.demo
     import sentmim.evaluate_folder
     import sentmim.reporting
 
@@ -33,7 +33,7 @@ def recorded(monkeypatch):
                         recorder("train", (None, None, {"step": 1, "best_val_loss": 2.0})))
     monkeypatch.setattr(sentmim.evaluate_folder, "evaluate_folder", recorder("evaluate_folder", {}))
     monkeypatch.setattr(sentmim.reporting, "format_results", recorder("format_results", "table"))
-    monkeypatch.setattr(sentmim.demo, "run_demo", recorder("run_demo"))
+    monkeypatch.setattr(sentmim.apps.demo, "run_demo", recorder("run_demo"))
     return calls
 
 
@@ -133,7 +133,7 @@ def test_evaluate_flags_and_defaults(recorded, capsys):
 
 
 def test_demo_flags_and_defaults(recorded):
-    from sentmim.demo import DemoOptions
+    from sentmim.apps.demo import DemoOptions
 
     assert cli.main(["demo"]) == 0
     assert recorded["run_demo"][0] == (DemoOptions(output_dir="runs/demo", max_steps=3000, seed=0),)

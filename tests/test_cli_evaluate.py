@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from sentmim import SentenceMIMConfig, SentenceMIMModel
+from sentmim.apps.corpus import builtin_sentences
 from sentmim.cli import main
-from sentmim.corpus import builtin_sentences
 from sentmim.evaluate_folder import load_eval_batches, load_split_texts
 from sentmim.evaluation import evaluate
 from sentmim.pipeline import SentenceMIMPipeline

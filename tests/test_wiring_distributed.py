@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from sentmim import SentenceMIMConfig, SentenceMIMModel
-from sentmim.corpus import builtin_sentences
+from sentmim.apps.corpus import builtin_sentences
 from sentmim.data import load_text_dataset
 from sentmim.options import TrainingOptions
 from sentmim.preprocessing import tokenize_dataset

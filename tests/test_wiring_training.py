@@ -280,16 +280,6 @@ def test_fused_adam_is_used_where_supported(data, tmp_path):
     assert not build_optimizer(model, arguments(tmp_path), fused=False).defaults.get("fused")
 
 
-@pytest.mark.parametrize("schedule", ["constant", "linear", "logistic", "cyclical"])
-def test_kl_weight_defaults_are_the_options_defaults(schedule):
-    from sentmim.objectives import kl_weight, kl_weight_from_options
-
-    options = TrainingOptions(output_dir="unused", kl_schedule=schedule)
-    for step in (0, 1200, 2500, 6000, 13000):
-        assert kl_weight(step, schedule) == kl_weight_from_options(options, step)
-    assert kl_weight(1200) == 1.0  # the default schedule is constant
-
-
 def test_vae_loss_default_beta_is_one():
     from sentmim.gaussian import kl_per_dimension
     from sentmim.objectives import vae_loss
