@@ -233,10 +233,15 @@ def _tokenize_split(ds: AnyDataset, key: str, tokenizer, max_length: int, overlo
     features = Features({"input_ids": List(Value("int32")), "length": Value("int64")})
     if function.report_original:
         features["original_length"] = Value("int64")
-    tokenized = ds.map(  # explicit features: the columns exist even if every sentence is dropped
-        function, batched=True, remove_columns=ds.column_names, features=features, num_proc=num_proc,
-        desc=f"tokenize {key}",
-    )
+    if len(ds) == 0:  # datasets does not map an empty split: it would keep the text column, and no other
+        tokenized = Dataset.from_dict({name: [] for name in features}, features=features)
+    else:  # explicit features: the columns exist even if every sentence is dropped
+        tokenized = ds.map(function, batched=True, remove_columns=ds.column_names, features=features,
+                           num_proc=num_proc, desc=f"tokenize {key}")
+    return _tokenized_with_stats(ds, tokenized, key, max_length, overlong)
+
+
+def _tokenized_with_stats(ds: Dataset, tokenized: Dataset, key: str, max_length: int, overlong: str):
     if overlong == "truncate":
         num_overlong = int((column_as_array(tokenized, "original_length") > max_length).sum())
         tokenized = tokenized.remove_columns("original_length")

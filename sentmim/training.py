@@ -113,7 +113,9 @@ class SentenceMIMTrainer:
     def setup(self) -> None:
         options, accelerator = self.options, self.accelerator
         self.prepare_folder()
-        set_seed(options.seed)
+        # Each process its own seed (seed + rank): otherwise every rank draws the same noise and dropout masks for
+        # its own batch. One process is seeded with the seed itself.
+        set_seed(options.seed, device_specific=True)
         self.train_loader, self.bucket_sampler = self.build_train_loader()
         self.validation_loader = None
         if "validation" in self.splits:

@@ -527,3 +527,13 @@ def test_folder_files_naming_no_split_are_reported_not_read(tmp_path, caplog):
     write_lines(tmp_path / "more.txt", SENTENCES[:5])
     only = load_text_dataset(tmp_path, validation_fraction=0.0)
     assert list(only) == ["train"] and len(only["train"]) == 6  # no split word anywhere: every file is train
+
+
+@pytest.mark.parametrize("overlong", ["drop", "truncate"])
+def test_an_empty_split_tokenizes_to_an_empty_table_with_the_columns(tokenizer, overlong):
+    empty = DatasetDict({"train": Dataset.from_dict({"text": ["a b ."]}),
+                         "validation": Dataset.from_dict({"text": []})})
+    tokenized, stats = tokenize_dataset(empty, tokenizer, max_length=8, overlong=overlong)
+    assert tokenized["validation"].column_names == ["input_ids", "length"] and len(tokenized["validation"]) == 0
+    assert stats["validation"] == {"num_sentences": 0, "num_overlong": 0, "num_dropped": 0, "num_truncated": 0,
+                                   "num_tokens": 0}

@@ -60,3 +60,47 @@ def test_two_processes_read_disjoint_parts_of_a_stream(tmp_path, monkeypatch):
     assert len(first) == len(second) == 24  # 3 steps of 8 distinct sentences each
     assert not first & second
     assert first | second <= set(SENTENCES)
+
+
+
+def noise_on_two_processes(folder: str) -> None:
+    """Run by each of debug_launcher's processes: 2 steps of an sMIM on in-memory data, writing the standard normal
+    noise eps = (z - mean) / std that each of its training steps drew."""
+    from accelerate import PartialState
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # a forked child inherits the parent's singletons
+    tokenizer = train_tokenizer(SENTENCES, vocab_size=5000)
+    splits, _ = tokenize_dataset(load_text_dataset(str(Path(folder) / "corpus.txt"), validation_fraction=0.0),
+                                 tokenizer, max_length=48)
+    torch.manual_seed(0)
+    model = SentenceMIMModel(SentenceMIMConfig(
+        vocab_size=len(tokenizer), embedding_size=8, hidden_size=16, latent_size=4,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    ))
+    noise, forward = [], model.forward
+
+    def recording_forward(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        if model.training:
+            noise.append(((out.z - out.mean) * torch.exp(-0.5 * out.logvar)).detach().flatten().tolist())
+        return out
+
+    model.forward = recording_forward
+    options = TrainingOptions(output_dir=str(Path(folder) / "run"), batch_size=8, max_steps=2, logging_steps=1,
+                              disable_tqdm=True, cpu=True)
+    train(model, tokenizer, {"train": splits["train"]}, options)
+    (Path(folder) / f"noise_{PartialState().process_index}.json").write_text(json.dumps(noise))
+
+
+def test_each_process_draws_its_own_noise(tmp_path, monkeypatch):
+    """The same seed on every process would give every rank the same eps for its own batch (and the same dropout
+    masks): seeds are seed + rank."""
+    from accelerate import debug_launcher
+
+    (tmp_path / "corpus.txt").write_text("\n".join(SENTENCES) + "\n")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    debug_launcher(noise_on_two_processes, args=(str(tmp_path),), num_processes=2)
+    first, second = (json.loads((tmp_path / f"noise_{rank}.json").read_text()) for rank in (0, 1))
+    assert len(first) == len(second) == 2
+    assert all(a != b for a, b in zip(first, second, strict=True))
