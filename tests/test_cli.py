@@ -325,3 +325,11 @@ def test_model_folder_without_tokenizer(trained, tmp_path, capsys):
 def test_not_a_model_folder(tmp_path, capsys):
     line = error_line(capsys, "sample", tmp_path / "missing")
     assert "missing" in line and "config.json" in line
+
+
+def test_debug_shows_the_traceback_instead_of_one_line(tmp_path):
+    from sentmim.data import DataError
+
+    with pytest.raises(DataError, match="nope.txt"):
+        main(["--debug", "train", "--dataset", str(tmp_path / "nope.txt"), "--output-dir", str(tmp_path / "o"),
+              *TINY])

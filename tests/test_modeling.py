@@ -147,3 +147,13 @@ def test_sinusoidal_positions_follow_the_formula(tiny_config):
             angle = position / 10000 ** (2 * i / width)
             assert table[position, 2 * i].item() == pytest.approx(math.sin(angle), abs=1e-5)
             assert table[position, 2 * i + 1].item() == pytest.approx(math.cos(angle), abs=1e-5)
+
+
+def test_a_misspelt_keyword_is_an_error_not_ignored(tiny_config, batch):
+    """forward takes named options only (what generate() passes included): a typo must not silently train with
+    beta = 1."""
+    model = SentenceMIMModel(tiny_config(objective="vae"))
+    input_ids, attention_mask = batch
+    with pytest.raises(TypeError, match="kl_wieght"):
+        model(input_ids, attention_mask, kl_wieght=0.5)
+    assert model(input_ids, attention_mask, kl_weight=0.5, use_cache=False, return_dict=True).loss.isfinite()
