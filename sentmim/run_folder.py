@@ -115,8 +115,9 @@ def check_overwrite(folder: Path, layout: dict, dataset: str | None = None, mark
         )
 
 
-def clear(folder: Path, layout: dict) -> None:
-    """Delete what `check_overwrite` accepted: the layout's entries, except the mark (it carries the lock)."""
+def clear(folder: Path) -> None:
+    """Delete what `check_overwrite` accepted (call it first): everything in the folder but the mark, which carries
+    the lock."""
     for entry in Path(folder).iterdir():
         if entry.name == MARKER:
             continue

@@ -149,7 +149,7 @@ class SentenceMIMTrainer:
         if self.main:
             if self.options.overwrite:
                 run_folder.check_overwrite(self.output_dir, run_folder.RUN_LAYOUT)  # again, now that it is locked
-                run_folder.clear(self.output_dir, run_folder.RUN_LAYOUT)
+                run_folder.clear(self.output_dir)
             self.checkpoints_dir.mkdir(parents=True, exist_ok=True)
             if not self.options.resume:
                 self.tokenizer.save_pretrained(self.output_dir / RUN_FOLDER)

@@ -194,3 +194,22 @@ def test_text_commands_pass_their_options(pipeline, tmp_path, capsys):
     assert pipeline.calls[-1] == ("encode", ["s1", "s2"]) and np.load(output).shape == (2, 3)
     out = capsys.readouterr().out
     assert "input:  one\noutput: out 0" in out and "  1  b" in out and "sample 1" in out
+
+
+def test_the_benchmark_preset_on_the_command_given_sets_its_defaults():
+    """main(argv) takes the preset from argv, not from the process's own command line."""
+    from sentmim.apps.benchmark_settings import PRESETS
+    from sentmim.cli import build_parser
+
+    argv = ["benchmark", "--preset", "smoke", "--output-dir", "out"]
+    args = build_parser(argv).parse_args(argv)
+    assert (args.max_steps, args.dataset, args.latent_sizes) == (
+        PRESETS["smoke"]["max_steps"], PRESETS["smoke"]["dataset"], PRESETS["smoke"]["latent_sizes"])
+
+
+def test_a_word_where_a_number_goes_is_named_in_one_line(capsys):
+    from sentmim.cli import main
+
+    assert main(["train", "--output-dir", "out", "--learning-rate", "fast"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "sentmim train: error: argument --learning-rate: 'fast' is not a number (see sentmim train --help)")

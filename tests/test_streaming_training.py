@@ -86,6 +86,8 @@ def test_tensorboard_receives_the_logged_metrics(corpus, tmp_path):
     run_training(corpus, arguments(tmp_path, max_steps=6, report_to="tensorboard"))
     event_files = list(tmp_path.rglob("events.out.tfevents.*"))
     assert event_files, "report_to='tensorboard' wrote no event file"
+    # under the project name that run_folder.RUN_LAYOUT knows, so that --overwrite can replace the run
+    assert all(path.relative_to(tmp_path).parts[0] == "sentmim" for path in event_files)
     events = event_accumulator.EventAccumulator(str(event_files[0].parent))
     events.Reload()
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]

@@ -10,6 +10,7 @@
 import copy
 import json
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -310,3 +311,20 @@ def test_a_longer_run_may_resume_but_not_with_other_evaluations_when_they_steer_
               arguments(tmp_path, max_steps=4, resume=True, **(settings | {"eval_steps": 1})))
     result = train(make_model(tokenizer), tokenizer, splits, arguments(tmp_path, max_steps=4, resume=True, **settings))
     assert result["step"] == 4
+
+
+def test_an_epoch_budget_counts_optimizer_steps_with_accumulation(builtin_splits, tmp_path):
+    """Without max_steps the run lasts `epochs` passes: ceil(batches / accumulation) optimizer steps each."""
+    tokenizer, splits = builtin_splits
+    model = SentenceMIMModel(SentenceMIMConfig(
+        vocab_size=len(tokenizer), embedding_size=8, hidden_size=16, latent_size=4, objective="ae",
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    ))
+    options = TrainingOptions(str(tmp_path), batch_size=32, epochs=1.5, gradient_accumulation_steps=3,
+                              eval_steps=1000, disable_tqdm=True)
+    started = time.time()
+    result = train(model, tokenizer, splits, options)
+    batches = math.ceil(len(splits["train"]) / 32)  # 200 sentences: 7 batches, 3 optimizer steps an epoch
+    assert result["step"] == math.ceil(1.5 * math.ceil(batches / 3))
+    seconds = json.loads((tmp_path / "train_results.json").read_text())["train_seconds"]
+    assert 0 <= seconds <= time.time() - started + 0.1

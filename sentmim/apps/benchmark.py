@@ -235,7 +235,7 @@ def prepare_benchmark_dir(output_dir: Path, settings: BenchmarkSettings) -> None
         if output_dir.is_dir():
             for model_dir in (output_dir / "models").glob("*"):
                 run_folder.check_not_locked(model_dir)  # a model still being trained by another benchmark
-            run_folder.clear(output_dir, BENCHMARK_LAYOUT)
+            run_folder.clear(output_dir)
     wanted = settings_fingerprint(settings)
     if saved_path.is_file():
         # A setting added after the folder was written counts as its default (the value that run used).
