@@ -7,11 +7,16 @@ Shared by `sentmim train`, `sentmim demo`, the benchmark and recipes/train.py, s
 vocabulary and fine-tuning the same way:
 
 - a new run trains a tokenizer on the training split and builds a model from the options;
+- `backbone=NAME_OR_PATH` starts a new run from a pretrained Hugging Face LM instead: its tokenizer, adapted to
+  sentmim's conventions (sentmim.backbones), replaces the trained one, and the model is `from_backbone`;
 - `init_from=DIR` fine-tunes a trained model: its tokenizer and architecture are kept (words it does not know
-  become <unk>; the rate is logged) and only the objective and dropout rates may change;
-- `resume=True` rebuilds the model and tokenizer saved in output_dir/checkpoints/run and continues. Every data,
-  tokenizer and model option defines the run: a resume refuses any that differs from run_options.json (and a model
-  option that differs from the run's config), naming it with both values.
+  become <unk>; the rate is logged) and only the objective, the dropout rates and freeze_backbone may change;
+- `lora_r=R` wraps a backbone model (new or fine-tuned) in LoRA adapters (sentmim.lora); the run publishes the
+  model with the adapters merged in, a plain sentmim model folder;
+- `resume=True` rebuilds the model and tokenizer saved in output_dir/checkpoints/run (with the run's LoRA
+  adapters, from their adapter_config.json there) and continues. Every data, tokenizer and model option defines
+  the run: a resume refuses any that differs from run_options.json (and a model option that differs from the run's
+  config), naming it with both values.
 """
 
 import dataclasses
@@ -21,19 +26,22 @@ from pathlib import Path
 
 from accelerate.utils import set_seed
 
+from . import lora
+from .backbones import load_backbone_tokenizer, lowercased
 from .configuration import SentenceMIMConfig
 from .data import DataError, load_text_dataset
 from .files import read_json
 from .model_folder import load_config, load_model
 from .modeling import SentenceMIMModel
-from .options import DataOptions, DatasetOptions, ModelOptions, TokenizerOptions, TrainingOptions
+from .options import NOT_CONFIG_FIELDS, DataOptions, DatasetOptions, ModelOptions, TokenizerOptions, TrainingOptions
 from .preprocessing import clean_dataset, tokenize_dataset
 from .tokenization import SPECIAL_TOKENS, load_tokenizer, train_tokenizer, unknown_token_rate
 from .training import RUN_FOLDER, prepare_output_dir, train
 
 logger = logging.getLogger(__name__)
-# What fine-tuning (--init-from) may change in the trained model's config: the objective and the dropout rates.
-FINE_TUNING_MAY_CHANGE = {"objective", "dropout", "embedding_dropout", "word_dropout"}
+# What fine-tuning (--init-from) may change in the trained model's config: the objective, the dropout rates and
+# whether the backbone trains.
+FINE_TUNING_MAY_CHANGE = {"objective", "dropout", "embedding_dropout", "word_dropout", "freeze_backbone"}
 
 
 def run_record(dataset: DatasetOptions, data: DataOptions, tokenizer: TokenizerOptions, model: ModelOptions) -> dict:
@@ -41,7 +49,7 @@ def run_record(dataset: DatasetOptions, data: DataOptions, tokenizer: TokenizerO
     resume may start from another working directory)."""
     record = {**dataclasses.asdict(dataset), **dataclasses.asdict(data), **dataclasses.asdict(tokenizer),
               **dataclasses.asdict(model)}
-    for name in ("dataset", "init_from"):
+    for name in ("dataset", "init_from", "backbone"):
         if record[name] and Path(record[name]).exists():
             record[name] = str(Path(record[name]).resolve())
     return json.loads(json.dumps(record))
@@ -63,7 +71,11 @@ def check_resume_options(output_dir: Path, record: dict, model: ModelOptions) ->
         logger.warning("%s is missing: the resumed run's data options cannot be checked", saved_path)
         return
     for name, old in read_json(saved_path).items():
-        if name in record and record[name] != old and name not in ModelOptions.__dataclass_fields__:
+        # Model options are checked against the run's config above, except those that are no config field (the
+        # backbone, LoRA): those are checked here, when given (left out, the run's own are used).
+        unchecked = name in ModelOptions.__dataclass_fields__ and (
+            name not in NOT_CONFIG_FIELDS or name == "init_from" or record.get(name) is None)
+        if name in record and record[name] != old and not unchecked:
             raise ValueError(
                 f"--resume: option {name} was {old!r} when this run started ({saved_path}), now {record[name]!r}: "
                 f"it would change the run; resume with {old!r}, or train into another output folder"
@@ -92,6 +104,11 @@ def build_tokenizer(data: DataOptions, options: TokenizerOptions, model: ModelOp
     """The run's tokenizer on resume, the trained model's with --init-from, else one trained on train_texts."""
     if resume:
         return load_tokenizer(output_dir / RUN_FOLDER)
+    if model.backbone:
+        logger.info("the tokenizer of %s is used (--tokenizer, --vocab-size and --min-frequency do not apply)",
+                    model.backbone)
+        tokenizer = load_backbone_tokenizer(model.backbone)
+        return lowercased(tokenizer) if data.lowercase else tokenizer
     if model.init_from:
         tokenizer = load_tokenizer(model.init_from)
         unknown, total = unknown_token_rate(tokenizer, train_texts)
@@ -116,29 +133,46 @@ def build_tokenizer(data: DataOptions, options: TokenizerOptions, model: ModelOp
 
 
 def build_model(data: DataOptions, model: ModelOptions, tokenizer, output_dir: Path, resume: bool):
-    """The run's model on resume, the trained model with --init-from, else a new one from the options."""
+    """The run's model on resume, the trained model with --init-from, a pretrained backbone's with --backbone, else
+    a new one from the options; wrapped in LoRA adapters when the run has them."""
     if resume:
-        return SentenceMIMModel(load_config(output_dir / RUN_FOLDER))
+        run = output_dir / RUN_FOLDER
+        return lora.add_saved_lora(SentenceMIMModel(load_config(run)), run)
     fields = model.config_fields()
-    if model.init_from:
-        config = load_config(model.init_from)
-        for name, value in fields.items():
-            if name in FINE_TUNING_MAY_CHANGE:
-                setattr(config, name, value)
-            elif getattr(config, name, value) != value:
-                raise ValueError(
-                    f"--{name.replace('_', '-')}={value}: {model.init_from} was trained with "
-                    f"{name}={getattr(config, name)}; fine-tuning keeps the architecture (drop the option)"
-                )
-        config.validate()
-        # Built from the updated config, so a changed dropout rate reaches the dropout modules, not just config.json.
-        return load_model(model.init_from, config=config)
-    config = SentenceMIMConfig(
-        vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, unk_token_id=tokenizer.unk_token_id,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        max_position_embeddings=data.max_length, **fields,
-    )
-    return SentenceMIMModel(config)
+    if model.backbone:
+        built = SentenceMIMModel.from_backbone(model.backbone, tokenizer=tokenizer,
+                                               max_position_embeddings=data.max_length, **fields)
+    elif model.init_from:
+        built = fine_tuned_model(model.init_from, fields, lora_wanted=model.lora_r is not None)
+    else:
+        config = SentenceMIMConfig(
+            vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, unk_token_id=tokenizer.unk_token_id,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            max_position_embeddings=data.max_length, **fields,
+        )
+        built = SentenceMIMModel(config)
+    settings = model.lora_settings()
+    return built if settings is None else lora.add_lora(built, **settings)
+
+
+def fine_tuned_model(folder: str, fields: dict, lora_wanted: bool) -> SentenceMIMModel:
+    """The trained model in `folder`, with the fields fine-tuning may change set from the options."""
+    config = load_config(folder)
+    for name, value in fields.items():
+        if name in FINE_TUNING_MAY_CHANGE:
+            setattr(config, name, value)
+        elif getattr(config, name, value) != value:
+            raise ValueError(
+                f"--{name.replace('_', '-')}={value}: {folder} was trained with "
+                f"{name}={getattr(config, name)}; fine-tuning keeps the architecture (drop the option)"
+            )
+    if config.architecture != "backbone" and (config.freeze_backbone or lora_wanted):
+        flag = "--lora-r" if lora_wanted else "--freeze-backbone"
+        raise ValueError(f"{flag}: {folder} has no pretrained backbone (architecture {config.architecture}); "
+                         "fine-tune it without the option")
+    config.validate()
+    # Built from the updated config, so a changed dropout rate reaches the dropout modules, not just config.json.
+    return load_model(folder, config=config)
 
 
 def train_from_options(

@@ -41,9 +41,10 @@ tokenizer conventions of Qwen2). See docs/backbones.md.
 
 import copy
 import inspect
+from pathlib import Path
 
 import torch
-from tokenizers import AddedToken, Tokenizer
+from tokenizers import AddedToken, Tokenizer, normalizers
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -250,13 +251,53 @@ def _adapt_tokenizer(tokenizer) -> tuple[PreTrainedTokenizerFast, dict[str, int]
     return adapted, added
 
 
+def lowercased(tokenizer) -> PreTrainedTokenizerFast:
+    """A copy of an adapted tokenizer that lowercases text before its own normalizer (for lowercased training text,
+    so that text given to the trained model later is lowercased the same way)."""
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    steps = [normalizers.Lowercase()] + ([backend.normalizer] if backend.normalizer is not None else [])
+    backend.normalizer = normalizers.Sequence(steps)
+    return adapt_tokenizer(PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token=tokenizer.bos_token, eos_token=tokenizer.eos_token,
+        pad_token=tokenizer.pad_token, unk_token=tokenizer.unk_token, model_max_length=tokenizer.model_max_length,
+        clean_up_tokenization_spaces=getattr(tokenizer, "clean_up_tokenization_spaces", False),
+    ))
+
+
 def load_backbone_tokenizer(name_or_path: str):
     """The adapted tokenizer of a backbone (a Hub id or a local folder)."""
+    load_backbone_config(name_or_path)  # a missing folder or unknown id: the same one-line errors as from_backbone
     return adapt_tokenizer(_load_tokenizer(name_or_path))
 
 
 def _load_tokenizer(name_or_path: str):
-    return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False)
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False)
+    except (OSError, ValueError) as error:
+        raise OSError(f"backbone {name_or_path!r}: its tokenizer could not be loaded ({_first_line(error)}); a "
+                      "backbone folder holds the tokenizer's files beside config.json") from error
+
+
+def load_backbone_config(name_or_path: str):
+    """The backbone's transformers config, from a local folder or (transformers' from_pretrained) the Hugging Face
+    Hub; a one-line error for a missing folder, an id that cannot be fetched, or a model type that would need code
+    from the folder."""
+    path = Path(name_or_path).expanduser()
+    if (path.is_absolute() or str(name_or_path).startswith(".")) and not path.is_dir():  # a path, not a Hub id
+        raise OSError(f"backbone {name_or_path!r}: no such folder; pass a folder holding the backbone's config.json, "
+                      "weights and tokenizer, or a Hugging Face Hub id")
+    try:
+        return AutoConfig.from_pretrained(name_or_path, trust_remote_code=False)
+    except OSError as error:
+        raise OSError(
+            f"backbone {name_or_path!r}: neither a local folder with a config.json nor a model transformers could "
+            f"fetch from the Hugging Face Hub ({_first_line(error)})"
+        ) from error
+    except ValueError as error:  # custom code (auto_map), or a model type this transformers does not know
+        raise ValueError(
+            f"backbone {name_or_path!r}: not a model type of this transformers installation; sentmim never runs "
+            f"code shipped with a model ({_first_line(error)})"
+        ) from error
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -270,18 +311,7 @@ def from_backbone(model_class, name_or_path: str, tokenizer=None, **config_kwarg
     `name_or_path`). The model follows `adapt_tokenizer(tokenizer)`."""
     from .configuration import SentenceMIMConfig  # here: configuration does not import this module
 
-    try:
-        backbone_config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=False)
-    except OSError as error:
-        raise OSError(
-            f"backbone {name_or_path!r}: neither a local folder with a config.json nor a model transformers could "
-            f"fetch from the Hugging Face Hub ({_first_line(error)})"
-        ) from error
-    except ValueError as error:  # custom code (auto_map), or a model type this transformers does not know
-        raise ValueError(
-            f"backbone {name_or_path!r}: not a model type of this transformers installation; sentmim never runs "
-            f"code shipped with a model ({_first_line(error)})"
-        ) from error
+    backbone_config = load_backbone_config(name_or_path)
     auto_class = AutoModelForSeq2SeqLM if backbone_config.is_encoder_decoder else AutoModelForCausalLM
     backbone = auto_class.from_pretrained(name_or_path, trust_remote_code=False)
     if tokenizer is None or isinstance(tokenizer, str):
@@ -291,6 +321,14 @@ def from_backbone(model_class, name_or_path: str, tokenizer=None, **config_kwarg
 
     text_config = backbone.config.get_text_config()
     num_memory_slots = config_kwargs.get("num_memory_slots", SentenceMIMConfig().num_memory_slots)
+    limit = _max_sentence_length(backbone, tokenizer, num_memory_slots)
+    if config_kwargs.get("max_position_embeddings", limit) > limit:
+        prefix = "" if backbone.config.is_encoder_decoder else f", less the {num_memory_slots} memory slots' prefix"
+        raise ValueError(
+            f"max_position_embeddings={config_kwargs['max_position_embeddings']}: backbone {name_or_path!r} "
+            f"positions at most {limit} tokens per sentence (BOS and EOS included{prefix}); use a smaller limit "
+            "(data max_length)"
+        )
     settings = dict(
         vocab_size=backbone.get_input_embeddings().num_embeddings,
         pad_token_id=adapted.pad_token_id,
@@ -300,7 +338,7 @@ def from_backbone(model_class, name_or_path: str, tokenizer=None, **config_kwarg
         unk_token_id=adapted.unk_token_id
         if adapted.unk_token_id not in (None, adapted.bos_token_id, adapted.eos_token_id)
         else adapted.pad_token_id,
-        max_position_embeddings=_max_sentence_length(backbone, tokenizer, num_memory_slots),
+        max_position_embeddings=limit,
         embedding_size=backbone.get_input_embeddings().embedding_dim,
         hidden_size=text_config.hidden_size,
         num_layers=text_config.num_hidden_layers,

@@ -20,7 +20,7 @@ from pathlib import Path
 import accelerate.utils
 from safetensors import SafetensorError
 
-from . import run_folder
+from . import lora, run_folder
 from .files import TMP_PREFIX, read_json, replace_durably, write_json_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -28,6 +28,7 @@ LATEST = "latest"
 CHECKPOINT_FILES = ("model.safetensors", "optimizer.bin", "scheduler.bin", "random_states_0.pkl", "trainer_state.json")
 TRAINER_STATE = "trainer_state.json"
 MODEL_STAGING = f"{TMP_PREFIX}model"  # inside the output folder: the best model being written
+ADAPTER_FOLDER = "adapter"  # beside a LoRA run's published (merged) model: its adapters alone
 
 
 class CheckpointError(ValueError):
@@ -148,24 +149,36 @@ def publish_model(output_dir: Path, model, tokenizer) -> None:
     (*.safetensors) last, in one rename. Within a run only the weights change; should a description file differ from
     the one in place (another model), or the weights come in several files, the old weights are removed first, so
     that meanwhile a reader finds no model rather than a mismatched one. The names are recorded in the folder's list
-    of run files first (sentmim.run_folder), so that --overwrite knows them as the run's."""
+    of run files first (sentmim.run_folder), so that --overwrite knows them as the run's.
+
+    A LoRA model (sentmim.lora) is published with its adapters merged in, a plain sentmim model folder, and its
+    adapters alone in adapter/ (peft's files, a few MB), which replaces the previous adapter/ whole just before the
+    weights move."""
     output_dir = Path(output_dir)
+    adapters = model if lora.is_lora_model(model) else None
+    model = lora.merged_copy(model)
     staging = output_dir / MODEL_STAGING
     shutil.rmtree(staging, ignore_errors=True)
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        if adapters is not None:
+            adapters.save_pretrained(staging / ADAPTER_FOLDER)
     except (OSError, RuntimeError, SafetensorError) as error:
         raise OSError(
             f"could not write the model into {staging} ({first_line(error)}); free disk space, then --resume"
         ) from None
-    files = sorted(staging.iterdir())
+    files = sorted(item for item in staging.iterdir() if item.is_file())
     weights = [item for item in files if item.name.endswith(".safetensors")]
     if not weights:
         raise RuntimeError(f"save_pretrained wrote no .safetensors file in {staging}")
     described = [item for item in files if item not in weights]
     changed = [item for item in described if not same_bytes(item, output_dir / item.name)]
-    run_folder.record_written(output_dir, [item.name for item in files])
+    run_folder.record_written(output_dir, [item.name for item in files] + ([ADAPTER_FOLDER] if adapters else []))
+    if adapters is not None:
+        if (output_dir / ADAPTER_FOLDER).exists():
+            discard(output_dir / ADAPTER_FOLDER)
+        replace_durably(staging / ADAPTER_FOLDER, output_dir / ADAPTER_FOLDER)
     if changed or len(weights) > 1:
         for old in output_dir.glob("*.safetensors"):
             old.unlink()

@@ -18,6 +18,7 @@ data preparation. A log file never gets a bar's carriage returns.
 
 import contextlib
 import logging
+import re
 import sys
 import warnings
 
@@ -32,6 +33,25 @@ UNACTIONABLE_WARNINGS = (
     # peft <= 0.21 asks transformers 5 for this deprecated property every time it wraps a model in LoRA adapters
     (FutureWarning, r"`is_gradient_checkpointing` is deprecated"),
 )
+
+# Log lines of the same kind: (logger, regular expression searched in the message).
+UNACTIONABLE_LOG_LINES = (
+    # accelerate's save_state stores a tied weight once (a GPT-2 or T5 backbone's output layer is its embedding) and
+    # says so at every checkpoint; load_state ties it back (tests/test_backbone_training.py: resume is exact).
+    ("accelerate.utils.other", r"Removed shared tensor .* while saving"),
+)
+
+
+class _DropMatching(logging.Filter):
+    def __init__(self, pattern: str):
+        super().__init__()
+        self.pattern = re.compile(pattern)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self.pattern.search(record.getMessage())
+
+
+_LOG_LINE_FILTERS = [(name, _DropMatching(pattern)) for name, pattern in UNACTIONABLE_LOG_LINES]
 
 
 def configure_console(
@@ -57,6 +77,8 @@ def configure_console(
     transformers_logging.set_verbosity(library_level)  # transformers and datasets have handlers of their own
     datasets.logging.set_verbosity(library_level)
 
+    for name, line_filter in _LOG_LINE_FILTERS:
+        (logging.getLogger(name).removeFilter if debug else logging.getLogger(name).addFilter)(line_filter)
     if not debug:
         for category, message in UNACTIONABLE_WARNINGS:
             warnings.filterwarnings("ignore", message=message, category=category)

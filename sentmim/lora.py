@@ -10,9 +10,16 @@
 The backbone's own weights stay frozen. LoRA matrices go into the backbone's attention projections (peft's default
 target modules for the backbone's family, or `target_modules`), and the latent layers (posterior head, z -> memory,
 z -> input offset) are new, so they train in full and are saved with the adapter (peft's `modules_to_save`).
+
+In a training run (`sentmim train --backbone NAME --lora-r 8`): the run's folder holds the adapter's config in
+checkpoints/run/adapter_config.json, from which a resume rebuilds the same wrapped model (`add_saved_lora`), and
+the published model is `merged_copy` of it: a plain sentmim model folder, which SentenceMIMPipeline loads.
 """
 
+import copy
 import re
+import sys
+from pathlib import Path
 
 from transformers import Conv1D
 
@@ -71,3 +78,37 @@ def add_lora(model, r: int = 8, alpha: int = 16, dropout: float = 0.0, target_mo
 def load_lora(model, adapter_path, is_trainable: bool = False):
     """The base model `model` with the LoRA adapter saved in `adapter_path` (a folder written by save_pretrained)."""
     return _peft().PeftModel.from_pretrained(model, adapter_path, is_trainable=is_trainable)
+
+
+# -- in a training run ------------------------------------------------------------------------------------------------
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def is_lora_model(model) -> bool:
+    """Whether `model` is wrapped by peft (without importing peft: a model cannot be wrapped if it is not loaded)."""
+    peft = sys.modules.get("peft")
+    return peft is not None and isinstance(model, peft.PeftModel)
+
+
+def save_lora_config(model, folder) -> None:
+    """Write a LoRA model's adapter config (peft's adapter_config.json) into `folder`; nothing for another model."""
+    if is_lora_model(model):
+        model.peft_config["default"].save_pretrained(str(folder))
+
+
+def add_saved_lora(model, folder):
+    """`model` wrapped in LoRA adapters as `save_lora_config` recorded them in `folder` (random adapter weights,
+    which a checkpoint then replaces); `model` itself when the folder records none."""
+    if not (Path(folder) / ADAPTER_CONFIG).is_file():
+        return model
+    peft = _peft()
+    return peft.get_peft_model(model, peft.LoraConfig.from_pretrained(str(folder)))
+
+
+def merged_copy(model):
+    """A plain SentenceMIMModel with the LoRA adapters merged into the backbone's weights, W + (alpha / r) B A; the
+    LoRA model itself is left as it is, so that training continues unchanged. Any other model is returned as is."""
+    if not is_lora_model(model):
+        return model
+    return copy.deepcopy(model).merge_and_unload()

@@ -31,11 +31,16 @@ class OptionError(ValueError):
         return f"argument --{self.name.replace('_', '-')}: {self.value} is out of range: must be {self.valid}"
 
 
-def option(default=dataclasses.MISSING, help: str = "", aliases: tuple[str, ...] = ()):
-    """A dataclass field with the help text (and other spellings) HfArgumentParser shows and accepts."""
+def option(default=dataclasses.MISSING, help: str = "", aliases: tuple[str, ...] = (), flag: bool = False):
+    """A dataclass field with the help text (and other spellings) HfArgumentParser shows and accepts.
+
+    flag: a `bool | None` option that is true when given without a value (`--freeze-backbone`), as a plain bool
+    option is; HfArgumentParser would otherwise want a value for it."""
     metadata = {"help": help}
     if aliases:
         metadata["aliases"] = list(aliases)
+    if flag:
+        metadata.update(nargs="?", const=True)
     if isinstance(default, list):  # each instance gets its own list
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -150,18 +155,73 @@ class ModelOptions:
         None, "rate of decoder input words replaced by UNK in training, Bowman et al. (default: 0)")
     tie_word_embeddings: bool | None = option(None, "tie the output layer to the token embedding (default: false)")
     reverse_input: bool | None = option(None, "the GRU encoder reads each sentence backwards (default: false)")
+    num_memory_slots: int | None = option(
+        None, "z becomes this many memory vectors that the Transformer's or the backbone's decoder attends to "
+        "(default: 4)")
+    backbone: str | None = option(
+        None, "start from this pretrained Hugging Face LM, a Hub id or a local folder: an encoder-decoder (BART, T5, "
+        "...) or a decoder-only LM (GPT-2, Llama, Qwen2, ...). Its tokenizer is used (adapted, saved with the model) "
+        "and it sets the model's sizes (docs/backbones.md)")
+    freeze_backbone: bool | None = option(
+        None, "train only the latent layers; the backbone's weights stay as they are (default: false)", flag=True)
+    backbone_pooling: Literal["mean", "weighted_mean", "last"] | None = option(
+        None, "how the backbone's final states become the posterior's input (default: mean for an encoder-decoder, "
+        "weighted_mean for a decoder-only LM)")
+    lora_r: int | None = option(
+        None, "fine-tune the backbone through LoRA adapters of this rank (peft); its own weights stay, the latent "
+        "layers train in full, and the published model has the adapters merged in (default: no LoRA)")
+    lora_alpha: int | None = option(
+        None, "LoRA scaling: the adapters' update is lora_alpha / lora_r x B A (default: 16)")
+    lora_dropout: float | None = option(None, "dropout on the LoRA adapters' input (default: 0)")
+    lora_target_modules: list[str] | None = field(default=None, metadata={"help": (
+        "names of the backbone's modules LoRA adapts (default: peft's for the backbone's model type, e.g. q_proj "
+        "v_proj for Llama and BART, c_attn for GPT-2)")})
 
     def __post_init__(self):
         check_choices(self)
-        sizes = ("latent_size", "hidden_size", "embedding_size", "num_layers", "num_attention_heads")
-        rates = ("dropout", "embedding_dropout", "word_dropout")
+        sizes = ("latent_size", "hidden_size", "embedding_size", "num_layers", "num_attention_heads",
+                 "num_memory_slots", "lora_r", "lora_alpha")
+        rates = ("dropout", "embedding_dropout", "word_dropout", "lora_dropout")
         check_ranges(self, {**{name: (1, None, "int") for name in sizes},
                             **{name: (0, ("below", 1), "float") for name in rates}})
+        if self.backbone is not None:
+            if self.init_from:
+                raise ValueError("--backbone and --init-from exclude each other: a trained model keeps its backbone "
+                                 "(drop --backbone to fine-tune it)")
+            decided = [name for name in BACKBONE_DECIDES if getattr(self, name) is not None]
+            if decided:
+                raise ValueError(f"--{decided[0].replace('_', '-')} with --backbone: the backbone sets the model's "
+                                 "sizes and dropout (its own config); drop the option")
+        elif not self.init_from:
+            needs_backbone = [name for name in ("freeze_backbone", "backbone_pooling", "lora_r")
+                              if getattr(self, name)]
+            if needs_backbone:
+                raise ValueError(f"--{needs_backbone[0].replace('_', '-')} needs a pretrained backbone: pass "
+                                 "--backbone NAME_OR_PATH (or --init-from a model trained from one)")
+        lora_settings = [name for name in LORA_OPTIONS[1:] if getattr(self, name) is not None]
+        if lora_settings and self.lora_r is None:
+            raise ValueError(f"--{lora_settings[0].replace('_', '-')} without --lora-r: LoRA is off; pass --lora-r "
+                             "RANK to fine-tune through LoRA adapters")
 
     def config_fields(self) -> dict:
         """The SentenceMIMConfig fields given (not None)."""
         return {name: value for name, value in dataclasses.asdict(self).items()
-                if name != "init_from" and value is not None}
+                if name not in NOT_CONFIG_FIELDS and value is not None}
+
+    def lora_settings(self) -> dict | None:
+        """add_lora's keyword arguments (r, alpha, dropout, target_modules), or None without --lora-r."""
+        if self.lora_r is None:
+            return None
+        return {"r": self.lora_r, "alpha": 16 if self.lora_alpha is None else self.lora_alpha,
+                "dropout": self.lora_dropout or 0.0, "target_modules": self.lora_target_modules}
+
+
+# With --backbone these come from the backbone's own config, so the command line may not set them.
+BACKBONE_DECIDES = ("architecture", "hidden_size", "embedding_size", "num_layers", "num_attention_heads", "dropout",
+                    "embedding_dropout", "tie_word_embeddings", "reverse_input")
+LORA_OPTIONS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
+# ModelOptions that are not SentenceMIMConfig fields: where the model comes from, and how it is fine-tuned.
+NOT_CONFIG_FIELDS = ("init_from", "backbone", *LORA_OPTIONS)
 
 
 @dataclass

@@ -13,7 +13,8 @@ What a run leaves in output_dir:
                                                        there is no validation split), published atomically: load it
                                                        with SentenceMIMPipeline / AutoModel.from_pretrained
     checkpoints/step_N/, checkpoints/latest            resumable states (sentmim.checkpointing)
-    checkpoints/run/                                   the run's tokenizer and config (resume rebuilds from them)
+    checkpoints/run/                                   the run's tokenizer and config, and a LoRA run's
+                                                       adapter_config.json (resume rebuilds from them)
     log.jsonl                                          one JSON object per logging / evaluation event
     training_args.json, run_options.json               the options the run started with (resume checks them)
     train_results.json
@@ -41,7 +42,7 @@ from datasets import IterableDataset
 from datasets.distributed import split_dataset_by_node
 from tqdm.auto import tqdm
 
-from . import checkpointing, metrics, objectives, run_folder
+from . import checkpointing, lora, metrics, objectives, run_folder
 from .batching import make_dataloader
 from .files import fsync_path, read_json, read_jsonl, write_json_atomic, write_text_atomic
 from .options import TrainingOptions, check_resume
@@ -154,6 +155,7 @@ class SentenceMIMTrainer:
             if not self.options.resume:
                 self.tokenizer.save_pretrained(self.output_dir / RUN_FOLDER)
                 self.model.config.save_pretrained(self.output_dir / RUN_FOLDER)
+                lora.save_lora_config(self.model, self.output_dir / RUN_FOLDER)  # a LoRA run's adapters, for resume
                 if self.run_options is not None:
                     write_json_atomic(self.output_dir / "run_options.json", self.run_options)
             write_json_atomic(self.output_dir / "training_args.json", dataclasses.asdict(self.options))

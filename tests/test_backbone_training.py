@@ -128,7 +128,8 @@ def test_lora_adapters_train_save_and_load_back(backbone_folders, family, tmp_pa
 
 
 def test_lora_model_trains_through_the_training_loop(backbone_folders, tmp_path):
-    """sentmim.training.train accepts the peft model; the run's folder then holds the adapter and the tokenizer."""
+    """sentmim.training.train accepts the peft model; the run's folder then holds the merged model, the tokenizer and,
+    in adapter/, the adapters alone."""
     folder = backbone_folders["gpt2"]
     tokenizer = load_backbone_tokenizer(folder)
     model = make_model(folder)
@@ -137,7 +138,7 @@ def test_lora_model_trains_through_the_training_loop(backbone_folders, tmp_path)
     adapter_before = {name: value.clone() for name, value in lora.state_dict().items() if ".lora_B." in name}
     train(lora, tokenizer, tokenized_splits(tokenizer), arguments(tmp_path / "run"))
     assert any(not torch.equal(value, lora.state_dict()[name]) for name, value in adapter_before.items())
-    loaded = load_lora(SentenceMIMModel.from_pretrained(tmp_path / "base"), tmp_path / "run").eval()
+    loaded = load_lora(SentenceMIMModel.from_pretrained(tmp_path / "base"), tmp_path / "run" / "adapter").eval()
     z = torch.randn(2, 4)
     assert torch.equal(loaded.decode(z, max_length=5), lora.eval().decode(z, max_length=5))
 

@@ -110,7 +110,7 @@ def run_benchmark_command(args) -> None:
     defaults = benchmark_settings(args.preset, output_dir=args.output_dir).flat()
     words = ["sentmim", "benchmark", "--preset", args.preset, "--output-dir", args.output_dir]
     for name, value in settings.flat().items():
-        if value != defaults[name]:
+        if value != defaults[name] and value is not None:  # (None: a preset's size that a --backbone replaces)
             words += [f"--{name.replace('_', '-')}", *map(str, value if isinstance(value, list) else [value])]
     results = run_benchmark(settings, preset=args.preset, command=shlex.join(words))
     print(format_results_table(results["models"]))
@@ -151,13 +151,17 @@ def load_benchmark_data(settings: BenchmarkSettings):
     training_splits = type(splits)({"train": splits["train"]})
     if "validation" in splits:
         training_splits["validation"] = first(splits["validation"], data.max_validation_sentences)
-    tokenizer = build_tokenizer(data, settings.tokenizer, ModelOptions(), splits["train"]["text"], output_dir=None,
-                                resume=False)
+    tokenizer = build_tokenizer(data, settings.tokenizer, ModelOptions(backbone=settings.model.backbone),
+                                splits["train"]["text"], output_dir=None, resume=False)
     return training_splits, tokenizer, test_split
 
 
 def shared_architecture(settings: BenchmarkSettings) -> dict:
     """What every model of the benchmark shares, with SentenceMIMConfig's defaults filled in."""
+    model = settings.model
+    if model.backbone:  # its own config holds the sizes
+        names = ("backbone", "freeze_backbone", "backbone_pooling", "num_memory_slots", "lora_r", "word_dropout")
+        return {name: getattr(model, name) for name in names}
     config = SentenceMIMConfig(**model_options(settings, "mim", settings.benchmark.latent_sizes[0]).config_fields())
     names = ("architecture", "embedding_size", "hidden_size", "num_layers", "tie_word_embeddings", "reverse_input",
              "dropout", "embedding_dropout", "word_dropout")

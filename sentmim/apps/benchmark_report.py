@@ -98,6 +98,16 @@ def _schedule_notes(settings: dict, schedules: dict) -> list[str]:
     return notes
 
 
+def _model_description(model: dict) -> str:
+    if model.get("backbone"):  # its own config holds the sizes
+        training = (f"LoRA r {model['lora_r']}" if model.get("lora_r") else
+                    "frozen" if model.get("freeze_backbone") else "fine-tuned in full")
+        return (f"the pretrained backbone `{model['backbone']}` ({training}), pooling "
+                f"{model.get('backbone_pooling') or 'its default'}, {model.get('num_memory_slots') or 4} memory slots")
+    return (f"{model['architecture'].upper()}, embedding {model['embedding_size']}, hidden {model['hidden_size']}, "
+            f"{model['num_layers']} layer(s), {'tied' if model['tie_word_embeddings'] else 'untied'} embeddings")
+
+
 def _setup_paragraph(results: dict) -> str:
     s, model, records, machine = results["settings"], results["model"], results["models"], results["machine"]
     budget = f"{s['max_steps']} steps" if s["max_steps"] else f"up to {s['epochs']:g} epochs"
@@ -107,9 +117,7 @@ def _setup_paragraph(results: dict) -> str:
     wall = f"total wall time {_duration(results['wall_seconds'])}" if "wall_seconds" in results else "in progress"
     return (
         f"Data: `{s['dataset']}`; models scored on the first {scored} `{s['test_split']}` sentences. Every model: "
-        f"{model['architecture'].upper()}, embedding {model['embedding_size']}, hidden {model['hidden_size']}, "
-        f"{model['num_layers']} layer(s), {'tied' if model['tie_word_embeddings'] else 'untied'} embeddings, batch "
-        f"{s['batch_size']}, Adam lr "
+        f"{_model_description(model)}, batch {s['batch_size']}, Adam lr "
         f"{s['learning_rate']:g} ({s['lr_scheduler']}), {budget}, seed {s['seed']}; {shared}. Machine: "
         f"{machine['cpu']} ({machine['cpu_count']} cores), torch {machine['torch']}, "
         f"{machine['torch_threads']} thread(s), {machine['gpu'] or 'no GPU'}; {wall}."

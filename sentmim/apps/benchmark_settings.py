@@ -5,7 +5,8 @@ benchmark's (which variants, which latent sizes, how many at once), and the pres
 
 Options are those of `sentmim train` (sentmim.options), so `sentmim benchmark` takes the same flags; a preset only
 changes their defaults. The variants fix the objective and the KL schedule of each model, so --objective,
---latent-size, --kl-schedule and --init-from are refused here.
+--latent-size, --kl-schedule and --init-from are refused here. With --backbone every model starts from that
+pretrained LM, whose config sets the sizes: the preset's GRU sizes are left out.
 """
 
 import dataclasses
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from sentmim.options import (
+    BACKBONE_DECIDES,
     DataOptions,
     DatasetOptions,
     ModelOptions,
@@ -177,7 +179,12 @@ def benchmark_settings(preset: str = "cpu", output_dir: str = "runs/benchmark", 
     """The preset's settings with `overrides` (option names) applied."""
     if preset not in PRESETS:
         raise ValueError(f"preset {preset!r}: choose from {', '.join(PRESETS)}")
-    values = {**DEFAULTS, **PRESETS[preset], **overrides, "output_dir": str(output_dir)}
+    preset_values = {**DEFAULTS, **PRESETS[preset]}
+    values = {**preset_values, **overrides, "output_dir": str(output_dir)}
+    if values.get("backbone"):  # the backbone sets these: the preset's values do not apply (others are refused)
+        for name in BACKBONE_DECIDES:
+            if name in values and values[name] == preset_values.get(name, field_default(name)):
+                values[name] = None
     known = {item.name for options in OPTION_CLASSES for item in dataclasses.fields(options)}
     unknown = set(values) - known
     if unknown:
