@@ -107,6 +107,26 @@ def test_backbone_options_reach_the_model(backbones):
     assert "c_attn" in settings.target_modules
 
 
+def test_every_backbone_flag_reaches_the_model_options(monkeypatch):
+    import sentmim.assembly
+    from sentmim.cli import main
+
+    calls = []
+    monkeypatch.setattr(sentmim.assembly, "train_from_options",
+                        lambda *options: calls.append(options) or (None, None, {"step": 0, "best_val_loss": None}))
+    flags = ["--backbone", "org/name", "--freeze-backbone", "--backbone-pooling", "last", "--num-memory-slots", "3",
+             "--lora-r", "4", "--lora-alpha", "8", "--lora-dropout", "0.1", "--lora-target-modules", "q", "v"]
+    assert main(["train", "--output-dir", "x", *flags]) == 0
+    assert main(["train", "--output_dir", "x", "--backbone", "b", "--freeze_backbone", "false", "--lora_r", "2"]) == 0
+    assert calls[0][3] == ModelOptions(backbone="org/name", freeze_backbone=True, backbone_pooling="last",
+                                       num_memory_slots=3, lora_r=4, lora_alpha=8, lora_dropout=0.1,
+                                       lora_target_modules=["q", "v"])
+    assert calls[1][3] == ModelOptions(backbone="b", freeze_backbone=False, lora_r=2)
+    assert ModelOptions().lora_settings() is None
+    assert ModelOptions(backbone="b", lora_r=2).lora_settings() == dict(r=2, alpha=16, dropout=0.0,
+                                                                        target_modules=None)
+
+
 def test_lowercase_reaches_the_backbones_tokenizer(backbones, tmp_path):
     options = ModelOptions(backbone=backbones["gpt2"])
     tokenizer = build_tokenizer(DataOptions(lowercase=True), TokenizerOptions(), options, SENTENCES, None, False)
@@ -406,7 +426,8 @@ def test_sentmim_benchmark_trains_every_model_from_the_backbone(backbones, tmp_p
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["model"]["backbone"] == backbones["gpt2"]
     assert f"--backbone {backbones['gpt2']}" in saved["command"] and "None" not in saved["command"]
-    assert f"the pretrained backbone `{backbones['gpt2']}` (fine-tuned in full)" in (tmp_path / "results.md").read_text()
+    report = (tmp_path / "results.md").read_text()
+    assert f"the pretrained backbone `{backbones['gpt2']}` (fine-tuned in full)" in report
     for model in saved["models"]:
         config = json.loads((tmp_path / model["model_dir"] / "config.json").read_text())
         assert config["architecture"] == "backbone" and config["backbone_name_or_path"] == backbones["gpt2"]
