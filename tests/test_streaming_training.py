@@ -81,6 +81,7 @@ def test_streamed_run_resumes_exactly(corpus, tmp_path, monkeypatch):
 
 
 def test_tensorboard_receives_the_logged_metrics(corpus, tmp_path):
+    import yaml
     from tensorboard.backend.event_processing import event_accumulator
 
     run_training(corpus, arguments(tmp_path, max_steps=6, report_to="tensorboard"))
@@ -96,3 +97,8 @@ def test_tensorboard_receives_the_logged_metrics(corpus, tmp_path):
     assert scalars.keys() == logged.keys()
     assert all(scalars[step] == pytest.approx(logged[step], rel=1e-6) for step in logged)
     assert "val_mi_whole_split" in events.Tags()["scalars"]
+    # the run's options reach TensorBoard's hyper-parameter record (accelerate also writes them as hparams.yml)
+    hparams = list(tmp_path.rglob("hparams.yml"))
+    assert len(hparams) == 1
+    recorded = yaml.safe_load(hparams[0].read_text())
+    assert recorded["max_steps"] == "6" and recorded["report_to"] == "tensorboard"
