@@ -184,6 +184,19 @@ def test_loss_equals_independent_float64_recomputation(backbone_folders, family,
     assert out.loss.item() == pytest.approx(expected.mean().item(), rel=1e-5, abs=1e-4)
 
 
+@pytest.mark.parametrize("family", ["bart", "gpt2"])
+@pytest.mark.parametrize("pooling", ["mean", "weighted_mean", "last"])
+def test_every_pooling_equals_its_loop_over_positions(backbone_folders, family, pooling):
+    """Each backbone_pooling on both kinds of backbone (the loss test above covers each family's default only)."""
+    folder = backbone_folders[family]
+    model = make_model(folder, backbone_pooling=pooling)
+    input_ids, attention_mask = sentence_batch(load_backbone_tokenizer(folder))
+    mean, logvar = model.encode(input_ids, attention_mask)
+    expected_mean, expected_logvar = posterior_by_hand(reference_model(model), input_ids, attention_mask)
+    torch.testing.assert_close(mean.double(), expected_mean, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logvar.double(), expected_logvar, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("family", MODEL_FAMILIES)
 def test_padding_never_changes_a_sentence(backbone_folders, family):
     folder = backbone_folders[family]
