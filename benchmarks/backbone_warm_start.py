@@ -14,12 +14,13 @@ same architecture from its random initial weights, with the same steps and setti
    decay). Saved as Hugging Face folders in WORK: ptb-gpt2 (pretrained) and ptb-gpt2-random (the same config with
    the initial weights of the pretraining, before any step). The tokenizers of the two folders are the same.
 2. sMIM from each folder with `sentmim.assembly.train_from_options`, the code behind `sentmim train --backbone
-   FOLDER` (the equivalent command is recorded), with the same options and seed: only the backbone's initial
-   weights differ (the latent layers start from the same seed, so they are the same too). The run validates on the
-   whole validation split every --eval-every steps (log.jsonl) and keeps a checkpoint at each of those steps.
+   FOLDER`, with the same options and seed: only the backbone's initial weights differ (the latent layers start
+   from the same seed, so they are the same too). The runs validate every --eval-every steps (log.jsonl) on the
+   first --validation-sentences sentences of the validation split (`sentmim train` validates on all of them; the
+   recorded command is otherwise the run's) and keep a checkpoint at each of those steps.
 3. The curves. From each run's log.jsonl: the validation reconstruction term -log p(x|z) (nats per sentence) and
-   the reconstruction perplexity exp(sum -log p(x|z) / targets), at one posterior sample z, over the whole
-   validation split, as the training loop logs them. For every checkpoint, `sentmim.evaluation.evaluate` on the
+   the reconstruction perplexity exp(sum -log p(x|z) / targets), at one posterior sample z, as the training loop
+   logs them. For every checkpoint, `sentmim.evaluation.evaluate` on the
    first --eval-sentences validation sentences: -log p(x|z = posterior mean) and corpus BLEU-4 of the greedy
    reconstruction of the posterior mean (sacreBLEU, tokenize='none', over the decoded text: PTB's words). Step 0
    is the model the run starts from (built as the run builds it), scored with the same two functions.
