@@ -6,7 +6,7 @@
 
 Corpora are generated in a temporary folder under /tmp (--work-dir), deleted at the end, never in the repository:
 PTB is for research use only and is read from --data (default ../shared/data/ptb, or "builtin": the package's own
-corpus). The word tokenizer is trained on PTB train, as `sentmim train` does.
+corpus). The word tokenizer is trained on PTB train, as `sentmim train --tokenizer word` does.
 
 1. Speed. A corpus of --sentences lines (default 1,000,000, drawn with replacement from PTB train, seed 0) goes
    through the library's steps with their defaults, as `sentmim.assembly` chains them: `load_text_dataset`

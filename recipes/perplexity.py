@@ -31,8 +31,7 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
-from sentmim.evaluate_folder import load_eval_batches, load_split_texts
-from sentmim.evaluation import evaluate
+from sentmim.evaluate_folder import evaluate_loaded, load_eval_batches, load_split_texts
 from sentmim.files import file_safe, write_json_atomic
 from sentmim.options import DatasetOptions, EvaluationOptions, LikelihoodOptions, ModelFolderOptions
 from sentmim.pipeline import SentenceMIMPipeline
@@ -52,22 +51,20 @@ def main(argv=None) -> dict:
     # 1. The model and the tokenizer saved beside it.
     pipe = SentenceMIMPipeline.from_pretrained(folder.model_name_or_path, device=folder.torch_device())
 
-    # 2. The split, cleaned and tokenized like the training data; overlong sentences are truncated, not dropped.
-    texts = load_split_texts(
-        dataset.dataset, dataset.dataset_config, dataset.split, dataset.text_column, evaluation.max_sentences
-    )
-    batches, stats = load_eval_batches(pipe.tokenizer, texts, evaluation.batch_size, pipe.max_length)
+    # 2. The split, cleaned and tokenized like the training data; sentences longer than the model's limit are
+    #    dropped or truncated as its training did (config.overlong).
+    texts = load_split_texts(dataset.dataset, dataset.dataset_config, dataset.split, dataset.text_column,
+                             evaluation.max_sentences, dataset.split_sentences)
+    batches, stats = load_eval_batches(pipe.tokenizer, texts, evaluation.batch_size, pipe.max_length,
+                                       pipe.model.config.overlong)
 
     # 3. Likelihoods and latent statistics (no decoding: reconstruction BLEU has its own recipe).
-    results = evaluate(pipe.model, batches, iw_samples=likelihood.iw_samples, bleu=False, seed=evaluation.seed,
-                       progress=not evaluation.disable_tqdm)
-    results.update(model_dir=str(folder.model_name_or_path), dataset=str(dataset.dataset), split=dataset.split,
-                   max_length=pipe.max_length, num_truncated=stats["num_truncated"])
+    results = evaluate_loaded(pipe, batches, stats, iw_samples=likelihood.iw_samples, bleu=False,
+                              seed=evaluation.seed, progress=not evaluation.disable_tqdm)
+    results.update(model_dir=str(folder.model_name_or_path), dataset=str(dataset.dataset), split=dataset.split)
 
-    # 4. Report.
+    # 4. Report (the table says how many sentences the length rule dropped or truncated).
     print(format_results(results))
-    if stats["num_truncated"]:
-        print(f"note: {stats['num_truncated']} sentences were truncated to {pipe.max_length} tokens")
     output = evaluation.output or Path(folder.model_name_or_path) / f"perplexity_{file_safe(dataset.split)}.json"
     print(f"wrote {write_json_atomic(output, results)}")
     return results

@@ -64,11 +64,12 @@ def main(argv=None) -> dict:
     # 1. The model and the tokenizer saved beside it.
     pipe = SentenceMIMPipeline.from_pretrained(folder.model_name_or_path, device=folder.torch_device())
 
-    # 2. The split, cleaned and tokenized like the training data; overlong sentences are truncated, not dropped.
-    texts = load_split_texts(
-        dataset.dataset, dataset.dataset_config, dataset.split, dataset.text_column, evaluation.max_sentences
-    )
-    batches, stats = load_eval_batches(pipe.tokenizer, texts, evaluation.batch_size, pipe.max_length)
+    # 2. The split, cleaned and tokenized like the training data; sentences longer than the model's limit are
+    #    dropped or truncated as its training did (config.overlong).
+    texts = load_split_texts(dataset.dataset, dataset.dataset_config, dataset.split, dataset.text_column,
+                             evaluation.max_sentences, dataset.split_sentences)
+    batches, stats = load_eval_batches(pipe.tokenizer, texts, evaluation.batch_size, pipe.max_length,
+                                       pipe.model.config.overlong)
 
     # 3. Reconstruct. Batches group sentences by length, so put the outputs back in the split's order.
     hypotheses, references = reconstruct_split(
@@ -79,7 +80,8 @@ def main(argv=None) -> dict:
     in_order = sorted(range(len(order)), key=order.__getitem__)
     hypotheses, references = [hypotheses[i] for i in in_order], [references[i] for i in in_order]
 
-    # 4. Score: the references are the inputs as the model saw them (decoded tokens, <unk> kept).
+    # 4. Score: the references are the inputs as the model saw them; an unknown token in a reconstruction is written
+    #    as a mark found in no reference (U+2047), so it never matches.
     results = {
         "mode": args.mode,
         "decoding": "greedy",
@@ -91,6 +93,8 @@ def main(argv=None) -> dict:
         "dataset": str(dataset.dataset),
         "split": dataset.split,
         "seed": evaluation.seed,
+        "overlong": pipe.model.config.overlong,
+        "num_dropped": stats["num_dropped"],
         "num_truncated": stats["num_truncated"],
     }
 

@@ -9,32 +9,35 @@ the test split (IW-NLL with 50 importance samples, ELBO, MELBO, KL, MI, active u
 Launch:
 
     # one process (a GPU if there is one, else the CPU): sentenceMIM on PTB
-    python recipes/train.py --dataset_name ../shared/data/ptb --output_dir runs/ptb-mim --objective mim \
-        --max_steps 20000
+    python recipes/train.py --dataset_name ../shared/data/ptb --tokenizer word --output_dir runs/ptb-mim \
+        --objective mim --max_steps 20000
 
     # the text-VAE baseline, KL annealed linearly over 10k steps
-    python recipes/train.py --dataset_name ../shared/data/ptb --output_dir runs/ptb-vae --objective vae \
-        --kl_schedule linear --kl_anneal_steps 10000 --max_steps 20000
+    python recipes/train.py --dataset_name ../shared/data/ptb --tokenizer word --output_dir runs/ptb-vae \
+        --objective vae --kl_schedule linear --kl_anneal_steps 10000 --max_steps 20000
 
     # several GPUs (the batch size is per device)
     accelerate launch --multi_gpu --num_processes 8 recipes/train.py --dataset_name ../shared/data/ptb \
-        --output_dir runs/ptb-mim --objective mim --max_steps 20000 --per_device_train_batch_size 32
+        --tokenizer word --output_dir runs/ptb-mim --objective mim --max_steps 20000 --per_device_train_batch_size 32
 
     # two processes on one CPU machine (ACCELERATE_USE_CPU=1 makes them one gloo job, not two separate runs)
     ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 recipes/train.py --dataset_name ../shared/data/ptb \
-        --output_dir runs/ptb-mim-cpu --objective mim --max_steps 2000
+        --tokenizer word --output_dir runs/ptb-mim-cpu --objective mim --max_steps 2000
 
-    # a Hugging Face Hub dataset: a config, the column that holds the text, a bigger vocabulary
+    # a Hugging Face Hub dataset of paragraphs: a config, the text column, rows split into sentences; byte-level BPE
+    # (the default tokenizer: no unknown tokens) with a bigger vocabulary
     python recipes/train.py --dataset_name Salesforce/wikitext --dataset_config_name wikitext-103-raw-v1 \
-        --text_column text --output_dir runs/wikitext-mim --tokenizer bpe --vocab_size 16000 --max_length 64
+        --text_column text --split_sentences --output_dir runs/wikitext-mim --vocab_size 16000 --max_length 64
 
-    # fine-tune a trained model on other data (its tokenizer and architecture are kept)
+    # fine-tune a trained model on other data (its tokenizer and architecture are kept; a word-level vocabulary
+    # gains the 5,000 most frequent words it lacks); recipes/finetune.py also scores it before and after
     python recipes/train.py --init_from runs/ptb-mim --dataset_name some/hub-dataset --text_column text \
-        --output_dir runs/ptb-mim-finetuned --max_steps 2000 --learning_rate 3e-4
+        --split_sentences --extend_vocabulary 5000 --output_dir runs/ptb-mim-finetuned --max_steps 2000 \
+        --learning_rate 3e-4
 
     # continue an interrupted run from its last checkpoint (same command plus the flag)
-    python recipes/train.py --dataset_name ../shared/data/ptb --output_dir runs/ptb-mim --objective mim \
-        --max_steps 20000 --resume_from_checkpoint
+    python recipes/train.py --dataset_name ../shared/data/ptb --tokenizer word --output_dir runs/ptb-mim \
+        --objective mim --max_steps 20000 --resume_from_checkpoint
 
 --dataset_name takes a Hub id, a local file (.txt one sentence per line, .jsonl, .csv, .parquet), a folder of such
 files (file names with train / valid / test pick the split), a `save_to_disk` folder, or "builtin". The output folder
@@ -51,8 +54,7 @@ from transformers import HfArgumentParser
 
 from sentmim.assembly import train_from_options
 from sentmim.console import library_progress_bars
-from sentmim.evaluate_folder import load_eval_batches, load_split_texts
-from sentmim.evaluation import evaluate
+from sentmim.evaluate_folder import evaluate_loaded, load_eval_batches, load_split_texts
 from sentmim.files import write_json_atomic
 from sentmim.options import (
     DataOptions,
@@ -97,15 +99,16 @@ def train_and_evaluate(dataset, data, tokenizer, model, training, test) -> dict:
     pipe = SentenceMIMPipeline.from_pretrained(training.output_dir)
     try:
         texts = load_split_texts(dataset.dataset, dataset.dataset_config, test.test_split, dataset.text_column,
-                                 test.max_eval_sentences)
+                                 test.max_eval_sentences, dataset.split_sentences)
     except ValueError as error:  # no such split in this dataset: training is done, say so and stop
         print(f"no test evaluation: {error}")
         return results
-    batches, stats = load_eval_batches(pipe.tokenizer, texts, training.eval_batch_size, pipe.max_length)
-    scores = evaluate(pipe.model, batches, pipe.tokenizer, iw_samples=test.iw_samples, bleu=True, seed=training.seed,
-                      progress=not training.disable_tqdm)
-    scores.update(model_dir=training.output_dir, dataset=str(dataset.dataset), split=test.test_split,
-                  max_length=pipe.max_length, num_truncated=stats["num_truncated"])
+    # Sentences longer than the model's limit are dropped or truncated as training did (config.overlong).
+    batches, stats = load_eval_batches(pipe.tokenizer, texts, training.eval_batch_size, pipe.max_length,
+                                       pipe.model.config.overlong)
+    scores = evaluate_loaded(pipe, batches, stats, iw_samples=test.iw_samples, bleu=True, seed=training.seed,
+                             progress=not training.disable_tqdm)
+    scores.update(model_dir=training.output_dir, dataset=str(dataset.dataset), split=test.test_split)
     print(format_results(scores))
     print(f"wrote {write_json_atomic(Path(training.output_dir) / 'eval_results_test.json', scores)}")
     results["test"] = scores

@@ -18,7 +18,6 @@ user error ends with one line on stderr and exit status 2 (`--debug` shows the t
 import argparse
 import dataclasses
 import logging
-import os
 import re
 import sys
 from pathlib import Path
@@ -27,7 +26,7 @@ from transformers import HfArgumentParser
 
 from . import options as opts
 from .checkpointing import CheckpointError
-from .console import configure_console
+from .console import configure_console, is_main_process, process_rank
 from .training import TrainingDiverged
 
 logger = logging.getLogger("sentmim")
@@ -86,20 +85,6 @@ def options_from(args: argparse.Namespace, cls):
     return cls(**{item.name: getattr(args, item.name) for item in dataclasses.fields(cls)})
 
 
-def process_rank() -> int:
-    """This process's rank in a torchrun / accelerate launch (0 when there is only one process)."""
-    import torch.distributed
-
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank()
-    return int(os.environ.get("RANK", "0"))
-
-
-def is_main_process() -> bool:
-    """Only the first process of a launch prints results and logs; the others print nothing but their errors."""
-    return process_rank() == 0
-
-
 # -- train ----------------------------------------------------------------------------------------------------------
 
 TRAIN_OPTIONS = (opts.DatasetOptions, opts.DataOptions, opts.TokenizerOptions, opts.ModelOptions, opts.TrainingOptions)
@@ -128,7 +113,7 @@ def run_evaluate(args) -> None:
         args.model_dir, dataset.dataset, dataset_config=dataset.dataset_config, split=dataset.split,
         text_column=dataset.text_column, batch_size=evaluation.batch_size, iw_samples=likelihood.iw_samples,
         max_sentences=evaluation.max_sentences, seed=evaluation.seed, plots_dir=plots.plots,
-        progress=not evaluation.disable_tqdm,
+        progress=not evaluation.disable_tqdm, split_sentences=dataset.split_sentences,
     )
     print(format_results(results))
     if evaluation.output:

@@ -10,6 +10,7 @@ ARCHITECTURES = ("gru", "transformer", "backbone")
 OBJECTIVES = ("mim", "vae", "ae")
 POSITION_EMBEDDINGS = ("learned", "sinusoidal")
 POOLINGS = ("mean", "weighted_mean", "last")
+OVERLONG = ("drop", "truncate")
 
 
 class SentenceMIMConfig(PreTrainedConfig):
@@ -25,7 +26,10 @@ class SentenceMIMConfig(PreTrainedConfig):
         num_layers: GRU layers, or Transformer blocks, in each of encoder and decoder.
         latent_size: dimension of z.
         num_attention_heads, intermediate_size: Transformer only (`intermediate_size` defaults to 4 x hidden).
-        max_position_embeddings: longest sentence (BOS and EOS included) the Transformer can position.
+        max_position_embeddings: longest sentence (BOS and EOS included) the model takes: the length limit training
+            used, and the number of positions a Transformer has.
+        overlong: what training did with longer sentences, `"drop"` or `"truncate"` (EOS kept); evaluation treats
+            them the same way.
         position_embedding_type: `"learned"` or `"sinusoidal"` (Transformer only).
         num_memory_slots: z is projected to this many memory vectors: the Transformer decoder and an encoder-decoder
             backbone's decoder cross-attend to them; a decoder-only backbone reads them as a prefix.
@@ -60,6 +64,7 @@ class SentenceMIMConfig(PreTrainedConfig):
         num_attention_heads: int = 4,
         intermediate_size: int | None = None,
         max_position_embeddings: int = 256,
+        overlong: str = "drop",
         position_embedding_type: str = "learned",
         num_memory_slots: int = 4,
         reverse_input: bool = False,
@@ -99,6 +104,7 @@ class SentenceMIMConfig(PreTrainedConfig):
         self.num_attention_heads = num_attention_heads
         self.intermediate_size = intermediate_size if intermediate_size is not None else 4 * hidden_size
         self.max_position_embeddings = max_position_embeddings
+        self.overlong = overlong
         self.position_embedding_type = position_embedding_type
         self.num_memory_slots = num_memory_slots
         self.reverse_input = reverse_input
@@ -129,6 +135,7 @@ class SentenceMIMConfig(PreTrainedConfig):
             ("architecture", ARCHITECTURES),
             ("objective", OBJECTIVES),
             ("position_embedding_type", POSITION_EMBEDDINGS),
+            ("overlong", OVERLONG),
         ):
             if getattr(self, field) not in choices:
                 fail(field, f"must be one of {', '.join(choices)}")

@@ -18,6 +18,7 @@ data preparation. A log file never gets a bar's carriage returns.
 
 import contextlib
 import logging
+import os
 import re
 import sys
 import warnings
@@ -89,6 +90,20 @@ def configure_console(
         huggingface_hub.utils.enable_progress_bars()
     else:
         datasets.disable_progress_bars()
+
+
+def process_rank() -> int:
+    """This process's rank in a torchrun / accelerate launch (0 when there is only one process)."""
+    import torch.distributed
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_main_process() -> bool:
+    """Only the first process of a launch prints results and logs; the others print nothing but their errors."""
+    return process_rank() == 0
 
 
 def _stderr_is_terminal() -> bool:

@@ -14,7 +14,10 @@ sum predicted targets), where the targets are the words + EOS):
 - MELBO-NLL: -log p(x|z) + log N with one z ~ q(z|x), the sentenceMIM paper's number. NOT a likelihood bound.
 - the reconstruction term -log p(x|z) at z = posterior mean and at one posterior sample, and the closed-form KL.
 - MI I_q(x; z) with He et al.'s estimator over the whole split (cap ~ log N) and per batch of 32 (cap ~ log 32),
-  active units, and reconstruction BLEU (greedy decoding of the posterior mean).
+  active units, and reconstruction BLEU (greedy decoding of the posterior mean; an unknown token in a hypothesis
+  never matches).
+- the unknown-token rate of the scored sentences. Above 1% of words the vocabulary lacks, a warning, and the
+  likelihoods are flagged (`likelihoods_flagged`): they leave out what spelling those words would cost.
 
 Randomness: every sample comes from a `torch.Generator`, so a seed fixes every number. The K samples of IW-NLL come
 from a generator seeded with `seed`, consumed batch after batch. The one posterior sample z of ELBO-NLL, MELBO-NLL,
@@ -24,6 +27,7 @@ sentence, ELBO-NLL - MELBO-NLL = KL - log N exactly), whether or not IW-NLL is c
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import defaultdict
 
@@ -32,7 +36,10 @@ from tqdm.auto import tqdm
 
 from . import gaussian, metrics
 from .pipeline import max_sentence_length
-from .tokenization import decode_keep_unknown
+from .preprocessing import distinct_unknown_id
+from .tokenization import decode_keep_unknown, unknown_words_warning
+
+logger = logging.getLogger(__name__)
 
 IW_SEED_OFFSET = 0  # generator seed of the IW-NLL samples: seed + 0
 SAMPLE_SEED_OFFSET = 1  # generator seed of the single posterior sample z: seed + 1
@@ -58,13 +65,19 @@ def default_decode_length(model, tokenizer=None) -> int:
 
 
 def reconstruct_batch(model, tokenizer, input_ids, z, max_decode_length: int) -> tuple[list[str], list[str]]:
-    """(hypotheses, references): greedy decoding of z, and the input sentences, as text.
+    """(hypotheses, references): greedy decoding of z, and the input sentences, as text for BLEU.
 
-    Both sides go through `decode_keep_unknown`, so <unk> stays a word on both sides (PTB references contain it).
+    The reference is the sentence as the model was given it: the original text (normalized by the tokenizer, e.g.
+    lowercased; cut where --overlong truncate cut it), in which each token the tokenizer mapped to unknown stands for
+    text no hypothesis can write. An unknown token in a hypothesis is written as a mark that occurs nowhere in its
+    reference (`metrics.hide_unknown`), so it never matches: a model cannot score by predicting <unk> for <unk>.
+    For word-level and byte-level BPE tokenizers this is BLEU against the original text exactly (tests).
     """
     generated = model.decode(z, max_length=max_decode_length)
     hypotheses = [text.strip() for text in decode_keep_unknown(tokenizer, generated)]
     references = [text.strip() for text in decode_keep_unknown(tokenizer, input_ids)]
+    if tokenizer.unk_token is not None:
+        hypotheses = metrics.hide_unknown(hypotheses, references, tokenizer.unk_token)
     return hypotheses, references
 
 
@@ -83,6 +96,8 @@ def _batches_with_progress(batches, progress: bool, desc: str):
 def _score_split(model, batches, tokenizer, iw_samples, bleu, num_sentences, seed, progress, max_decode_length):
     """Per-sentence numbers for every sentence of the split, in batch order, on the CPU; plus the BLEU texts."""
     device = model.device
+    unknown_id = distinct_unknown_id(model.config)
+    unknown_id = -1 if unknown_id is None else unknown_id  # no id is -1: nothing is counted
     iw_generator = _generator(seed + IW_SEED_OFFSET, device)
     z_generator = _generator(seed + SAMPLE_SEED_OFFSET, device)
     columns = defaultdict(list)
@@ -98,6 +113,7 @@ def _score_split(model, batches, tokenizer, iw_samples, bleu, num_sentences, see
             "logvar": logvar,
             "z": z,
             "num_targets": metrics.num_targets(ids, mask),
+            "num_unknown": ((ids == unknown_id) & mask.bool()).sum(1),
             "kl": kl,
             "recon_nll_mean_z": -model.log_likelihood(ids, mean, mask).double(),
             "recon_nll_sample_z": recon_nll_sample_z,
@@ -129,6 +145,7 @@ def evaluate(
     seed: int = 0,
     progress: bool = True,
     max_decode_length: int | None = None,
+    unknown_in_text: int | None = None,
 ) -> dict:
     """Every metric of docs/metrics.md over a whole split, as a flat dict (keys name the definitions).
 
@@ -144,6 +161,9 @@ def evaluate(
         num_sentences: N of MELBO (log N is added to every sentence). Default: the number of sentences in batches.
         seed: seeds every sample (see the module docstring for which generator feeds what).
         max_decode_length: longest reconstruction in generated tokens; default from the model / tokenizer.
+        unknown_in_text: how many tokens of these sentences the text itself writes as the unknown token ("<unk>" in
+            PTB and WikiText; `tokenize_dataset`'s num_unknown_in_text). They are the text's own, not words the
+            vocabulary lacks. Default: not known, and every unknown token counts as a word the vocabulary lacks.
     """
     if iw_samples < 0:
         raise ValueError(f"iw_samples={iw_samples}: must be >= 0 (0 skips IW-NLL)")
@@ -164,7 +184,26 @@ def evaluate(
         model.train(was_training)
     if "mean" not in per_sentence or per_sentence["mean"].shape[0] < 2:
         raise ValueError("evaluate needs at least 2 sentences (MI and active units are statistics of a split)")
-    return _summarize(model, per_sentence, hypotheses, references, num_sentences, iw_samples, mi_batch_size, seed)
+    results = _summarize(model, per_sentence, hypotheses, references, num_sentences, iw_samples, mi_batch_size, seed)
+    results.update(_unknown_tokens(per_sentence, unknown_in_text))
+    return results
+
+
+def _unknown_tokens(per_sentence, unknown_in_text: int | None) -> dict:
+    """The unknown-token rates of the scored sentences (BOS and EOS not counted), and whether they flag the
+    likelihoods; warns when they do."""
+    num_tokens = int(per_sentence["num_targets"].sum()) - per_sentence["num_targets"].shape[0]  # less one EOS each
+    num_unknown = int(per_sentence["num_unknown"].sum())
+    warning = unknown_words_warning(num_unknown, unknown_in_text or 0, num_tokens, "the scored tokens")
+    if warning:
+        logger.warning("%s: their likelihoods leave out what spelling those words costs (flagged), reconstruction "
+                       "BLEU never matches them; fine-tune with --extend-vocabulary, or train with --tokenizer bpe",
+                       warning)
+    return {
+        "unknown_token_rate": num_unknown / num_tokens if num_tokens else 0.0,
+        "unknown_token_rate_in_text": None if unknown_in_text is None else unknown_in_text / max(num_tokens, 1),
+        "likelihoods_flagged": warning is not None,
+    }
 
 
 def _summarize(model, per_sentence, hypotheses, references, melbo_n, iw_samples, mi_batch_size, seed) -> dict:

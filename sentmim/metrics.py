@@ -18,7 +18,8 @@
   Label it "AU (absolute, 0.01)". ``active_units_relative``: dims whose posterior-mean variance divided by the mean
   posterior variance is >= 0.01. Label it "AU (relative, 0.01)".
 - ``distinct_n``, ``eos_share``, ``language_model_perplexity``: quality of decoded samples.
-- ``corpus_bleu``: sacreBLEU corpus BLEU-4, tokenize='none', 0-100; print ``bleu_signature()`` with it.
+- ``corpus_bleu``: sacreBLEU corpus BLEU-4, tokenize='none', 0-100; print ``bleu_signature()`` with it. Pass the
+  hypotheses through ``hide_unknown`` first: an unknown token in a hypothesis must never match.
 - ``mean_sentence_bleu1``: mean over sentences of sentence BLEU-1 (clipped unigram precision x brevity penalty),
   0-1 scale. Label it "mean sentence BLEU-1 (sentenceMIM demo)"; it is not corpus BLEU.
 """
@@ -503,6 +504,25 @@ def _check_pairs(hypotheses: list[str], references: list[str]) -> None:
         raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
     if not hypotheses:
         raise ValueError("BLEU needs at least one sentence")
+
+
+UNKNOWN_MARK = "\u2047"  # DOUBLE QUESTION MARK, what SentencePiece decodes an unknown piece to
+
+
+def hide_unknown(hypotheses: list[str], references: list[str], unknown_token: str) -> list[str]:
+    """Each hypothesis with every `unknown_token` ("<unk>") written as a mark that occurs nowhere in its reference.
+
+    Reconstruction BLEU's rule: an unknown token in a hypothesis never matches, not even an unknown token of the
+    reference (which stands for a word the model could not write, or is the text's own "<unk>"). Corpus BLEU clips
+    n-gram counts per sentence, so a mark absent from the sentence's reference can match nothing."""
+    _check_pairs(hypotheses, references)
+    hidden = []
+    for hypothesis, reference in zip(hypotheses, references, strict=True):
+        mark = UNKNOWN_MARK
+        while mark in reference:
+            mark += UNKNOWN_MARK
+        hidden.append(hypothesis.replace(unknown_token, mark))
+    return hidden
 
 
 def corpus_bleu(hypotheses: list[str], references: list[str]) -> float:

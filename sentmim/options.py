@@ -96,6 +96,9 @@ class DatasetOptions:
         None, "use only this split or slice, in datasets syntax ('train', 'train[:10%%]', 'train[:1000]+test'); "
         "default: every split (sentmim evaluate: test)", aliases=("--train_split", "--train-split"))
     text_column: str | None = option(None, "the column holding the text; default: 'text', or the only text column")
+    split_sentences: bool = option(
+        False, "each row holds a document or paragraph: split it into sentences (at blank lines, then by the nupunkt "
+        "segmenter) and use every sentence as an example")
 
 
 @dataclass
@@ -120,17 +123,23 @@ class DataOptions:
 
 @dataclass
 class TokenizerOptions:
-    """The vocabulary a new model is trained with (a fine-tuned or resumed model keeps its own)."""
+    """The vocabulary a new model is trained with (a fine-tuned model keeps its own, extended when asked; a resumed run
+    keeps the run's)."""
 
     tokenizer: Literal["word", "bpe", "unigram"] = option(
-        "word", "word: whitespace-separated words (PTB and other pre-tokenized corpora); bpe: byte-level BPE, which "
-        "never produces an unknown token; unigram: SentencePiece-style unigram")
+        "bpe", "bpe: byte-level BPE, which never produces an unknown token (any text); word: whitespace-separated "
+        "words, for pre-tokenized corpora such as PTB (words outside the vocabulary become <unk>); unigram: "
+        "SentencePiece-style unigram")
     vocab_size: int = option(10000, "largest vocabulary, the 4 special tokens included")
-    min_frequency: int = option(1, "leave out words (or merges) seen fewer times")
+    min_frequency: int = option(1, "leave out words (or merges) seen fewer times (also for --extend-vocabulary)")
+    extend_vocabulary: int = option(
+        0, "fine-tuning a word-level model (--init-from): add up to N of the words of the new training data that its "
+        "vocabulary lacks, most frequent first, and grow the embedding and output layers (0: keep the vocabulary)")
 
     def __post_init__(self):
         check_choices(self)
-        check_ranges(self, {"vocab_size": (5, None, "int"), "min_frequency": (0, None, "int")})
+        check_ranges(self, {"vocab_size": (5, None, "int"), "min_frequency": (0, None, "int"),
+                            "extend_vocabulary": (0, None, "int")})
 
 
 @dataclass

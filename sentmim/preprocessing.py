@@ -149,39 +149,64 @@ class _Tokenize:
     """Batched map function: text -> input_ids (BOS ... EOS) and length, applying the overlong policy.
 
     Overlong sentences are dropped inside the map, which keeps the result a plain table (a filter would leave an
-    index mapping that slows every later read); the caller counts them from the number of rows. When truncating
-    data in memory it also returns "original_length" (the length before truncation), to count truncations.
+    index mapping that slows every later read); the caller counts them from the number of rows. For data in memory it
+    also returns, per kept sentence, what the caller sums into the split's counts and then removes: its length before
+    truncation, the characters of its text that the kept tokens cover, its unknown tokens, and how many of those are
+    written as the unknown token in the text itself (PTB's and WikiText's "<unk>").
     """
 
     def __init__(self, tokenizer, max_length: int, overlong: str, streaming: bool):
         self.tokenizer = tokenizer
         self.eos_token_id = tokenizer.eos_token_id
+        self.unknown_id = distinct_unknown_id(tokenizer)
         self.max_length = max_length
         self.truncate = overlong == "truncate"
-        self.report_original = self.truncate and not streaming
+        self.count = not streaming
 
     def __call__(self, batch: dict) -> dict:
-        input_ids = encode_batch(self.tokenizer, batch["text"])
+        texts = batch["text"]
+        input_ids = encode_batch(self.tokenizer, texts)
         lengths = [len(ids) for ids in input_ids]
-        original = lengths
+        kept = range(len(texts))
         if lengths and max(lengths) > self.max_length:  # the rare batch with an overlong sentence
-            input_ids, original = self._apply_policy(input_ids, lengths)
-            lengths = [len(ids) for ids in input_ids]
-        columns = {"input_ids": input_ids, "length": lengths}
-        if self.report_original:
-            columns["original_length"] = original
+            input_ids, kept = self._apply_policy(input_ids, lengths)
+        columns = {"input_ids": input_ids, "length": [len(ids) for ids in input_ids]}
+        if self.count:
+            columns.update(
+                original_length=[lengths[row] for row in kept],
+                kept_chars=[self._kept_chars(texts[row], lengths[row], ids)
+                            for row, ids in zip(kept, input_ids, strict=True)],
+                unknown=[ids.count(self.unknown_id) if self.unknown_id is not None else 0 for ids in input_ids],
+                unknown_in_text=[texts[row].count(self.tokenizer.unk_token) if self.unknown_id is not None else 0
+                                 for row in kept],
+            )
         return columns
 
     def _apply_policy(self, encoded: list[list[int]], lengths: list[int]) -> tuple[list[list[int]], list[int]]:
-        kept, original = [], []
-        for ids, num_tokens in zip(encoded, lengths, strict=True):
+        kept_ids, kept = [], []
+        for row, (ids, num_tokens) in enumerate(zip(encoded, lengths, strict=True)):
             if num_tokens > self.max_length:
                 if not self.truncate:
                     continue
                 ids = truncate_keeping_eos(ids, self.max_length, self.eos_token_id)
-            kept.append(ids)
-            original.append(num_tokens)
-        return kept, original
+            kept_ids.append(ids)
+            kept.append(row)
+        return kept_ids, kept
+
+    def _kept_chars(self, text: str, num_tokens: int, ids: list[int]) -> int:
+        """Characters of `text` that its kept tokens cover: all of them, unless the sentence was truncated."""
+        if num_tokens == len(ids):
+            return len(text)
+        offsets = self.tokenizer(text, return_offsets_mapping=True, verbose=False)["offset_mapping"]
+        last_kept = len(ids) - (2 if ids[-1] == self.eos_token_id else 1)  # the last token of the text kept
+        return offsets[last_kept][1]
+
+
+def distinct_unknown_id(tokenizer) -> int | None:
+    """The unknown token's id, or None when the tokenizer has none of its own (GPT-2's stands for BOS and EOS too)."""
+    unknown = tokenizer.unk_token_id
+    shared = (None, tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    return None if unknown in shared else unknown
 
 
 def column_as_array(ds: Dataset, name: str) -> np.ndarray:
@@ -208,8 +233,10 @@ def tokenize_dataset(
 
     Returns:
         (tokenized, stats). For a single split, stats has num_sentences, num_overlong, num_dropped, num_truncated,
-        num_tokens (after the policy); for a dict, one such dict per split. Streams are tokenized lazily, so their
-        counts are None.
+        num_tokens (after the policy, BOS and EOS included), num_chars and num_chars_kept (characters of text before
+        and after the policy: what the kept tokens cover), num_unknown (unknown tokens among those kept) and
+        num_unknown_in_text (those written as the unknown token in the text itself); for a dict, one such dict per
+        split. Streams are tokenized lazily, so their counts are None.
     """
     if overlong not in ("drop", "truncate"):
         raise DataError(f"overlong must be 'drop' or 'truncate', got {overlong!r}")
@@ -223,16 +250,19 @@ def tokenize_dataset(
     return _tokenize_split(ds, "data", tokenizer, max_length, overlong, num_proc)
 
 
+COUNTED_COLUMNS = ("original_length", "kept_chars", "unknown", "unknown_in_text")  # summed into stats, removed
+STATS_KEYS = ("num_sentences", "num_overlong", "num_dropped", "num_truncated", "num_tokens", "num_chars",
+              "num_chars_kept", "num_unknown", "num_unknown_in_text")
+
+
 def _tokenize_split(ds: AnyDataset, key: str, tokenizer, max_length: int, overlong: str, num_proc: int | None):
     streaming = isinstance(ds, IterableDataset)
     function = _Tokenize(tokenizer, max_length, overlong, streaming)
     if streaming:
         tokenized = ds.map(function, batched=True, remove_columns=ds.column_names or ["text"])
-        stats = dict.fromkeys(("num_sentences", "num_overlong", "num_dropped", "num_truncated", "num_tokens"))
-        return tokenized, stats
-    features = Features({"input_ids": List(Value("int32")), "length": Value("int64")})
-    if function.report_original:
-        features["original_length"] = Value("int64")
+        return tokenized, dict.fromkeys(STATS_KEYS)
+    features = Features({"input_ids": List(Value("int32")), "length": Value("int64"),
+                         **{name: Value("int64") for name in COUNTED_COLUMNS}})
     if len(ds) == 0:  # datasets does not map an empty split: it would keep the text column, and no other
         tokenized = Dataset.from_dict({name: [] for name in features}, features=features)
     else:  # explicit features: the columns exist even if every sentence is dropped
@@ -242,19 +272,78 @@ def _tokenize_split(ds: AnyDataset, key: str, tokenizer, max_length: int, overlo
 
 
 def _tokenized_with_stats(ds: Dataset, tokenized: Dataset, key: str, max_length: int, overlong: str):
-    if overlong == "truncate":
-        num_overlong = int((column_as_array(tokenized, "original_length") > max_length).sum())
-        tokenized = tokenized.remove_columns("original_length")
-    else:
+    sums = {name: int(column_as_array(tokenized, name).sum()) for name in COUNTED_COLUMNS}
+    num_overlong = int((column_as_array(tokenized, "original_length") > max_length).sum())
+    if overlong == "drop":
         num_overlong = len(ds) - len(tokenized)
+    tokenized = tokenized.remove_columns(list(COUNTED_COLUMNS))
     stats = {
         "num_sentences": len(ds),
         "num_overlong": num_overlong,
         "num_dropped": num_overlong if overlong == "drop" else 0,
         "num_truncated": num_overlong if overlong == "truncate" else 0,
         "num_tokens": int(column_as_array(tokenized, "length").sum()),
+        "num_chars": text_length(ds),  # of the text before the length rule; num_chars_kept: after it
+        "num_chars_kept": sums["kept_chars"],
+        "num_unknown": sums["unknown"],
+        "num_unknown_in_text": sums["unknown_in_text"],
     }
     done = "dropped" if overlong == "drop" else "truncated"
-    log = logger.warning if num_overlong > 0.05 * max(len(ds), 1) else logger.info
-    log("tokenize %s: %d sentences, %d longer than %d tokens %s", key, len(ds), num_overlong, max_length, done)
+    logger.info("tokenize %s: %d sentences, %d longer than %d tokens %s", key, len(ds), num_overlong, max_length, done)
     return tokenized, stats
+
+
+def text_length(ds: Dataset) -> int:
+    """Characters in the "text" column, counted by Arrow (an index mapping, as `select` leaves, is respected)."""
+    import pyarrow.compute
+
+    if len(ds) == 0:  # an empty column may have no type, and Arrow has no length for it
+        return 0
+    table = ds.with_format("arrow")[:]
+    return int(pyarrow.compute.sum(pyarrow.compute.utf8_length(table["text"])).as_py() or 0)
+
+
+# =====================================================================================================================
+# What data preparation did, in one line
+# =====================================================================================================================
+
+LOST_TEXT_WARNING = 0.05  # share of a split's characters lost to the length rule above which training warns
+
+
+def lost_text(stats: dict) -> float | None:
+    """Share of a split's characters that the length rule dropped or cut off (None for a stream)."""
+    if stats.get("num_chars") is None:
+        return None
+    return 1 - stats["num_chars_kept"] / stats["num_chars"] if stats["num_chars"] else 0.0
+
+
+def preparation_summary(stats: dict, max_length: int, overlong: str, split_counts: dict | None = None) -> str:
+    """One line: per split, the rows split into sentences (with --split-sentences), the sentences kept, truncated
+    and dropped by the length rule, and the share of the text lost. `stats` is `tokenize_dataset`'s for a dict of
+    splits; `split_counts` maps a split to `sentences.split_dataset`'s counts."""
+    parts = []
+    for key, counts in stats.items():
+        if counts["num_sentences"] is None:
+            parts.append(f"{key} streamed (counted as it is read)")
+            continue
+        rows = (split_counts or {}).get(key, {}).get("num_rows")
+        source = f"{rows:,} rows split into " if rows is not None else ""
+        kept = counts["num_sentences"] - counts["num_dropped"]
+        parts.append(f"{key}: {source}{counts['num_sentences']:,} sentences, {kept:,} kept "
+                     f"({counts['num_truncated']:,} truncated), {counts['num_dropped']:,} dropped, "
+                     f"{lost_text(counts):.1%} of the text lost")
+    return f"data (sentences over {max_length} tokens: {overlong}): " + "; ".join(parts)
+
+
+def lost_text_warning(stats: dict, max_length: int, overlong: str, split_sentences: bool) -> str | None:
+    """A warning naming the splits that lose more than LOST_TEXT_WARNING of their text, and the remedies."""
+    losing = [f"{key} {share:.1%}" for key, counts in stats.items()
+              if (share := lost_text(counts)) is not None and share > LOST_TEXT_WARNING]
+    if not losing:
+        return None
+    remedies = ([] if split_sentences else ["--split-sentences (rows holding paragraphs or documents)"]) + \
+        [f"a larger --max-length (now {max_length})"] + \
+        (["--overlong truncate (keep the start of long sentences)"] if overlong == "drop" else [])
+    what = "dropped" if overlong == "drop" else "cut off"
+    return (f"{', '.join(losing)} of the text is {what} as longer than --max-length {max_length} tokens; "
+            f"remedies: {', '.join(remedies)}")

@@ -13,6 +13,25 @@ AE_WARNING = (
     "    their PPLs and the KL below describe an arbitrary q, not the model: do not compare them"
 )
 
+UNKNOWN_FLAG = (
+    "    FLAGGED: more than 1% of the scored tokens are words the vocabulary lacks (see unknown tokens above): these\n"
+    "    likelihoods leave out what spelling those words costs; do not compare them with another vocabulary's"
+)
+
+
+def data_lines(r: dict) -> list[str]:
+    """What the scored split holds beyond its sentences: unknown tokens, and sentences the length rule changed."""
+    lines = []
+    if r.get("unknown_token_rate") is not None:
+        in_text = r.get("unknown_token_rate_in_text")
+        own = "" if in_text is None else f"; {in_text:.2%} are <unk> in the text itself"
+        rate = r["unknown_token_rate"]
+        lines.append(f"  unknown tokens: {rate:.2%} of the scored tokens (BOS, EOS not counted){own}")
+    for key, done in (("num_dropped", "dropped"), ("num_truncated", "truncated")):
+        if r.get(key):
+            lines.append(f"  {r[key]} sentences longer than {r.get('max_length')} tokens were {done}, as in training")
+    return lines
+
 
 def number(value, digits: int = 3, missing: str = "skipped") -> str:
     """A table cell: a float with `digits` decimals, an int as it is, None (not measured) as `missing`."""
@@ -36,6 +55,7 @@ def format_results(results: dict) -> str:
             f"latent_size={r['latent_size']}  seed={r['seed']}"
         ),
         f"  {r['num_sentences']} sentences, {r['num_targets']} predicted targets (words + EOS)",
+        *data_lines(r),
         "Likelihood (NLL in nats per sentence; PPL = exp(sum NLL / sum predicted targets))",
         line(iw_label, r["iw_nll"]),
         line("IW-PPL", r["iw_ppl"]),
@@ -48,6 +68,7 @@ def format_results(results: dict) -> str:
         line("Reconstruction -log p(x|z), z = posterior mean", r["recon_nll_mean_z"]),
         line("Reconstruction -log p(x|z), one z ~ q(z|x)", r["recon_nll_sample_z"]),
         *([AE_WARNING] if not r.get("likelihoods_meaningful", True) else []),
+        *([UNKNOWN_FLAG] if r.get("likelihoods_flagged") else []),
         "Latent space",
         line("KL(q(z|x) || N(0, I)) (closed form, mean per sentence)", r["kl"]),
         line(f"MI whole-split (He et al. estimator, cap log N = {r['log_num_sentences']:.3f})", r["mi_whole_split"]),

@@ -61,7 +61,7 @@ def _build_backend(kind: str, vocab_size: int, min_frequency: int) -> tuple[Toke
     return tokenizer, trainer
 
 
-def _iterate(texts: Iterable[str], chunk_size: int = 10_000) -> Iterator[str]:
+def iterate_texts(texts: Iterable[str], chunk_size: int = 10_000) -> Iterator[str]:
     """Iterate over texts; sequences (a list, a `datasets` column) are read in slices, which is much faster for a
     `datasets` column than iterating it row by row."""
     if hasattr(texts, "__len__") and hasattr(texts, "__getitem__") and not isinstance(texts, str):
@@ -78,7 +78,7 @@ def _without_special_tokens(texts: Iterable[str]) -> Iterator[str]:
     it a second id, and out-of-vocabulary words would then map to that id instead of 1. At encoding time the
     special tokens are matched before pre-tokenization, so blanking them here changes nothing else.
     """
-    for text in _iterate(texts):
+    for text in iterate_texts(texts):
         if "<" in text:  # cheap test first: almost no line contains a special token
             for token in SPECIAL_TOKENS:
                 text = text.replace(token, " ")
@@ -173,29 +173,30 @@ def decode_keep_unknown(tokenizer: PreTrainedTokenizerFast, ids) -> list[str]:
     return texts
 
 
-def unknown_token_rate(tokenizer: PreTrainedTokenizerFast, texts: Iterable[str], batch_size: int = 1000):
-    """(number of unknown tokens, number of tokens) over `texts`, BOS and EOS not counted.
+# Above this share of tokens that are words the vocabulary lacks, training and evaluation warn, and evaluation flags
+# its likelihoods: each such token leaves out what spelling its word would cost (several nats for a rare word), about
+# 2 nats per 25-word sentence at 1%, the size of the differences between the models being compared.
+UNKNOWN_WARNING_RATE = 0.01
 
-    Use it before fine-tuning on new data: a high rate means the saved vocabulary does not fit that data.
-    """
-    unk_id = tokenizer.unk_token_id
-    num_unknown = num_tokens = 0
-    batch: list[str] = []
 
-    def count(batch: list[str]) -> None:
-        nonlocal num_unknown, num_tokens
-        for ids in tokenizer(batch, add_special_tokens=False, verbose=False)["input_ids"]:
-            num_tokens += len(ids)
-            num_unknown += ids.count(unk_id)
+def lacking_words_rate(num_unknown: int, num_unknown_in_text: int | None, num_tokens: int) -> float | None:
+    """Share of the tokens that are words the vocabulary lacks: unknown tokens other than those the text itself writes
+    as the unknown token (PTB and WikiText write their rare words as "<unk>"). None when the text is not known (every
+    unknown token might be the text's own) or there are no tokens."""
+    if num_unknown_in_text is None or not num_tokens:
+        return None
+    return (num_unknown - num_unknown_in_text) / num_tokens
 
-    for text in _iterate(texts):
-        batch.append(text)
-        if len(batch) == batch_size:
-            count(batch)
-            batch = []
-    if batch:
-        count(batch)
-    return num_unknown, num_tokens
+
+def unknown_words_warning(num_unknown: int, num_unknown_in_text: int | None, num_tokens: int, of: str) -> str | None:
+    """The start of a warning when more than UNKNOWN_WARNING_RATE of `of` (e.g. "the training tokens") are words the
+    vocabulary lacks; None otherwise. Callers add the remedy."""
+    rate = lacking_words_rate(num_unknown, num_unknown_in_text, num_tokens)
+    if rate is None or rate <= UNKNOWN_WARNING_RATE:
+        return None
+    in_text = f" (another {num_unknown_in_text / num_tokens:.1%} are {UNK_TOKEN} in the text itself)" \
+        if num_unknown_in_text else ""
+    return f"{rate:.1%} of {of} are words the vocabulary lacks, read and written as {UNK_TOKEN}{in_text}"
 
 
 # --- batch encoding ----------------------------------------------------------------------------------------------

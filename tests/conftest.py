@@ -63,8 +63,8 @@ def builtin_splits_data():
 
 
 # A tiny model trained through the CLI, shared by the tests of bad input and reliability (copy it before changing it).
-TINY_TRAIN = ["--max-steps", "3", "--eval-steps", "2", "--vocab-size", "200", "--max-length", "24", "--embedding-size",
-              "16", "--hidden-size", "32", "--latent-size", "8", "--batch-size", "8"]
+TINY_TRAIN = ["--max-steps", "3", "--eval-steps", "2", "--vocab-size", "400", "--max-length", "24", "--embedding-size",
+              "16", "--hidden-size", "32", "--latent-size", "8", "--batch-size", "8", "--tokenizer", "word"]
 
 
 @pytest.fixture(scope="session")

@@ -162,7 +162,9 @@ def test_only_the_main_process_prints_the_results(corpus_file, tmp_path, monkeyp
     main_report, other = (json.loads((tmp_path / f"rank_{rank}.json").read_text()) for rank in (0, 1))
     assert main_report["status"] == other["status"] == 0
     best = json.loads((tmp_path / "run" / "train_results.json").read_text())["best_val_loss"]
-    assert main_report["stdout"] == f"trained 3 steps; best validation loss {best}; model in {tmp_path / 'run'}\n"
+    summary, result = main_report["stdout"].splitlines()  # what became of the data, then the result
+    assert summary.startswith("data (sentences over 24 tokens: drop): train: 95 sentences")
+    assert result == f"trained 3 steps; best validation loss {best}; model in {tmp_path / 'run'}"
     assert other["stdout"] == ""
 
 

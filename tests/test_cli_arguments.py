@@ -121,14 +121,14 @@ def test_evaluate_flags_and_defaults(recorded, capsys):
     args, kwargs = recorded["evaluate_folder"]
     assert args == ("runs/m", "builtin")
     assert kwargs == dict(dataset_config=None, split="test", text_column=None, batch_size=64, iw_samples=500,
-                          max_sentences=None, seed=0, plots_dir=None, progress=True)
+                          max_sentences=None, seed=0, plots_dir=None, progress=True, split_sentences=False)
     assert cli.main(["evaluate", "runs/m", "--dataset", "d", "--dataset-config", "c", "--split", "validation",
                      "--text-column", "t", "--batch-size", "8", "--iw-samples", "9", "--max-sentences", "10",
-                     "--plots", "p", "--seed", "4"]) == 0
+                     "--plots", "p", "--seed", "4", "--split-sentences"]) == 0
     args, kwargs = recorded["evaluate_folder"]
     assert args == ("runs/m", "d")
     assert kwargs == dict(dataset_config="c", split="validation", text_column="t", batch_size=8, iw_samples=9,
-                          max_sentences=10, seed=4, plots_dir="p", progress=True)
+                          max_sentences=10, seed=4, plots_dir="p", progress=True, split_sentences=True)
     assert capsys.readouterr().out == "table\ntable\n"
 
 

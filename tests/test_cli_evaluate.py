@@ -52,8 +52,10 @@ def model_and_data(tmp_path_factory):
 def library_results(model_dir, data_dir) -> dict:
     pipe = SentenceMIMPipeline.from_pretrained(model_dir)
     texts = load_split_texts(str(data_dir), split="validation", max_sentences=30)
-    loader, _ = load_eval_batches(pipe.tokenizer, texts, batch_size=16, max_length=pipe.max_length)
-    return evaluate(pipe.model, loader, pipe.tokenizer, iw_samples=7, seed=3, progress=False)
+    loader, stats = load_eval_batches(pipe.tokenizer, texts, batch_size=16, max_length=pipe.max_length,
+                                      overlong=pipe.model.config.overlong)  # the length rule training followed
+    return evaluate(pipe.model, loader, pipe.tokenizer, iw_samples=7, seed=3, progress=False,
+                    unknown_in_text=stats["num_unknown_in_text"])
 
 
 def printed_values(output: str) -> dict:

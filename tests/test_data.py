@@ -536,4 +536,5 @@ def test_an_empty_split_tokenizes_to_an_empty_table_with_the_columns(tokenizer, 
     tokenized, stats = tokenize_dataset(empty, tokenizer, max_length=8, overlong=overlong)
     assert tokenized["validation"].column_names == ["input_ids", "length"] and len(tokenized["validation"]) == 0
     assert stats["validation"] == {"num_sentences": 0, "num_overlong": 0, "num_dropped": 0, "num_truncated": 0,
-                                   "num_tokens": 0}
+                                   "num_tokens": 0, "num_chars": 0, "num_chars_kept": 0, "num_unknown": 0,
+                                   "num_unknown_in_text": 0}

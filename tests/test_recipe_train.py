@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "train.py"
 TINY = ["--max_steps", "3", "--eval_steps", "2", "--vocab_size", "200", "--max_length", "24", "--embedding_size",
         "16", "--hidden_size", "32", "--latent_size", "8", "--per_device_train_batch_size", "8", "--iw_samples",
-        "5", "--disable_tqdm"]
+        "5", "--disable_tqdm", "--tokenizer", "word"]
 
 
 @pytest.fixture(scope="module")

@@ -48,7 +48,7 @@ def with_option(argv: list[str], flag: str, value: str) -> list[str]:
     ("--learning-rate", "0.01", "0.001"),
     ("--seed", "1", "0"),
     ("--max-length", "30", "24"),
-    ("--vocab-size", "300", "200"),
+    ("--vocab-size", "300", "400"),
     ("--lr-scheduler", "cosine", "'constant'"),
     ("--gradient-accumulation-steps", "2", "1"),
 ])

@@ -27,7 +27,7 @@ def run_training(corpus, training: TrainingOptions):
     """A streamed run: the data, tokenizer and model options of every test here, and `training`."""
     return train_from_options(
         DatasetOptions(dataset=corpus), DataOptions(streaming=True, max_length=32, max_validation_sentences=20),
-        TokenizerOptions(vocab_size=300), ModelOptions(**MODEL), training,
+        TokenizerOptions(tokenizer="word", vocab_size=300), ModelOptions(**MODEL), training,
     )
 
 

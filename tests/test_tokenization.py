@@ -14,7 +14,6 @@ from sentmim.tokenization import (
     encode_batch,
     load_tokenizer,
     train_tokenizer,
-    unknown_token_rate,
 )
 
 PTB_LINES = [
@@ -141,15 +140,6 @@ def test_vocab_size_min_frequency_and_lowercase():
     assert lowered("THE cat")["input_ids"] == lowered("the CAT")["input_ids"]
     assert 1 not in lowered("the cat")["input_ids"]
     assert lowered.model_max_length == 17
-
-
-def test_unknown_token_rate_counts_out_of_vocabulary_words(word_tokenizer):
-    vocab = word_tokenizer.get_vocab()
-    new_texts = ["the zyzzyva ate the quokka", "a <unk> was here", "dog"] * 3
-    words = [word for text in new_texts for word in text.split()]
-    expected_unknown = sum(word not in vocab or word == "<unk>" for word in words)
-    assert unknown_token_rate(word_tokenizer, new_texts, batch_size=2) == (expected_unknown, len(words))
-    assert unknown_token_rate(word_tokenizer, iter(new_texts)) == (expected_unknown, len(words))
 
 
 def test_unknown_kind_is_an_error():

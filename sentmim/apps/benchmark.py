@@ -196,7 +196,7 @@ def evaluate_model(settings, folder: Path, test_split, plot_path: Path, progress
         pipe = SentenceMIMPipeline.from_pretrained(folder, device=device)
         batches, stats = load_eval_batches(pipe.tokenizer, test_split, training.eval_batch_size, pipe.max_length)
     scores = evaluate(pipe.model, batches, pipe.tokenizer, iw_samples=settings.test.iw_samples, seed=training.seed,
-                      progress=progress)
+                      progress=progress, unknown_in_text=stats["num_unknown_in_text"])
     scores["num_truncated"] = stats["num_truncated"]
     encoded = encode_split(pipe.model, batches, likelihood=False)  # the projection needs no decoder pass
     plot_latent_projection(encoded["mean"], labels=encoded["num_targets"].numpy(), path=plot_path,
