@@ -211,7 +211,10 @@ def _data_files_in_folder(folder: Path) -> tuple[dict[str, list[str]], str]:
         get_data_patterns(str(folder)), base_path=str(folder), allowed_extensions=extensions
     )
     by_split = {str(split): sorted(names) for split, names in resolved.items() if names}
-    ignored = sorted(set(files) - {name for names in by_split.values() for name in names})
+    # datasets names files by absolute path: compare real paths, or a folder given by a relative path (or holding
+    # links) would have every file reported as unread.
+    read = {os.path.realpath(name) for names in by_split.values() for name in names}
+    ignored = sorted(file for file in files if os.path.realpath(file) not in read)
     if ignored:
         logger.warning(
             "folder %s: %d file(s) name no split while others do, and are not read: %s", folder, len(ignored),

@@ -538,3 +538,22 @@ def test_an_empty_split_tokenizes_to_an_empty_table_with_the_columns(tokenizer, 
     assert stats["validation"] == {"num_sentences": 0, "num_overlong": 0, "num_dropped": 0, "num_truncated": 0,
                                    "num_tokens": 0, "num_chars": 0, "num_chars_kept": 0, "num_unknown": 0,
                                    "num_unknown_in_text": 0}
+
+
+def test_linked_files_in_a_folder_are_read_without_a_false_warning(tmp_path, caplog, monkeypatch):
+    """A folder of links given by a relative path (benchmarks/finetune links WikiText-2's valid file as train.txt):
+    each file gives the split its link names, and none is reported as unread (datasets names files by absolute
+    path)."""
+    originals = tmp_path / "originals"
+    originals.mkdir()
+    write_lines(originals / "valid.txt", SENTENCES[:40])
+    write_lines(originals / "test.txt", SENTENCES[40:])
+    folder = tmp_path / "linked"
+    folder.mkdir()
+    (folder / "train.txt").symlink_to(originals / "valid.txt")
+    (folder / "test.txt").symlink_to(originals / "test.txt")
+    monkeypatch.chdir(tmp_path)
+    splits = load_text_dataset("linked", validation_fraction=0)
+    assert {key: list(split["text"]) for key, split in splits.items()} == {"train": SENTENCES[:40],
+                                                                           "test": SENTENCES[40:]}
+    assert not [record for record in caplog.records if "not read" in record.getMessage()]

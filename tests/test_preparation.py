@@ -125,3 +125,12 @@ def test_recipe_train_splits_sentences(paragraphs, tmp_path):
                                          *flags, "--split_sentences", "--test_split", "train[:5]", "--iw_samples",
                                          "0", "--disable_tqdm"])
     assert results["test"]["num_sentences"] == sum(len(split_sentences(row)) for row in PARAGRAPHS[:5])
+
+
+def test_a_stream_is_split_into_sentences_as_it_is_read(paragraphs, tmp_path, capsys):
+    status, out, err = run_cli(capsys, "train", "--dataset", paragraphs, "--output-dir", tmp_path / "run", *TRAIN,
+                               "--split-sentences", "--streaming")
+    assert status == 0, err
+    assert "train streamed (counted as it is read)" in out
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert any("val_loss" in record for record in log)  # the streamed validation sentences were read and scored
