@@ -94,8 +94,9 @@ def test_backbone_options_reach_the_model(backbones):
     options = ModelOptions(backbone=backbones["gpt2"], backbone_pooling="last", num_memory_slots=3, objective="vae",
                            latent_size=5, word_dropout=0.1)
     tokenizer = build_tokenizer(DataOptions(), TokenizerOptions(), options, SENTENCES, None, resume=False)
-    model = build_model(DataOptions(max_length=20), options, tokenizer, None, resume=False)
+    model = build_model(DataOptions(max_length=20, overlong="truncate"), options, tokenizer, None, resume=False)
     config = model.config
+    assert config.overlong == "truncate"  # evaluation treats long sentences as this run's training does
     assert (config.backbone_pooling, config.num_memory_slots, config.objective) == ("last", 3, "vae")
     assert (config.latent_size, config.word_dropout, config.max_position_embeddings) == (5, 0.1, 20)
     assert model.latent.latent_to_memory.out_features == 3 * 16 and model.latent.pooling == "last"
@@ -108,6 +109,7 @@ def test_backbone_options_reach_the_model(backbones):
 
 
 def test_every_backbone_flag_reaches_the_model_options(monkeypatch):
+    import sentmim.apps.benchmark  # imported now, it binds the real train_from_options, not the stand-in
     import sentmim.assembly
     from sentmim.cli import main
 
@@ -190,7 +192,8 @@ def test_every_command_works_on_a_backbone_model(cli_run, data_dir, capsys):
     assert status == 0, err
     scores = json.loads((cli_run.parent / "scores.json").read_text())
     assert scores["num_sentences"] == 4 and scores["bleu4_corpus"] is not None and scores["iw_nll"] > 0
-    for command, lines in ((["reconstruct", cli_run, SENTENCES[0]], 2), (["sample", cli_run, "-n", "2"], 2),
+    for command, lines in ((["reconstruct", cli_run, SENTENCES[0]], 2),
+                           (["sample", cli_run, "-n", "2", "--seed", "0"], 2),  # seeded: a random model's bytes
                            (["interpolate", cli_run, SENTENCES[0], SENTENCES[1], "--steps", "1"], 3),
                            (["encode", cli_run, SENTENCES[0], "--output", cli_run.parent / "z.npy"], 1)):
         status, out, err = run_cli(capsys, *command)
@@ -447,3 +450,28 @@ def test_recipe_train_takes_the_backbone_options(backbones, data_dir, tmp_path):
     assert results["test"]["bleu4_corpus"] is not None and results["test"]["num_sentences"] == 4
     config = SentenceMIMPipeline.from_pretrained(tmp_path).model.config
     assert (config.freeze_backbone, config.backbone_pooling, config.num_memory_slots) == (True, "last", 3)
+
+
+def test_fine_tuning_a_backbone_model_keeps_its_positions(cli_run, data_dir, tmp_path, capsys):
+    """A backbone model was sized to --max-length 30 when it was built: fine-tuning may train on shorter sentences
+    (the tokenizer then holds the limit) and change the overlong policy, never on longer ones."""
+    common = ["train", "--dataset", data_dir, "--init-from", cli_run, "--max-steps", "1", "--batch-size", "4"]
+    line = cli_error_line(capsys, *common, "--output-dir", tmp_path / "longer", "--max-length", "34")
+    assert "--max-length 34" in line and "a pretrained backbone for 30 tokens only" in line
+    status, _, err = run_cli(capsys, *common, "--output-dir", tmp_path / "shorter", "--max-length", "20",
+                             "--overlong", "truncate")
+    assert status == 0, err
+    pipe = SentenceMIMPipeline.from_pretrained(tmp_path / "shorter")
+    assert (pipe.model.config.max_position_embeddings, pipe.model.config.overlong) == (30, "truncate")
+    assert pipe.max_length == 20
+
+
+def test_extend_vocabulary_is_refused_for_a_backbone_in_one_line(backbones, cli_run, data_dir, tmp_path, capsys):
+    """A backbone's subword vocabulary has no unknown words to add: refused before any data is read."""
+    common = ["train", "--dataset", data_dir, "--max-steps", "1", "--extend-vocabulary", "5"]
+    line = cli_error_line(capsys, *common, "--output-dir", tmp_path / "new", "--backbone", backbones["gpt2"],
+                          "--max-length", "30")
+    assert "--extend-vocabulary 5: --backbone" in line and "keeps its own subword vocabulary" in line
+    line = cli_error_line(capsys, *common, "--output-dir", tmp_path / "tuned", "--init-from", cli_run)
+    assert f"--extend-vocabulary 5: {cli_run} has a pretrained backbone" in line
+    assert not (tmp_path / "new").exists() and not (tmp_path / "tuned").exists()

@@ -181,3 +181,14 @@ def test_copy_of_an_extended_model_loads_alone(domains, old_model, tmp_path, cap
     assert status == 0, err
     copy = shutil.copytree(tmp_path / "ft", tmp_path / "copy", ignore=shutil.ignore_patterns("checkpoints"))
     assert SentenceMIMPipeline.from_pretrained(copy).reconstruct(["the zebra sat ."])
+
+
+def test_extend_vocabulary_refuses_a_subword_model_before_reading_data(domains, tmp_path, capsys):
+    bpe = ["train", "--dataset", domains / "old.txt", "--max-steps", "1", *TINY, "--tokenizer", "bpe",
+           "--vocab-size", "300"]
+    status, _, err = run_cli(capsys, *bpe, "--output-dir", tmp_path / "bpe")
+    assert status == 0, err
+    line = cli_error_line(capsys, "train", "--dataset", tmp_path / "missing.txt", "--output-dir", tmp_path / "o",
+                          "--init-from", tmp_path / "bpe", "--extend-vocabulary", "5", *TINY)
+    assert f"{tmp_path / 'bpe'}: --extend-vocabulary extends word-level vocabularies" in line
+    assert "byte-level BPE never maps text to an unknown token; drop the option" in line
