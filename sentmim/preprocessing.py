@@ -314,7 +314,8 @@ def lost_text(stats: dict) -> float | None:
     """Share of a split's characters that the length rule dropped or cut off (None for a stream)."""
     if stats.get("num_chars") is None:
         return None
-    return 1 - stats["num_chars_kept"] / stats["num_chars"] if stats["num_chars"] else 0.0
+    # (lost / all, not 1 - kept / all: 5% lost must read 0.05, not 0.05000000000000004, against the 5% threshold)
+    return (stats["num_chars"] - stats["num_chars_kept"]) / stats["num_chars"] if stats["num_chars"] else 0.0
 
 
 def preparation_summary(stats: dict, max_length: int, overlong: str, split_counts: dict | None = None) -> str:

@@ -134,3 +134,11 @@ def test_a_stream_is_split_into_sentences_as_it_is_read(paragraphs, tmp_path, ca
     assert "train streamed (counted as it is read)" in out
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert any("val_loss" in record for record in log)  # the streamed validation sentences were read and scored
+
+
+def test_the_lost_text_warning_starts_above_five_percent():
+    def stats(kept_chars):
+        return {"train": {"num_chars": 1000, "num_chars_kept": kept_chars}}
+
+    assert lost_text_warning(stats(950), 10, "drop", split_sentences=False) is None  # 5.0%: no warning
+    assert lost_text_warning(stats(949), 10, "drop", split_sentences=False).startswith("train 5.1% of the text")

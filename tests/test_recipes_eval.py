@@ -173,3 +173,14 @@ def test_evaluate_folder_errors_name_the_problem(model_dir, data_dir, tmp_path):
     SentenceMIMModel.from_pretrained(model_dir).save_pretrained(bare)  # weights but no tokenizer
     with pytest.raises(ValueError, match="no tokenizer"):
         evaluate_folder(bare, data_dir, progress=False)
+
+
+@pytest.mark.parametrize("recipe", ["perplexity", "reconstruction_bleu"])
+def test_evaluation_recipes_split_rows_into_sentences(recipe, model_dir, tmp_path):
+    """--split_sentences reaches the data: two rows of four and four sentences are scored as eight sentences."""
+    folder = tmp_path / "paragraphs"
+    folder.mkdir()
+    (folder / "test.txt").write_text(" ".join(TEST_SENTENCES[:4]) + "\n" + " ".join(TEST_SENTENCES[4:]) + "\n")
+    flags = common_flags(model_dir, folder) + (["--iw_samples", "0"] if recipe == "perplexity" else [])
+    assert load_recipe(recipe).main(flags)["num_sentences"] == 2
+    assert load_recipe(recipe).main(flags + ["--split_sentences"])["num_sentences"] == len(TEST_SENTENCES)

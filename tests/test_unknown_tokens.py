@@ -13,7 +13,7 @@ import torch
 from sentmim import SentenceMIMConfig, SentenceMIMModel, metrics
 from sentmim.evaluation import evaluate, reconstruct_batch
 from sentmim.reporting import format_results
-from sentmim.tokenization import train_tokenizer
+from sentmim.tokenization import train_tokenizer, unknown_words_warning
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.usefixtures("quiet_progress_bars")  # main() sets the libraries' global bar switches
@@ -143,3 +143,13 @@ def test_evaluate_output_holds_every_metric_under_the_benchmarks_keys(saved_mode
     for key in ("unknown_token_rate", "unknown_token_rate_in_text", "likelihoods_flagged", "iw_nll", "bleu4_corpus"):
         assert written[key] is not None and key in benchmark
     assert "unknown tokens:" in out and math.isfinite(written["iw_nll"])
+
+
+def test_the_unknown_words_warning_starts_above_one_percent():
+    """1% of words the vocabulary lacks is tolerated; more is warned of. The text's own <unk> never counts, and
+    without knowing them (None) nothing is claimed."""
+    assert unknown_words_warning(10, 0, 1000, "the scored tokens") is None  # 1.0%
+    assert unknown_words_warning(11, 0, 1000, "the scored tokens").startswith("1.1% of the scored tokens are words")
+    assert unknown_words_warning(20, 10, 1000, "the scored tokens") is None  # 10 of the 20 are the text's own
+    assert "(another 1.0% are <unk> in the text itself)" in unknown_words_warning(21, 10, 1000, "x")
+    assert unknown_words_warning(50, None, 1000, "the scored tokens") is None

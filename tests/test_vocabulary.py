@@ -84,6 +84,7 @@ def test_the_grown_model_is_the_model_it_was(tokenizer, tie):
     with torch.no_grad():  # a <unk> row unlike the others, so that copying the wrong row would show
         model.get_output_embeddings().bias[1] = 0.7
     extended, extension = extend_tokenizer(tokenizer, NEW_TEXTS, max_new_words=3)
+    old_rows = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
     z = torch.randn(len(NEW_TEXTS), 4)
     before = log_likelihoods(model, tokenizer, NEW_TEXTS, z)
     old_encoding = tokenizer(NEW_TEXTS, padding=True, return_tensors="pt")
@@ -91,6 +92,18 @@ def test_the_grown_model_is_the_model_it_was(tokenizer, tie):
     grow_model(model, extension)
 
     assert model.config.vocab_size == len(extended) == len(tokenizer) + 3
+    # Everything the model knew is kept bit for bit: every weight, and every old row of the grown ones (but the
+    # bias of <unk>, whose probability is shared out below).
+    unknown, old_size = model.config.unk_token_id, len(tokenizer)
+    for name, tensor in model.state_dict().items():
+        kept, old = (tensor[:old_size] if tensor.shape != old_rows[name].shape else tensor), old_rows[name]
+        if name == "lm_head.bias":
+            assert kept[unknown] != old[unknown]
+            others = torch.arange(old_size) != unknown
+            kept, old = kept[others], old[others]
+        assert torch.equal(kept, old), name
+    assert torch.equal(model.get_input_embeddings().weight[old_size:],
+                       old_rows["embed_tokens.weight"][unknown].expand(3, -1))  # a new word starts as <unk> read
     assert (model.lm_head.weight is model.embed_tokens.weight) == tie
     new_encoding = extended(NEW_TEXTS, padding=True, return_tensors="pt")
     assert torch.allclose(model.encode(new_encoding["input_ids"], new_encoding["attention_mask"])[0], mean_before,
