@@ -168,7 +168,9 @@ def short_training_runs(ctx, steps: int, deadline: float) -> list[dict]:
 
         def finish(name, process, started) -> dict:
             try:
-                _, stderr = process.communicate(timeout=max(1.0, deadline - time.monotonic()))
+                # A started run gets at least a minute: importing the Hugging Face stack alone takes seconds, and
+                # several times that on a loaded machine, which must not read as a failed precision.
+                _, stderr = process.communicate(timeout=max(60.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.communicate()

@@ -24,6 +24,7 @@ def test_cpu_rehearsal_runs_every_section_and_writes_json_and_markdown(tmp_path)
     for row in one_batch:  # bf16 keeps about 3 significant digits; fp32 is the reference itself
         assert row["loss_relative_difference"] < (1e-2 if row["precision"] != "fp32" else 1e-12)
     (run,) = sections["precision"]["training_runs"]
+    assert "error" not in run, run["error"]
     assert run["precision"] == "bf16" and run["finite"] and len(run["losses"]) == run["steps"] == 2
 
     rows = sections["throughput"]["rows"]
