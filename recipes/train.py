@@ -3,7 +3,8 @@
 One file, top to bottom: parse the arguments into the library's option dataclasses (`sentmim.options`, the same
 flags as `sentmim train`, in either spelling, with the Hugging Face example scripts' names accepted too), train with
 `sentmim.assembly.train_from_options` (accelerate: one CPU, one GPU, many GPUs), and evaluate the saved best model on
-the test split (IW-NLL with 50 importance samples, ELBO, MELBO, KL, MI, active units, reconstruction BLEU).
+the test split (IW-NLL with 50 importance samples, and with a widened proposal whose width is chosen on validation
+sentences; ELBO, MELBO, KL and its parts, MI +- SE, both active-unit rules, reconstruction BLEU).
 `python recipes/train.py --help` lists every option with its default.
 
 Launch:
@@ -54,7 +55,7 @@ from transformers import HfArgumentParser
 
 from sentmim.assembly import train_from_options
 from sentmim.console import library_progress_bars
-from sentmim.evaluate_folder import evaluate_loaded, load_eval_batches, load_split_texts
+from sentmim.evaluate_folder import evaluate_loaded, load_eval_batches, load_heldout_batches, load_split_texts
 from sentmim.files import write_json_atomic
 from sentmim.options import (
     DataOptions,
@@ -106,8 +107,13 @@ def train_and_evaluate(dataset, data, tokenizer, model, training, test) -> dict:
     # Sentences longer than the model's limit are dropped or truncated as training did (config.overlong).
     batches, stats = load_eval_batches(pipe.tokenizer, texts, training.eval_batch_size, pipe.max_length,
                                        pipe.model.config.overlong)
+    # The widened IW proposal's width is chosen on held-out sentences (validation), never on the scored ones.
+    heldout, heldout_name = load_heldout_batches(pipe.tokenizer, dataset.dataset, dataset.dataset_config,
+                                                 test.test_split, dataset.text_column,
+                                                 test.width_sentences if test.iw_samples else 0, pipe.max_length,
+                                                 pipe.model.config.overlong, dataset.split_sentences)
     scores = evaluate_loaded(pipe, batches, stats, iw_samples=test.iw_samples, bleu=True, seed=training.seed,
-                             progress=not training.disable_tqdm)
+                             progress=not training.disable_tqdm, heldout_batches=heldout, heldout_name=heldout_name)
     scores.update(model_dir=training.output_dir, dataset=str(dataset.dataset), split=test.test_split)
     print(format_results(scores))
     print(f"wrote {write_json_atomic(Path(training.output_dir) / 'eval_results_test.json', scores)}")

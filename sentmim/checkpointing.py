@@ -21,6 +21,7 @@ import accelerate.utils
 from safetensors import SafetensorError
 
 from . import lora, run_folder
+from .aggregate_posterior import AGGREGATE_POSTERIOR_FILE
 from .files import TMP_PREFIX, read_json, replace_durably, write_json_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -149,7 +150,9 @@ def publish_model(output_dir: Path, model, tokenizer) -> None:
     (*.safetensors) last, in one rename. Within a run only the weights change; should a description file differ from
     the one in place (another model), or the weights come in several files, the old weights are removed first, so
     that meanwhile a reader finds no model rather than a mismatched one. The names are recorded in the folder's list
-    of run files first (sentmim.run_folder), so that --overwrite knows them as the run's.
+    of run files first (sentmim.run_folder), so that --overwrite knows them as the run's. An aggregate posterior
+    fitted to the previous weights is removed first: it describes another model's codes (training fits a new one
+    at the end of the run).
 
     A LoRA model (sentmim.lora) is published with its adapters merged in, a plain sentmim model folder, and its
     adapters alone in adapter/ (peft's files, a few MB), which replaces the previous adapter/ whole just before the
@@ -179,6 +182,7 @@ def publish_model(output_dir: Path, model, tokenizer) -> None:
         if (output_dir / ADAPTER_FOLDER).exists():
             discard(output_dir / ADAPTER_FOLDER)
         replace_durably(staging / ADAPTER_FOLDER, output_dir / ADAPTER_FOLDER)
+    (output_dir / AGGREGATE_POSTERIOR_FILE).unlink(missing_ok=True)
     if changed or len(weights) > 1:
         for old in output_dir.glob("*.safetensors"):
             old.unlink()

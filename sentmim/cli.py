@@ -5,7 +5,7 @@
     sentmim evaluate runs/ptb-mim --dataset ../shared/data/ptb --split test
     sentmim reconstruct runs/ptb-mim "the market fell sharply ."
     sentmim interpolate runs/ptb-mim "first sentence" "second sentence" --steps 8
-    sentmim sample runs/ptb-mim -n 10 --temperature 0.5
+    sentmim sample runs/ptb-mim -n 10 --temperature 0.5 --prior aggregate
     sentmim encode runs/ptb-mim --input sentences.txt --output latents.npy
     sentmim benchmark --preset cpu --output-dir runs/bench-ptb   sMIM vs text VAEs vs AE, posterior collapse measured
 
@@ -114,6 +114,7 @@ def run_evaluate(args) -> None:
         text_column=dataset.text_column, batch_size=evaluation.batch_size, iw_samples=likelihood.iw_samples,
         max_sentences=evaluation.max_sentences, seed=evaluation.seed, plots_dir=plots.plots,
         progress=not evaluation.disable_tqdm, split_sentences=dataset.split_sentences,
+        width_sentences=likelihood.width_sentences,
     )
     print(format_results(results))
     if evaluation.output:
@@ -160,7 +161,9 @@ def run_interpolate(args) -> None:
 def run_sample(args) -> None:
     options = options_from(args, opts.SampleOptions)
     pipe = load_pipeline(args.model_dir)
-    for sentence in pipe.sample(options.num_samples, temperature=options.temperature, seed=options.seed):
+    for sentence in pipe.sample(options.num_samples, temperature=options.temperature, seed=options.seed,
+                                prior=options.prior, repetition_penalty=options.repetition_penalty,
+                                no_repeat_ngram_size=options.no_repeat_ngram_size):
         print(sentence)
 
 
@@ -210,7 +213,8 @@ def add_text_commands(commands) -> None:
     parser.add_argument("model_dir", help="a trained model folder")
     parser.add_argument("first", help="the first sentence")
     parser.add_argument("second", help="the second sentence")
-    parser = add_command(commands, "sample", run_sample, (opts.SampleOptions,), "decode sentences from the prior")
+    parser = add_command(commands, "sample", run_sample, (opts.SampleOptions,),
+                         "decode sentences from the prior or the aggregate posterior")
     parser.add_argument("model_dir", help="a trained model folder")
     parser = add_command(commands, "encode", run_encode, (opts.TextInputOptions, opts.EncodeOptions),
                          "write posterior means of sentences to a .npy file")

@@ -60,6 +60,31 @@ def load_eval_batches(tokenizer, texts, batch_size: int = 64, max_length: int = 
     return loader, stats
 
 
+def heldout_split_of(split: str) -> str:
+    """The split whose sentences are held out when `split` is scored (the widened IW proposal's width is chosen
+    there): validation, or train when validation itself is scored (its remainder after any carving)."""
+    return "train" if split.split("[")[0] == "validation" else "validation"
+
+
+def load_heldout_batches(tokenizer, dataset, dataset_config, split, text_column, num_sentences: int, max_length: int,
+                         overlong: str = "truncate", split_sentences: bool = False):
+    """(batches, name) of the first num_sentences of `heldout_split_of(split)`, read as the scored split is (overlong,
+    split_sentences), or (None, None) when there are none."""
+    if num_sentences == 0:
+        return None, None
+    heldout = heldout_split_of(split)
+    try:
+        texts = load_split_texts(dataset, dataset_config, heldout, text_column, num_sentences, split_sentences)
+    except DataError:
+        return None, None
+    if len(texts) == 0:
+        return None, None
+    loader, stats = load_eval_batches(tokenizer, texts, batch_size=64, max_length=max_length, overlong=overlong)
+    if stats["num_sentences"] - stats["num_dropped"] == 0:
+        return None, None
+    return loader, f"the first {len(texts)} {heldout} sentences"
+
+
 def loader_order(loader) -> list[int]:
     """Dataset indices of the rows of an unshuffled `make_dataloader` loader, in the order the batches come."""
     return [index for batch in loader.batch_sampler for index in batch]
@@ -79,11 +104,14 @@ def evaluate_folder(
     progress: bool = True,
     device=None,
     split_sentences: bool = False,
+    width_sentences: int = 200,
 ) -> dict:
     """Evaluate a saved model (model + tokenizer in one folder) on a split of any dataset.
 
     Writes eval_results_{split}.json into model_dir and, when plots_dir is given, the evaluation plots there.
     progress=False also silences the bars of `datasets` and `transformers` while the folder and the data load.
+    width_sentences: the widened IW proposal's width is chosen on the first N sentences of `heldout_split_of(split)`
+    (0, or no such split: the widened IW-NLL is skipped).
     """
     model_dir = Path(model_dir)
     with library_progress_bars(progress):
@@ -91,7 +119,11 @@ def evaluate_folder(
         texts = load_split_texts(dataset, dataset_config, split, text_column, max_sentences, split_sentences)
         loader, stats = load_eval_batches(pipe.tokenizer, texts, batch_size, pipe.max_length,
                                           pipe.model.config.overlong)
-    results = evaluate_loaded(pipe, loader, stats, iw_samples=iw_samples, seed=seed, progress=progress)
+        heldout, heldout_name = load_heldout_batches(pipe.tokenizer, dataset, dataset_config, split, text_column,
+                                                     width_sentences if iw_samples else 0, pipe.max_length,
+                                                     pipe.model.config.overlong, split_sentences)
+    results = evaluate_loaded(pipe, loader, stats, iw_samples=iw_samples, seed=seed, progress=progress,
+                              heldout_batches=heldout, heldout_name=heldout_name)
     results.update(model_dir=str(model_dir), dataset=str(dataset), dataset_config=dataset_config, split=split,
                    split_sentences=split_sentences)
     write_json_atomic(model_dir / f"eval_results_{file_safe(split)}.json", results)

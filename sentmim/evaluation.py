@@ -13,16 +13,21 @@ sum predicted targets), where the targets are the words + EOS):
 - ELBO-NLL: -log p(x|z) + KL with one z ~ q(z|x), an upper bound on -log p(x).
 - MELBO-NLL: -log p(x|z) + log N with one z ~ q(z|x), the sentenceMIM paper's number. NOT a likelihood bound.
 - the reconstruction term -log p(x|z) at z = posterior mean and at one posterior sample, and the closed-form KL.
-- MI I_q(x; z) with He et al.'s estimator over the whole split (cap ~ log N) and per batch of 32 (cap ~ log 32),
-  active units, and reconstruction BLEU (greedy decoding of the posterior mean; an unknown token in a hypothesis
-  never matches).
+- IW-NLL with a widened proposal N(mean, exp(logvar) + s^2), s chosen on held-out sentences (never the scored ones):
+  a tighter valid bound for a near-deterministic encoder (MIM).
+- MI I_q(x; z) with He et al.'s estimator over the whole split (cap ~ log N) from S draws per sentence with its
+  standard error, and per batch of 32 (cap ~ log 32); the KL split into code energy and variance part; active units
+  by the absolute rule (Var_x E[z|x] >= 0.01) and the relative one (that variance over the mean posterior variance
+  >= 0.01); reconstruction BLEU (greedy decoding of the posterior mean; an unknown token in a hypothesis never matches)
+  and how many reconstructions end with EOS.
 - the unknown-token rate of the scored sentences. Above 1% of words the vocabulary lacks, a warning, and the
   likelihoods are flagged (`likelihoods_flagged`): they leave out what spelling those words would cost.
 
 Randomness: every sample comes from a `torch.Generator`, so a seed fixes every number. The K samples of IW-NLL come
-from a generator seeded with `seed`, consumed batch after batch. The one posterior sample z of ELBO-NLL, MELBO-NLL,
-the reconstruction term and MI comes from generators all seeded with `seed + 1`, so these all use the same z (per
-sentence, ELBO-NLL - MELBO-NLL = KL - log N exactly), whether or not IW-NLL is computed.
+from a generator seeded with `seed`, consumed batch after batch; those of the widened IW-NLL from one seeded with
+`seed + 2`. The one posterior sample z of ELBO-NLL, MELBO-NLL, the reconstruction term and the first MI draw comes
+from generators all seeded with `seed + 1`, so these all use the same z (per sentence, ELBO-NLL - MELBO-NLL = KL -
+log N exactly), whether or not IW-NLL is computed; MI's further draws come from `seed + 3`.
 """
 
 from __future__ import annotations
@@ -43,6 +48,9 @@ logger = logging.getLogger(__name__)
 
 IW_SEED_OFFSET = 0  # generator seed of the IW-NLL samples: seed + 0
 SAMPLE_SEED_OFFSET = 1  # generator seed of the single posterior sample z: seed + 1
+IW_WIDE_SEED_OFFSET = 2  # the widened proposal's samples (and its width search): seed + 2
+MI_SEED_OFFSET = 3  # MI's draws after the first: seed + 3
+WIDTH_SEARCH_SAMPLES = 100  # at most this K per width when choosing the widened proposal's width
 COLLAPSE_MI_NATS = 0.05  # below this whole-split MI the latent carries (almost) nothing about the sentence
 ACTIVE_UNIT_THRESHOLD = 0.01
 
@@ -64,7 +72,8 @@ def default_decode_length(model, tokenizer=None) -> int:
     return max_sentence_length(model.config, tokenizer) - 1
 
 
-def reconstruct_batch(model, tokenizer, input_ids, z, max_decode_length: int) -> tuple[list[str], list[str]]:
+def reconstruct_batch(model, tokenizer, input_ids, z, max_decode_length: int, ended=None,
+                      **decode_options) -> tuple[list[str], list[str]]:
     """(hypotheses, references): greedy decoding of z, and the input sentences, as text for BLEU.
 
     The reference is the sentence as the model was given it: the original text (normalized by the tokenizer, e.g.
@@ -72,8 +81,12 @@ def reconstruct_batch(model, tokenizer, input_ids, z, max_decode_length: int) ->
     text no hypothesis can write. An unknown token in a hypothesis is written as a mark that occurs nowhere in its
     reference (`metrics.hide_unknown`), so it never matches: a model cannot score by predicting <unk> for <unk>.
     For word-level and byte-level BPE tokenizers this is BLEU against the original text exactly (tests).
+    `ended`, a list, receives one bool per row: whether its reconstruction emitted EOS (else it ran to the maximum
+    length). decode_options go to `model.decode` (e.g. no_repeat_ngram_size).
     """
-    generated = model.decode(z, max_length=max_decode_length)
+    generated = model.decode(z, max_length=max_decode_length, **decode_options)
+    if ended is not None:
+        ended += (generated == model.config.eos_token_id).any(dim=1).tolist()
     hypotheses = [text.strip() for text in decode_keep_unknown(tokenizer, generated)]
     references = [text.strip() for text in decode_keep_unknown(tokenizer, input_ids)]
     if tokenizer.unk_token is not None:
@@ -93,20 +106,23 @@ def _batches_with_progress(batches, progress: bool, desc: str):
 
 
 @torch.no_grad()
-def _score_split(model, batches, tokenizer, iw_samples, bleu, num_sentences, seed, progress, max_decode_length):
+def _score_split(model, batches, tokenizer, iw_samples, bleu, num_sentences, seed, progress, max_decode_length,
+                 proposal_width):
     """Per-sentence numbers for every sentence of the split, in batch order, on the CPU; plus the BLEU texts."""
     device = model.device
     unknown_id = distinct_unknown_id(model.config)
     unknown_id = -1 if unknown_id is None else unknown_id  # no id is -1: nothing is counted
     iw_generator = _generator(seed + IW_SEED_OFFSET, device)
+    wide_generator = _generator(seed + IW_WIDE_SEED_OFFSET, device)
     z_generator = _generator(seed + SAMPLE_SEED_OFFSET, device)
     columns = defaultdict(list)
-    hypotheses, references = [], []
+    hypotheses, references, ended = [], [], []
     for batch in _batches_with_progress(batches, progress, "evaluate"):
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         mean, logvar = model.encode(ids, mask)
         z = gaussian.sample(mean, logvar, z_generator)
-        kl = metrics.kl_divergence(mean.double(), logvar.double())
+        code_energy, variance_part = metrics.kl_parts(mean.double(), logvar.double())
+        kl = code_energy + variance_part
         recon_nll_sample_z = -model.log_likelihood(ids, z, mask).double()
         row = {
             "mean": mean,
@@ -115,6 +131,8 @@ def _score_split(model, batches, tokenizer, iw_samples, bleu, num_sentences, see
             "num_targets": metrics.num_targets(ids, mask),
             "num_unknown": ((ids == unknown_id) & mask.bool()).sum(1),
             "kl": kl,
+            "kl_code_energy": code_energy,
+            "kl_variance_part": variance_part,
             "recon_nll_mean_z": -model.log_likelihood(ids, mean, mask).double(),
             "recon_nll_sample_z": recon_nll_sample_z,
             # metrics.elbo_nll / melbo_nll at this same z, without two more encoder and decoder passes
@@ -125,13 +143,23 @@ def _score_split(model, batches, tokenizer, iw_samples, bleu, num_sentences, see
             row["iw_nll"] = metrics.importance_weighted_nll(
                 model, ids, mask, num_samples=iw_samples, generator=iw_generator
             )
+            if proposal_width == 0:  # q itself won on the held-out sentences: the same estimator as iw_nll
+                row["iw_nll_wide"] = row["iw_nll"]
+            elif proposal_width is not None:
+                row["iw_nll_wide"] = metrics.importance_weighted_nll(
+                    model, ids, mask, num_samples=iw_samples, generator=wide_generator, proposal_width=proposal_width
+                )
         for key, value in row.items():
             columns[key].append(value.cpu())  # the split's latents stay on the CPU: 40k x 512 is small there
         if bleu:
-            batch_hypotheses, batch_references = reconstruct_batch(model, tokenizer, ids, mean, max_decode_length)
+            batch_hypotheses, batch_references = reconstruct_batch(model, tokenizer, ids, mean, max_decode_length,
+                                                                   ended)
             hypotheses += batch_hypotheses
             references += batch_references
-    return {key: torch.cat(values) for key, values in columns.items()}, hypotheses, references
+    columns = {key: torch.cat(values) for key, values in columns.items()}
+    if ended:
+        columns["reconstruction_ended"] = torch.tensor(ended)
+    return columns, hypotheses, references
 
 
 def evaluate(
@@ -146,6 +174,10 @@ def evaluate(
     progress: bool = True,
     max_decode_length: int | None = None,
     unknown_in_text: int | None = None,
+    mi_samples: int = 10,
+    heldout_batches=None,
+    heldout_name: str = "held-out sentences",
+    proposal_width: float | None = None,
 ) -> dict:
     """Every metric of docs/metrics.md over a whole split, as a flat dict (keys name the definitions).
 
@@ -164,9 +196,17 @@ def evaluate(
         unknown_in_text: how many tokens of these sentences the text itself writes as the unknown token ("<unk>" in
             PTB and WikiText; `tokenize_dataset`'s num_unknown_in_text). They are the text's own, not words the
             vocabulary lacks. Default: not known, and every unknown token counts as a word the vocabulary lacks.
+        mi_samples: S draws of z per sentence for the whole-split MI and its standard error (>= 2).
+        heldout_batches: sentences that are NOT scored (e.g. the validation split when test is scored), on which
+            the widened proposal's width s is chosen (`metrics.choose_proposal_width`, K = min(iw_samples, 100));
+            heldout_name says which they are. Without them (and without proposal_width) the widened IW-NLL is
+            skipped, as it is for an AE (whose q is untrained) and when iw_samples is 0.
+        proposal_width: use this s instead of choosing one (chosen earlier on held-out sentences).
     """
     if iw_samples < 0:
         raise ValueError(f"iw_samples={iw_samples}: must be >= 0 (0 skips IW-NLL)")
+    if mi_samples < 2:
+        raise ValueError(f"mi_samples={mi_samples}: must be >= 2 (the MI's standard error needs two draws)")
     if num_sentences is None:
         batches = list(batches)
         num_sentences = sum(int(batch["input_ids"].shape[0]) for batch in batches)
@@ -177,16 +217,19 @@ def evaluate(
     was_training = model.training
     model.eval()  # no dropout: the numbers are properties of the model, not of a dropout mask
     try:
+        width = choose_width(model, iw_samples, heldout_batches, heldout_name, proposal_width, seed)
         per_sentence, hypotheses, references = _score_split(
-            model, batches, tokenizer, iw_samples, bleu, num_sentences, seed, progress, max_decode_length
+            model, batches, tokenizer, iw_samples, bleu, num_sentences, seed, progress, max_decode_length,
+            width["iw_proposal_width"],
         )
     finally:
         model.train(was_training)
     if "mean" not in per_sentence or per_sentence["mean"].shape[0] < 2:
         raise ValueError("evaluate needs at least 2 sentences (MI and active units are statistics of a split)")
-    results = _summarize(model, per_sentence, hypotheses, references, num_sentences, iw_samples, mi_batch_size, seed)
+    results = _summarize(model, per_sentence, hypotheses, references, num_sentences, iw_samples, mi_batch_size, seed,
+                         mi_samples)
     results.update(_unknown_tokens(per_sentence, unknown_in_text))
-    return results
+    return {**results, **width}
 
 
 def _unknown_tokens(per_sentence, unknown_in_text: int | None) -> dict:
@@ -206,7 +249,27 @@ def _unknown_tokens(per_sentence, unknown_in_text: int | None) -> dict:
     }
 
 
-def _summarize(model, per_sentence, hypotheses, references, melbo_n, iw_samples, mi_batch_size, seed) -> dict:
+def choose_width(model, iw_samples, heldout_batches, heldout_name, proposal_width, seed) -> dict:
+    """The widened proposal's width s and where it comes from (None when the widened IW-NLL is skipped)."""
+    skipped = {"iw_proposal_width": None, "iw_proposal_width_chosen_on": None, "iw_proposal_width_bounds": None,
+               "iw_proposal_width_samples": None}
+    if iw_samples == 0 or model.config.objective == "ae":
+        return skipped
+    if proposal_width is not None:
+        metrics.widened_logvar(torch.zeros(()), proposal_width)  # a bad width fails before any decoder pass
+        return {**skipped, "iw_proposal_width": float(proposal_width), "iw_proposal_width_chosen_on": "given"}
+    if heldout_batches is None:
+        return skipped
+    samples = min(iw_samples, WIDTH_SEARCH_SAMPLES)
+    width, bounds = metrics.choose_proposal_width(model, heldout_batches, num_samples=samples,
+                                                  seed=seed + IW_WIDE_SEED_OFFSET)
+    return {"iw_proposal_width": width, "iw_proposal_width_chosen_on": heldout_name,
+            "iw_proposal_width_bounds": {str(s): bound for s, bound in bounds.items()},
+            "iw_proposal_width_samples": samples}
+
+
+def _summarize(model, per_sentence, hypotheses, references, melbo_n, iw_samples, mi_batch_size, seed,
+               mi_samples) -> dict:
     """The split-level numbers: means of per-sentence NLLs, perplexities, MI, active units, BLEU."""
     count = per_sentence["mean"].shape[0]
     total_targets = int(per_sentence["num_targets"].sum())
@@ -216,13 +279,22 @@ def _summarize(model, per_sentence, hypotheses, references, melbo_n, iw_samples,
         return float(values.mean()), metrics.perplexity(float(values.sum()), total_targets)
 
     iw_nll, iw_ppl = nll_and_ppl("iw_nll") if iw_samples > 0 else (None, None)
+    iw_nll_wide, iw_ppl_wide = nll_and_ppl("iw_nll_wide") if "iw_nll_wide" in per_sentence else (None, None)
     elbo_nll, elbo_ppl = nll_and_ppl("elbo_nll")
     melbo_nll, melbo_ppl = nll_and_ppl("melbo_nll")
     means, logvars, z = per_sentence["mean"], per_sentence["logvar"], per_sentence["z"]
-    # Both MI estimates use the z of ELBO / MELBO, so the whole-split and per-batch numbers differ only in the set.
-    mi_whole_split = metrics.mutual_information(means, logvars, z=z, batch_size=None)
+    # The first MI draw and the per-batch MI use the z of ELBO / MELBO, so the whole-split and per-batch numbers
+    # differ only in the set (and the S - 1 further draws).
+    more = _generator(seed + MI_SEED_OFFSET, torch.device("cpu"))
+    draws = torch.stack([z.double()] + [gaussian.sample(means.double(), logvars.double(), more)
+                                        for _ in range(mi_samples - 1)])
+    mi_whole_split = metrics.mutual_information_with_se(means, logvars, z=draws, batch_size=None)
     mi_batch = metrics.mutual_information(means, logvars, z=z, batch_size=mi_batch_size)
     active = metrics.active_units(means, threshold=ACTIVE_UNIT_THRESHOLD)
+    active_relative = metrics.active_units_relative(means, logvars, threshold=ACTIVE_UNIT_THRESHOLD)
+    # An AE's posterior variance is untrained, so the relative rule's denominator means nothing there.
+    collapse_units = active if model.config.objective == "ae" else active_relative
+    ended = per_sentence.get("reconstruction_ended")
 
     results = {
         "objective": model.config.objective,
@@ -241,17 +313,29 @@ def _summarize(model, per_sentence, hypotheses, references, melbo_n, iw_samples,
         "melbo_num_sentences": melbo_n,
         "recon_nll_mean_z": float(per_sentence["recon_nll_mean_z"].mean()),
         "recon_nll_sample_z": float(per_sentence["recon_nll_sample_z"].mean()),
+        "iw_nll_wide": iw_nll_wide,
+        "iw_ppl_wide": iw_ppl_wide,
         "kl": float(per_sentence["kl"].mean()),
-        "mi_whole_split": mi_whole_split,
+        "kl_code_energy": float(per_sentence["kl_code_energy"].mean()),
+        "kl_variance_part": float(per_sentence["kl_variance_part"].mean()),
+        "mi_whole_split": mi_whole_split.value,
+        "mi_whole_split_se": mi_whole_split.standard_error,
+        "mi_samples": mi_samples,
         "log_num_sentences": math.log(count),
         "mi_batch": mi_batch,
         "mi_batch_size": mi_batch_size,
         "active_units": active,
         "active_units_threshold": ACTIVE_UNIT_THRESHOLD,
+        "active_units_relative": active_relative,
+        "active_units_relative_threshold": ACTIVE_UNIT_THRESHOLD,
         "bleu4_corpus": None,
         "bleu_signature": None,
         "bleu1_sentence_mean": None,
-        "collapsed": active == 0 or mi_whole_split < COLLAPSE_MI_NATS,
+        "reconstruction_eos_share": None if ended is None else float(ended.double().mean()),
+        # The relative rule (absolute for an AE): MIM's near-delta posteriors have means that vary by less than
+        # the absolute 0.01 and still tell sentences apart.
+        "collapse_rule": "active units (absolute)" if model.config.objective == "ae" else "active units (relative)",
+        "collapsed": collapse_units == 0 or mi_whole_split.value < COLLAPSE_MI_NATS,
         # An AE decodes z = posterior mean, so its posterior variance (and with it q's density) is never trained:
         # IW-NLL, ELBO-NLL and KL then describe an arbitrary q, not the model.
         "likelihoods_meaningful": model.config.objective != "ae",
@@ -288,10 +372,11 @@ def encode_split(model, batches, progress: bool = False, likelihood: bool = True
 @torch.no_grad()
 def reconstruct_split(
     model, batches, tokenizer, mode: str = "mean", seed: int = 0, max_decode_length: int | None = None,
-    progress: bool = True,
+    progress: bool = True, ended=None, **decode_options,
 ) -> tuple[list[str], list[str]]:
     """(hypotheses, references) for every sentence, in batch order: greedy decoding of z = posterior mean
-    (mode "mean") or of one z ~ q(z|x) (mode "sample", drawn from a generator seeded with seed + 1)."""
+    (mode "mean") or of one z ~ q(z|x) (mode "sample", drawn from a generator seeded with seed + 1). `ended` and
+    decode_options: as in `reconstruct_batch`."""
     if mode not in ("mean", "sample"):
         raise ValueError(f"mode={mode!r}: must be 'mean' or 'sample'")
     if max_decode_length is None:
@@ -305,7 +390,8 @@ def reconstruct_split(
             ids, mask = batch["input_ids"].to(model.device), batch["attention_mask"].to(model.device)
             mean, logvar = model.encode(ids, mask)
             z = mean if mode == "mean" else gaussian.sample(mean, logvar, generator)
-            batch_hypotheses, batch_references = reconstruct_batch(model, tokenizer, ids, z, max_decode_length)
+            batch_hypotheses, batch_references = reconstruct_batch(model, tokenizer, ids, z, max_decode_length, ended,
+                                                                   **decode_options)
             hypotheses += batch_hypotheses
             references += batch_references
     finally:

@@ -9,6 +9,14 @@ so a step costs only the sentences still being written.
 
 Output convention (public API): the generated tokens after BOS, up to and including EOS, then `pad_token_id`.
 BOS and padding are never generated (their logits are masked), so a decoded row reads as a sentence.
+
+A row that never emits EOS runs to max_length, often in a loop ("every day every day ..."); how often is
+`metrics.eos_share`. Greedy decoding and sampling take transformers generate()'s two standard remedies, with its
+definitions (tests/test_generation.py checks them against generate()):
+- repetition_penalty theta (CTRL, Keskar et al. 2019): before choosing, the logit of every token already in the
+  sentence (BOS included) is divided by theta when positive and multiplied by theta when negative (1: off).
+- no_repeat_ngram_size n: a token that would complete an n-gram already in the sentence (BOS included) is banned
+  (0: off).
 """
 
 import math
@@ -27,6 +35,8 @@ def decode_latents(
     num_beams: int = 1,
     length_penalty: float = 1.0,
     generator: torch.Generator | None = None,
+    repetition_penalty: float = 1.0,
+    no_repeat_ngram_size: int = 0,
 ) -> torch.Tensor:
     if max_length < 1:
         raise ValueError(f"max_length={max_length}: must be >= 1")
@@ -34,11 +44,45 @@ def decode_latents(
         raise ValueError(f"num_beams={num_beams}: must be >= 1")
     if do_sample and not 0 < temperature < math.inf:  # nan fails this test too
         raise ValueError(f"temperature={temperature}: must be finite and > 0 when sampling (do_sample=False: greedy)")
+    if not 0 < repetition_penalty < math.inf:
+        raise ValueError(f"repetition_penalty={repetition_penalty}: must be finite and > 0 (1: no penalty)")
+    if isinstance(no_repeat_ngram_size, bool) or not isinstance(no_repeat_ngram_size, int) or no_repeat_ngram_size < 0:
+        raise ValueError(f"no_repeat_ngram_size={no_repeat_ngram_size!r}: must be an integer >= 0 (0: off)")
+    remedies = RepetitionRemedies(repetition_penalty, no_repeat_ngram_size)
     if num_beams > 1:
         if do_sample:
             raise ValueError("num_beams > 1 with do_sample=True is not supported: beam search is deterministic")
+        if remedies.active:
+            raise ValueError("repetition_penalty / no_repeat_ngram_size with num_beams > 1 is not supported: use "
+                             "greedy decoding or sampling")
         return beam_search(model, z, max_length, num_beams, length_penalty)
-    return greedy_or_sample(model, z, max_length, do_sample, temperature, top_k, top_p, generator)
+    return greedy_or_sample(model, z, max_length, do_sample, temperature, top_k, top_p, generator, remedies)
+
+
+class RepetitionRemedies:
+    """generate()'s repetition_penalty and no_repeat_ngram_size, applied to the logits of the live rows given the
+    tokens each has so far (BOS first)."""
+
+    def __init__(self, repetition_penalty: float = 1.0, no_repeat_ngram_size: int = 0):
+        self.repetition_penalty, self.no_repeat_ngram_size = repetition_penalty, no_repeat_ngram_size
+        self.active = repetition_penalty != 1.0 or no_repeat_ngram_size > 0
+
+    def __call__(self, logits: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        """logits [N, V] of the next token; history [N, t] the tokens so far."""
+        if self.repetition_penalty != 1.0:
+            seen = logits.gather(1, history)
+            penalised = torch.where(seen < 0, seen * self.repetition_penalty, seen / self.repetition_penalty)
+            logits = logits.scatter(1, history, penalised)
+        size = self.no_repeat_ngram_size
+        if size > 0 and history.size(1) >= size:
+            logits = logits.clone()
+            for row, tokens in enumerate(history.tolist()):
+                prefix = tuple(tokens[len(tokens) - size + 1:]) if size > 1 else ()
+                banned = {tokens[i + size - 1] for i in range(len(tokens) - size + 1)
+                          if tuple(tokens[i : i + size - 1]) == prefix}
+                if banned:
+                    logits[row, list(banned)] = float("-inf")
+        return logits
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -64,7 +108,8 @@ def next_token_logits(model, tokens: torch.Tensor, state: dict) -> tuple[torch.T
     return logits, state
 
 
-def greedy_or_sample(model, z, max_length, do_sample, temperature, top_k, top_p, generator) -> torch.Tensor:
+def greedy_or_sample(model, z, max_length, do_sample, temperature, top_k, top_p, generator,
+                     remedies: RepetitionRemedies | None = None) -> torch.Tensor:
     config = model.config
     batch_size = z.size(0)
     output = torch.full((batch_size, max_length), config.pad_token_id, dtype=torch.long, device=z.device)
@@ -74,6 +119,9 @@ def greedy_or_sample(model, z, max_length, do_sample, temperature, top_k, top_p,
     steps = 0
     for step in range(max_length):
         logits, state = next_token_logits(model, tokens, state)
+        if remedies is not None and remedies.active:
+            bos = torch.full((rows.numel(), 1), config.bos_token_id, dtype=torch.long, device=z.device)
+            logits = remedies(logits, torch.cat([bos, output[rows, :step]], dim=1))
         if do_sample:
             logits = filter_logits(logits / temperature, top_k, top_p)
             tokens = torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(1)

@@ -708,7 +708,8 @@ class SentenceMIMModel(SentenceMIMPreTrainedModel, GenerationMixin):
         """Token ids [B, <=max_length]: the generated tokens after BOS, up to and including EOS, then padding.
 
         Greedy by default; generation_options are those of `sentmim.generation.decode_latents` (do_sample,
-        temperature, top_k, top_p, num_beams, length_penalty, generator)."""
+        temperature, top_k, top_p, num_beams, length_penalty, generator, and generate()'s remedies for rows that
+        never emit EOS: repetition_penalty, no_repeat_ngram_size)."""
         if not isinstance(z, torch.Tensor) or z.dim() != 2 or z.size(1) != self.config.latent_size:
             shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
             raise ValueError(f"z must be a tensor [batch, {self.config.latent_size}], got {shape}")
@@ -735,6 +736,7 @@ class SentenceMIMModel(SentenceMIMPreTrainedModel, GenerationMixin):
         encoder_outputs: BaseModelOutput | tuple | None = None,
         kl_weight: float | None = None,
         free_bits: float = 0.0,
+        prior_weight: float = 1.0,
         return_logits: bool = True,
         use_cache: bool | None = None,
         return_dict: bool | None = None,
@@ -743,6 +745,7 @@ class SentenceMIMModel(SentenceMIMPreTrainedModel, GenerationMixin):
 
         kl_weight: beta of the VAE objective (the training loop passes the annealing schedule's value; None = 1,
         as in evaluation). free_bits: the VAE's per-dimension KL floor in nats (training passes it; 0 = none).
+        prior_weight: w_t of the MIM objective's prior terms (training passes the warm-up's value; 1 = the paper's).
         return_logits=False skips the full [B, T-1, V] logits (faster training).
         With encoder_outputs (how generate() calls us) z = encoder_outputs[0][:, 0] and only logits for
         decoder_input_ids are returned. use_cache and return_dict are what generate() passes; the decoders keep
@@ -761,7 +764,7 @@ class SentenceMIMModel(SentenceMIMPreTrainedModel, GenerationMixin):
         log_likelihood, logits = self._log_likelihood(input_ids, z, attention_mask, return_logits)
         objective = self.config.objective
         if objective == "mim":
-            per_sentence = objectives.mim_loss(log_likelihood, z, mean, logvar)
+            per_sentence = objectives.mim_loss(log_likelihood, z, mean, logvar, prior_weight=prior_weight)
         elif objective == "vae":
             beta = 1.0 if kl_weight is None else kl_weight
             per_sentence = objectives.vae_loss(log_likelihood, mean, logvar, beta=beta, free_bits=free_bits)

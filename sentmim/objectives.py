@@ -3,8 +3,9 @@
 Each loss function returns one value per sentence; the model's `loss` is their batch mean.
 
 - MIM (sentenceMIM, asymmetric MIM; Livne et al. 2020):
-      loss(x) = -log p(x|z) - 1/2 [ log q(z|x) + log N(z; 0, I) ],   z ~ q(z|x)
-  No weight and no annealing: the objective has no hyper-parameters.
+      loss(x) = -log p(x|z) - w_t/2 [ log q(z|x) + log N(z; 0, I) ],   z ~ q(z|x)
+  The paper's objective is w_t = 1 throughout (no hyper-parameters); an optional warm-up raises w_t linearly from 0
+  to 1 over the first `mim_warmup_steps` steps (``mim_prior_weight``), after which the objective is the paper's.
 - VAE: loss(x) = -log p(x|z) + beta_t KL(q(z|x) || N(0, I)), optionally with free bits.
 - AE:  loss(x) = -log p(x|z), with z = mean (no sampling).
 """
@@ -16,9 +17,17 @@ import torch
 from .gaussian import kl_per_dimension, log_normal, log_standard_normal
 
 
-def mim_loss(log_likelihood: torch.Tensor, z: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """sentenceMIM loss per sentence; `z` must be the reparameterised sample drawn from N(mean, exp(logvar))."""
-    return -log_likelihood - 0.5 * (log_normal(z, mean, logvar) + log_standard_normal(z))
+def mim_loss(
+    log_likelihood: torch.Tensor,
+    z: torch.Tensor,
+    mean: torch.Tensor,
+    logvar: torch.Tensor,
+    prior_weight: float = 1.0,
+) -> torch.Tensor:
+    """sentenceMIM loss per sentence; `z` must be the reparameterised sample drawn from N(mean, exp(logvar)).
+
+    prior_weight: w_t, the weight of the two prior terms (1: the paper's objective; the warm-up's value otherwise)."""
+    return -log_likelihood - 0.5 * prior_weight * (log_normal(z, mean, logvar) + log_standard_normal(z))
 
 
 def vae_loss(
@@ -68,3 +77,14 @@ def kl_weight(step: int, options) -> float:
         position = (step % options.kl_cycle_steps) / options.kl_cycle_steps
         return top * min(1.0, position / options.kl_cycle_ratio)
     raise ValueError(f"kl schedule {schedule!r}: must be one of constant, linear, logistic, cyclical")
+
+
+def mim_prior_weight(step: int, options) -> float:
+    """w_t of the MIM objective at optimisation step `step` (0-based): min(1, step / mim_warmup_steps), or 1 when
+    `options.mim_warmup_steps` is 0 (the paper's objective from the first step).
+
+    Why a warm-up: the prior terms pull the codes towards the origin from the first step, before the decoder has
+    learnt to read them; with w_t rising from 0 the model first learns as an auto-encoder with noisy codes, then
+    the pull is phased in (NeMo's A-MIM warms up its non-reconstruction terms the same way)."""
+    warmup = options.mim_warmup_steps
+    return 1.0 if warmup == 0 else min(1.0, step / warmup)

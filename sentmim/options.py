@@ -289,6 +289,9 @@ class TrainingOptions:
     kl_cycle_steps: int = option(10000, "VAE cyclical schedule: steps per cycle")
     kl_cycle_ratio: float = option(0.5, "VAE cyclical schedule: share of a cycle during which beta rises")
     free_bits: float = option(0.0, "VAE: KL floor per latent dimension in nats, in training (0: none)")
+    mim_warmup_steps: int = option(
+        0, "MIM: steps over which the weight of the two prior terms rises linearly from 0 to 1, after which the "
+        "objective is the paper's (0: the paper's objective from the first step; docs/objectives.md)")
 
     def __post_init__(self):
         check_choices(self)
@@ -300,6 +303,7 @@ class TrainingOptions:
             **{name: (("above", 0), None, "float") for name in ("epochs", "learning_rate", "max_grad_norm")},
             **{name: (0, None, "float") for name in ("weight_decay", "kl_weight", "kl_logistic_k", "free_bits")},
             "warmup_steps": (0, None, "int"), "early_stopping_patience": (0, None, "int"),
+            "mim_warmup_steps": (0, None, "int"),
             "plateau_factor": (("above", 0), 1, "float"), "kl_cycle_ratio": (("above", 0), 1, "float"),
             "kl_logistic_x0": (None, None, "int"), "seed": (0, 2**32 - 1, "int"),
         })
@@ -330,9 +334,12 @@ class EvaluationOptions:
 @dataclass
 class LikelihoodOptions:
     iw_samples: int = option(500, "importance samples K of IW-NLL (0 skips it)")
+    width_sentences: int = option(
+        200, "held-out sentences on which the widened IW proposal's width is chosen: the first N of the validation "
+        "split (of train when validation is scored); 0 skips the widened IW-NLL")
 
     def __post_init__(self):
-        check_ranges(self, {"iw_samples": (0, None, "int")})
+        check_ranges(self, {"iw_samples": (0, None, "int"), "width_sentences": (0, None, "int")})
 
 
 @dataclass
@@ -359,10 +366,13 @@ class TestEvaluationOptions:
 
     test_split: str = option("test", "split the trained model is scored on ('' skips it)")
     iw_samples: int = option(50, "importance samples K of IW-NLL (0 skips it)")
+    width_sentences: int = option(
+        200, "validation sentences on which the widened IW proposal's width is chosen (0 skips the widened IW-NLL)")
     max_eval_sentences: int | None = option(None, "score the first N test sentences only")
 
     def __post_init__(self):
-        check_ranges(self, {"iw_samples": (0, None, "int"), "max_eval_sentences": (1, None, "int")})
+        check_ranges(self, {"iw_samples": (0, None, "int"), "max_eval_sentences": (1, None, "int"),
+                            "width_sentences": (0, None, "int")})
 
 
 @dataclass
@@ -398,10 +408,18 @@ class SampleOptions:
     num_samples: int = option(10, "sentences to sample", aliases=("-n",))
     temperature: float = option(1.0, "token sampling temperature (0: greedy)")
     seed: int | None = option(None, "seed of the latents and the tokens (default: fresh randomness)")
+    prior: Literal["standard", "aggregate"] = option(
+        "standard", "where the latent codes come from: standard, N(0, I); aggregate, the Gaussian fitted to the "
+        "training codes after training (aggregate_posterior.safetensors; what works for sMIM, whose codes sit near "
+        "the origin where N(0, I) samples never go)")
+    repetition_penalty: float = option(1.0, "divide the logits of tokens already in the sentence by this (1: off)")
+    no_repeat_ngram_size: int = option(0, "never repeat an n-gram of this size within a sentence (0: off)")
 
     def __post_init__(self):
+        check_choices(self)
         check_ranges(self, {"num_samples": (1, None, "int"), "temperature": (0, None, "float"),
-                            "seed": (0, 2**32 - 1, "int")})
+                            "seed": (0, 2**32 - 1, "int"), "repetition_penalty": (("above", 0), None, "float"),
+                            "no_repeat_ngram_size": (0, None, "int")})
 
 
 @dataclass

@@ -6,6 +6,8 @@
     pipe.reconstruct(["a sentence"])       # decode(encode(x)); also from a posterior sample or a perturbed mean
     pipe.interpolate("first", "second", steps=8)   # steps + 2 sentences, endpoints included
     pipe.sample(n=10, temperature=1.0)     # z from the prior N(0, I)
+    pipe.sample(n=10, prior="aggregate")   # z from the aggregate posterior fitted after training (what works for
+                                           # sMIM, whose codes sit near the origin where N(0, I) samples never go)
 
 Sentences longer than the model's maximum length are truncated (the EOS is kept) and a warning says how many.
 An empty string is a valid sentence: it encodes as BOS EOS. Unknown words become the unknown token.
@@ -20,6 +22,7 @@ from pathlib import Path
 import torch
 
 from . import gaussian
+from .aggregate_posterior import AGGREGATE_POSTERIOR_FILE, AggregatePosterior
 from .batching import collate_batch
 from .model_folder import load_config, load_model
 from .modeling import SentenceMIMModel
@@ -53,26 +56,37 @@ def max_sentence_length(config, tokenizer=None) -> int:
 
 
 class SentenceMIMPipeline:
-    def __init__(self, model: SentenceMIMModel, tokenizer, batch_size: int = 256, max_length: int | None = None):
+    def __init__(self, model: SentenceMIMModel, tokenizer, batch_size: int = 256, max_length: int | None = None,
+                 aggregate_posterior: AggregatePosterior | None = None):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.tokenizer.padding_side = "right"
         self.batch_size = batch_size
         self.max_length = max_length or max_sentence_length(model.config, tokenizer)
+        self.aggregate_posterior = aggregate_posterior
+        self.source = None  # the folder it was loaded from, for messages
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device | None = None, **kwargs):
-        """Model and tokenizer saved in `path`; never runs code from the folder (sentmim.model_folder)."""
+        """Model and tokenizer saved in `path`, and the aggregate posterior when the folder has one (training fits
+        it); never runs code from the folder (sentmim.model_folder)."""
         path = Path(path)
         model = load_model(path, load_config(path))  # weights last: a folder a run is still publishing has none
         tokenizer = load_tokenizer(path)
         if device is not None:
             model = model.to(device)
-        return cls(model, tokenizer, **kwargs)
+        if (path / AGGREGATE_POSTERIOR_FILE).is_file():
+            kwargs.setdefault("aggregate_posterior", AggregatePosterior.load(path, model.config.latent_size))
+        pipe = cls(model, tokenizer, **kwargs)
+        pipe.source = path
+        return pipe
 
     def save_pretrained(self, path: str | Path) -> None:
+        """Model, tokenizer and (when there is one) the aggregate posterior, in one folder."""
         self.model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
+        if self.aggregate_posterior is not None:
+            self.aggregate_posterior.save(path)
 
     @property
     def device(self) -> torch.device:
@@ -164,9 +178,31 @@ class SentenceMIMPipeline:
         reconstructions."""
         return self.decode(self.interpolation_latents(first, second, steps, method), **decode_kwargs)
 
-    def sample(self, n: int = 10, temperature: float = 1.0, latent_temperature: float = 1.0, seed: int | None = None):
-        """n sentences from the prior: z ~ N(0, latent_temperature^2 I), decoded by sampling tokens at
-        `temperature` (temperature=0 decodes greedily)."""
+    def sample_latents(self, n: int = 10, prior: str = "standard", latent_temperature: float = 1.0,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+        """[n, latent] codes: from the prior N(0, latent_temperature^2 I) (prior="standard"), or from the aggregate
+        posterior N(mean, latent_temperature^2 covariance) fitted to the training codes (prior="aggregate")."""
+        if prior == "standard":
+            z = torch.randn(n, self.model.config.latent_size, generator=generator, device=self.device)
+            return z * latent_temperature
+        if prior == "aggregate":
+            if self.aggregate_posterior is None:
+                where = f" in {self.source}" if self.source is not None else ""
+                raise ValueError(
+                    f"prior='aggregate': no aggregate posterior{where} ({AGGREGATE_POSTERIOR_FILE}; training writes "
+                    "it at the end of a run): fit one with sentmim.aggregate_posterior.fit_aggregate_posterior(model, "
+                    "train_batches).save(folder), or sample with prior='standard'"
+                )
+            z = self.aggregate_posterior.sample(n, generator, latent_temperature=latent_temperature)
+            return z.to(device=self.device, dtype=self.model.dtype)
+        raise ValueError(f"prior={prior!r}: must be 'standard' (N(0, I)) or 'aggregate' (fitted to the training "
+                         "codes)")
+
+    def sample(self, n: int = 10, temperature: float = 1.0, latent_temperature: float = 1.0, seed: int | None = None,
+               prior: str = "standard", **decode_kwargs):
+        """n sentences decoded from latent codes of `prior` ("standard": N(0, I); "aggregate": the Gaussian fitted
+        to the training codes, see `sample_latents`), by sampling tokens at `temperature` (temperature=0 decodes
+        greedily). Further keyword arguments go to `SentenceMIMModel.decode` (e.g. no_repeat_ngram_size=3)."""
         if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
             raise ValueError(f"n={n!r}: must be an integer >= 1")
         for name, value in (("temperature", temperature), ("latent_temperature", latent_temperature)):
@@ -176,8 +212,7 @@ class SentenceMIMPipeline:
         if seed is None:  # fresh randomness each call, without re-seeding torch's global generator (torch.seed())
             seed = int.from_bytes(os.urandom(8), "little") >> 1
         generator.manual_seed(seed)
-        z = torch.randn(n, self.model.config.latent_size, generator=generator, device=self.device)
-        z = z * latent_temperature
+        z = self.sample_latents(n, prior, latent_temperature, generator)
         if temperature == 0:
-            return self.decode(z)
-        return self.decode(z, do_sample=True, temperature=temperature, generator=generator)
+            return self.decode(z, **decode_kwargs)
+        return self.decode(z, do_sample=True, temperature=temperature, generator=generator, **decode_kwargs)

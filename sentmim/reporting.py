@@ -44,10 +44,16 @@ def format_results(results: dict) -> str:
     """A readable table; every metric is labelled by its definition (which estimator, which cap, which BLEU)."""
     r = results
     cap_batch = math.log(r["mi_batch_size"])
-    iw_label = f"IW-NLL (K={r['iw_samples']} importance samples; estimates -log p(x))"
+    iw_label = f"IW-NLL (K={r['iw_samples']}, proposal q(z|x); an upper bound on -log p(x))"
+    width = r.get("iw_proposal_width")
+    wide_label = ("IW-NLL, widened proposal: skipped (no held-out sentences to choose its width on)" if width is None
+                  else f"IW-NLL, widened proposal (K={r['iw_samples']}, q widened by s={width:g} chosen on "
+                  f"{r['iw_proposal_width_chosen_on']}; also an upper bound)")
+    show_wide = r["iw_samples"] > 0 and r.get("likelihoods_meaningful", True)
 
     def line(label: str, value, unit: str = "") -> str:
-        return f"  {label:<76} {number(value):>10}{unit}"
+        cell = value if isinstance(value, str) else number(value)
+        return f"  {label:<76} {cell:>10}{unit}"
 
     lines = [
         (
@@ -59,6 +65,8 @@ def format_results(results: dict) -> str:
         "Likelihood (NLL in nats per sentence; PPL = exp(sum NLL / sum predicted targets))",
         line(iw_label, r["iw_nll"]),
         line("IW-PPL", r["iw_ppl"]),
+        *([line(wide_label, r["iw_nll_wide"]), line("IW-PPL, widened proposal", r["iw_ppl_wide"])]
+          if width is not None else [f"  {wide_label}"] if show_wide else []),
         line("ELBO-NLL (1 sample; an upper bound on -log p(x))", r["elbo_nll"]),
         line("ELBO-PPL", r["elbo_ppl"]),
         line(f"MELBO-NLL (sentenceMIM paper's measure, -log p(x|z) + log N, N={r['melbo_num_sentences']})",
@@ -71,10 +79,18 @@ def format_results(results: dict) -> str:
         *([UNKNOWN_FLAG] if r.get("likelihoods_flagged") else []),
         "Latent space",
         line("KL(q(z|x) || N(0, I)) (closed form, mean per sentence)", r["kl"]),
-        line(f"MI whole-split (He et al. estimator, cap log N = {r['log_num_sentences']:.3f})", r["mi_whole_split"]),
-        line(f"MI per batch of {r['mi_batch_size']} (cap log {r['mi_batch_size']} = {cap_batch:.3f})", r["mi_batch"]),
-        line(f"Active units (dims with Var_x E[z|x] >= {r['active_units_threshold']})", r["active_units"],
+        line("  of which code energy 1/2 sum mean^2 (where the codes sit)", r.get("kl_code_energy")),
+        line("  of which variance part 1/2 sum (var - log var - 1) (widths only, no information)",
+             r.get("kl_variance_part")),
+        line(f"MI whole-split (He et al., {r.get('mi_samples', 1)} z per sentence, +- SE; cap log N = "
+             f"{r['log_num_sentences']:.3f})", estimate(r["mi_whole_split"], r.get("mi_whole_split_se"))),
+        line(f"MI per batch of {r['mi_batch_size']} (1 z per sentence; cap log {r['mi_batch_size']} = "
+             f"{cap_batch:.3f})", r["mi_batch"]),
+        line(f"Active units, absolute rule (Var_x E[z_d|x] >= {r['active_units_threshold']})", r["active_units"],
              f" / {r['latent_size']}"),
+        line(f"Active units, relative rule (Var_x E[z_d|x] / E_x Var(z_d|x) >= "
+             f"{r.get('active_units_relative_threshold', r['active_units_threshold'])})",
+             r.get("active_units_relative"), f" / {r['latent_size']}"),
         "Reconstruction (greedy decoding of the posterior mean)",
     ]
     if r.get("bleu4_corpus") is None:
@@ -84,6 +100,8 @@ def format_results(results: dict) -> str:
             line("BLEU-4 corpus (sacreBLEU, 0-100)", r["bleu4_corpus"]),
             f"    signature {r['bleu_signature']}",
             line("BLEU-1 mean sentence (0-1; sentenceMIM demo)", r["bleu1_sentence_mean"]),
+            line("Share of reconstructions that end with EOS (the rest run to the length limit)",
+                 r.get("reconstruction_eos_share")),
         ]
     warning = collapse_warning(r)
     if warning:
@@ -92,19 +110,32 @@ def format_results(results: dict) -> str:
 
 
 def collapse_warning(results: dict) -> str | None:
-    """Why the results count as posterior collapse (None when they do not), and whether the MI agrees."""
+    """Why the results count as posterior collapse (None when they do not), and whether the MI agrees.
+
+    The active-unit part of the rule is the relative one (`collapse_rule`; the absolute one for an AE, and for
+    results written before the relative rule existed)."""
     r = results
     if not r["collapsed"]:
         return None
     reasons = []
-    if r["active_units"] == 0:
+    if r.get("collapse_rule") == "active units (relative)":
+        if r["active_units_relative"] == 0:
+            reasons.append("no active unit by the relative rule (every Var_x E[z_d|x] / E_x Var(z_d|x) < "
+                           f"{r['active_units_relative_threshold']})")
+    elif r["active_units"] == 0:
         reasons.append(f"no active unit (every Var_x E[z_d|x] < {r['active_units_threshold']})")
     if r["mi_whole_split"] < COLLAPSE_MI_NATS:
         reasons.append(f"whole-split MI {r['mi_whole_split']:.3f} nats < {COLLAPSE_MI_NATS}")
         return f"WARNING: posterior collapse: {' and '.join(reasons)}: z carries (almost) nothing about x"
-    # tiny posterior variances (MIM at its logvar floor) make even close means distinguishable
     return (
         f"WARNING: possible posterior collapse: {reasons[0]}; but the whole-split MI is "
-        f"{r['mi_whole_split']:.3f} nats, so z still tells sentences apart (the means vary little, the "
-        "posterior variances even less): check the MI before calling it collapse"
+        f"{estimate(r['mi_whole_split'], r.get('mi_whole_split_se'))} nats, so z may still tell sentences apart: "
+        "the two measures disagree, check both before calling it collapse"
     )
+
+
+def estimate(value, standard_error, digits: int = 3) -> str:
+    """"value +- SE" (just the value when there is no SE)."""
+    if standard_error is None:
+        return number(value, digits)
+    return f"{number(value, digits)} +- {number(standard_error, digits)}"

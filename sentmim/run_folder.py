@@ -31,6 +31,7 @@ RUN_LAYOUT = {
     MARKER: None, WRITTEN: None,
     "config.json": None, "generation_config.json": None, "model.safetensors": None,  # the best model
     "tokenizer.json": None, "tokenizer_config.json": None, "special_tokens_map.json": None,  # its tokenizer
+    "aggregate_posterior.safetensors": None,  # fitted to the best model's training codes at the end
     "checkpoints": CHECKPOINTS_LAYOUT,
     "log.jsonl": None, "training_args.json": None, "run_options.json": None, "train_results.json": None,
     "eval_results_*.json": None, ".eval_results_*.tmp": None,  # recipes/train.py's test evaluation

@@ -12,6 +12,9 @@ What a run leaves in output_dir:
     config.json, model.safetensors, tokenizer files   the model with the best validation loss (or the last one when
                                                        there is no validation split), published atomically: load it
                                                        with SentenceMIMPipeline / AutoModel.from_pretrained
+    aggregate_posterior.safetensors                    a Gaussian fitted to that model's codes of the training split
+                                                       (at the end of the run), for sampling that works for sMIM:
+                                                       SentenceMIMPipeline.sample(prior="aggregate")
     checkpoints/step_N/, checkpoints/latest            resumable states (sentmim.checkpointing)
     checkpoints/run/                                   the run's tokenizer and config, and a LoRA run's
                                                        adapter_config.json (resume rebuilds from them)
@@ -43,13 +46,16 @@ from datasets.distributed import split_dataset_by_node
 from tqdm.auto import tqdm
 
 from . import checkpointing, lora, metrics, objectives, run_folder
+from .aggregate_posterior import fit_aggregate_posterior
 from .batching import make_dataloader
 from .files import fsync_path, read_json, read_jsonl, write_json_atomic, write_text_atomic
+from .model_folder import load_model
 from .options import TrainingOptions, check_resume
 
 logger = logging.getLogger(__name__)
 RUN_FOLDER = "checkpoints/run"  # the run's tokenizer and config, saved before the first step so resume can rebuild it
 RUNNING_TERMS = ("loss", "recon_nll", "kl", "nonfinite")  # per-step sums kept between log lines (nonfinite: a count)
+AGGREGATE_FIT_SENTENCES = 100_000  # the aggregate posterior is fitted on at most this many training sentences
 
 
 class TrainingDiverged(RuntimeError):
@@ -215,7 +221,9 @@ class SentenceMIMTrainer:
         options, accelerator, state = self.options, self.accelerator, self.state
         with accelerator.accumulate(self.model):
             self.kl_weight = objectives.kl_weight(state.step, options)
-            out = self.model(**batch, kl_weight=self.kl_weight, free_bits=options.free_bits, return_logits=False)
+            self.prior_weight = objectives.mim_prior_weight(state.step, options)
+            out = self.model(**batch, kl_weight=self.kl_weight, free_bits=options.free_bits,
+                             prior_weight=self.prior_weight, return_logits=False)
             loss = out.loss.detach()
             terms = [loss, -out.log_likelihood.detach().mean(), out.kl.detach().mean(), (~loss.isfinite()).float()]
             self.running += torch.stack(terms).to(self.running.dtype)
@@ -250,6 +258,8 @@ class SentenceMIMTrainer:
         state = self.state
         record = {"step": state.step, "epoch": state.epoch, "kl_weight": self.kl_weight,
                   "lr": self.learning_rate, "elapsed_s": round(time.time() - self.started, 1)}
+        if self.unwrapped.config.objective == "mim":
+            record["mim_prior_weight"] = self.prior_weight
         averages = (self.running[:-1] / state.running["count"]).tolist()
         record.update({f"train_{name}": value for name, value in zip(RUNNING_TERMS, averages, strict=False)})
         self.running.zero_()
@@ -284,6 +294,17 @@ class SentenceMIMTrainer:
         patience = options.early_stopping_patience
         self.stop = patience > 0 and state.evals_without_improvement >= patience
 
+    def fit_aggregate_posterior(self) -> None:
+        """Fit the aggregate posterior of the published (best) model on the training split, unshuffled, once, and
+        save it beside the model (sentmim.aggregate_posterior). The published weights are read back from the folder:
+        the model in memory holds the last step's, which need not be the best."""
+        published = load_model(self.output_dir).to(self.accelerator.device)
+        split = self.splits["train"]
+        split = split.take(AGGREGATE_FIT_SENTENCES) if self.streaming else split.select(
+            range(min(len(split), AGGREGATE_FIT_SENTENCES)))
+        loader = make_dataloader(split, self.options.eval_batch_size, published.config.pad_token_id, shuffle=False)
+        fit_aggregate_posterior(published, loader).save(self.output_dir)
+
     def check_finite(self) -> None:
         """Stop on a NaN/inf loss, on every process at once. Checked at log lines and before each save."""
         if self.accelerator.gather(self.running[-1:]).sum():
@@ -316,6 +337,7 @@ class SentenceMIMTrainer:
         if self.main:
             if self.validation_loader is None or state.best_val_loss is None:
                 checkpointing.publish_model(self.output_dir, self.unwrapped, self.tokenizer)
+            self.fit_aggregate_posterior()
             results = {"step": state.step, "epoch": state.epoch, "best_val_loss": state.best_val_loss,
                        "stopped_early": self.stop, "train_seconds": round(time.time() - self.started, 1)}
             write_text_atomic(self.output_dir / "train_results.json", json.dumps(results, indent=2))

@@ -294,6 +294,18 @@ def test_sample_is_reproducible_with_a_seed(trained, capsys):
     assert run(capsys, "sample", trained, "-n", "3", "--seed", "1")[1] == out
 
 
+def test_sample_from_the_aggregate_posterior_that_training_stored(trained, tmp_path, capsys):
+    status, out, err = run(capsys, "sample", trained, "-n", "3", "--seed", "1", "--prior", "aggregate",
+                           "--temperature", "0", "--no-repeat-ngram-size", "2")
+    assert status == 0, err
+    pipe = SentenceMIMPipeline.from_pretrained(trained)  # training wrote aggregate_posterior.safetensors
+    z = pipe.aggregate_posterior.sample(3, torch.Generator().manual_seed(1))
+    assert out.splitlines() == pipe.decode(z.float(), no_repeat_ngram_size=2)
+    run_dir = copy_run(trained, tmp_path)
+    (run_dir / "aggregate_posterior.safetensors").unlink()
+    assert "no aggregate posterior in" in error_line(capsys, "sample", run_dir, "--prior", "aggregate")
+
+
 def test_unseeded_sampling_leaves_the_global_random_state_alone(trained):
     pipe = SentenceMIMPipeline.from_pretrained(trained)
     torch.manual_seed(123)

@@ -121,14 +121,16 @@ def test_evaluate_flags_and_defaults(recorded, capsys):
     args, kwargs = recorded["evaluate_folder"]
     assert args == ("runs/m", "builtin")
     assert kwargs == dict(dataset_config=None, split="test", text_column=None, batch_size=64, iw_samples=500,
-                          max_sentences=None, seed=0, plots_dir=None, progress=True, split_sentences=False)
+                          max_sentences=None, seed=0, plots_dir=None, progress=True, split_sentences=False,
+                          width_sentences=200)
     assert cli.main(["evaluate", "runs/m", "--dataset", "d", "--dataset-config", "c", "--split", "validation",
                      "--text-column", "t", "--batch-size", "8", "--iw-samples", "9", "--max-sentences", "10",
-                     "--plots", "p", "--seed", "4", "--split-sentences"]) == 0
+                     "--plots", "p", "--seed", "4", "--split-sentences", "--width-sentences", "11"]) == 0
     args, kwargs = recorded["evaluate_folder"]
     assert args == ("runs/m", "d")
     assert kwargs == dict(dataset_config="c", split="validation", text_column="t", batch_size=8, iw_samples=9,
-                          max_sentences=10, seed=4, plots_dir="p", progress=True, split_sentences=True)
+                          max_sentences=10, seed=4, plots_dir="p", progress=True, split_sentences=True,
+                          width_sentences=11)
     assert capsys.readouterr().out == "table\ntable\n"
 
 
@@ -186,9 +188,14 @@ def test_text_commands_pass_their_options(pipeline, tmp_path, capsys):
     assert cli.main(["interpolate", "m", "x", "y", "--steps", "2", "--method", "slerp"]) == 0
     assert pipeline.calls[-1] == ("interpolate", ("x", "y", 2, "slerp"))
     assert cli.main(["sample", "m"]) == 0
-    assert pipeline.calls[-1] == ("sample", 10, {"temperature": 1.0, "seed": None})
-    assert cli.main(["sample", "m", "-n", "2", "--temperature", "0.5", "--seed", "7"]) == 0
-    assert pipeline.calls[-1] == ("sample", 2, {"temperature": 0.5, "seed": 7})
+    defaults = {"temperature": 1.0, "seed": None, "prior": "standard", "repetition_penalty": 1.0,
+                "no_repeat_ngram_size": 0}
+    assert pipeline.calls[-1] == ("sample", 10, defaults)
+    assert cli.main(["sample", "m", "-n", "2", "--temperature", "0.5", "--seed", "7", "--prior", "aggregate",
+                     "--repetition-penalty", "1.2", "--no-repeat-ngram-size", "3"]) == 0
+    assert pipeline.calls[-1] == ("sample", 2, {"temperature": 0.5, "seed": 7, "prior": "aggregate",
+                                                "repetition_penalty": 1.2, "no_repeat_ngram_size": 3})
+    assert cli.main(["sample", "m", "--prior", "uniform"]) == 2
     output = tmp_path / "z.npy"
     assert cli.main(["encode", "m", "s1", "s2", "--output", str(output)]) == 0
     assert pipeline.calls[-1] == ("encode", ["s1", "s2"]) and np.load(output).shape == (2, 3)

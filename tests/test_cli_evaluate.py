@@ -20,13 +20,18 @@ from sentmim.tokenization import train_tokenizer
 pytestmark = pytest.mark.usefixtures("quiet_progress_bars")  # main() sets the libraries' global bar switches
 
 OPTIONS = {"--split": "validation", "--iw-samples": "7", "--batch-size": "16", "--max-sentences": "30", "--seed": "3"}
-# printed label (start of the line) -> result key
+# printed label (start of the line; the first that matches wins) -> result key
 PRINTED = {
-    "IW-NLL": "iw_nll", "IW-PPL": "iw_ppl", "ELBO-NLL": "elbo_nll", "ELBO-PPL": "elbo_ppl", "MELBO-NLL": "melbo_nll",
-    "MELBO-PPL": "melbo_ppl", "Reconstruction -log p(x|z), z = posterior mean": "recon_nll_mean_z",
-    "Reconstruction -log p(x|z), one z": "recon_nll_sample_z", "KL(q(z|x)": "kl", "MI whole-split": "mi_whole_split",
-    "MI per batch": "mi_batch", "Active units": "active_units", "BLEU-4 corpus": "bleu4_corpus",
-    "BLEU-1 mean sentence": "bleu1_sentence_mean",
+    "IW-NLL, widened": "iw_nll_wide", "IW-NLL": "iw_nll",
+    "IW-PPL, widened": "iw_ppl_wide", "IW-PPL": "iw_ppl", "ELBO-NLL": "elbo_nll", "ELBO-PPL": "elbo_ppl",
+    "MELBO-NLL": "melbo_nll", "MELBO-PPL": "melbo_ppl",
+    "Reconstruction -log p(x|z), z = posterior mean": "recon_nll_mean_z",
+    "Reconstruction -log p(x|z), one z": "recon_nll_sample_z", "KL(q(z|x)": "kl",
+    "of which code energy": "kl_code_energy",
+    "of which variance part": "kl_variance_part", "MI whole-split": "mi_whole_split", "MI per batch": "mi_batch",
+    "Active units, absolute": "active_units", "Active units, relative": "active_units_relative",
+    "BLEU-4 corpus": "bleu4_corpus", "BLEU-1 mean sentence": "bleu1_sentence_mean",
+    "Share of reconstructions that end with EOS": "reconstruction_eos_share",
 }
 
 
@@ -54,8 +59,13 @@ def library_results(model_dir, data_dir) -> dict:
     texts = load_split_texts(str(data_dir), split="validation", max_sentences=30)
     loader, stats = load_eval_batches(pipe.tokenizer, texts, batch_size=16, max_length=pipe.max_length,
                                       overlong=pipe.model.config.overlong)  # the length rule training followed
+    # scoring validation: the widened proposal's width is chosen on the first 200 train sentences
+    heldout = load_split_texts(str(data_dir), split="train", max_sentences=200)
+    heldout_loader, _ = load_eval_batches(pipe.tokenizer, heldout, batch_size=64, max_length=pipe.max_length,
+                                          overlong=pipe.model.config.overlong)
     return evaluate(pipe.model, loader, pipe.tokenizer, iw_samples=7, seed=3, progress=False,
-                    unknown_in_text=stats["num_unknown_in_text"])
+                    unknown_in_text=stats["num_unknown_in_text"], heldout_batches=heldout_loader,
+                    heldout_name=f"the first {len(heldout)} train sentences")
 
 
 def printed_values(output: str) -> dict:
@@ -63,7 +73,13 @@ def printed_values(output: str) -> dict:
     for line in output.splitlines():
         for label, key in PRINTED.items():
             if line.strip().startswith(label):
-                values[key] = re.search(r"\s(-?\d+\.\d+|\d+|skipped)(\s*/\s*\d+)?$", line).group(1)
+                found = re.search(r"\s(-?\d+\.\d+|\d+|skipped)(\s*/\s*\d+| \+- (\d+\.\d+))?$", line)
+                if found is None:  # a line that says why a metric was skipped
+                    break
+                values[key] = found.group(1)
+                if found.group(3):
+                    values[f"{key}_se"] = found.group(3)
+                break
     return values
 
 
@@ -78,7 +94,9 @@ def test_every_printed_metric_is_the_librarys_on_the_same_data(model_and_data, c
     assert expected["num_sentences"] == 30 and expected["iw_samples"] == 7 and expected["seed"] == 3
 
     printed = printed_values(output)
-    assert set(printed) == set(PRINTED.values()), sorted(set(PRINTED.values()) - set(printed))
+    assert set(printed) == set(PRINTED.values()) | {"mi_whole_split_se"}, sorted(set(PRINTED.values()) - set(printed))
+    assert expected["iw_proposal_width_chosen_on"] == "the first 80 train sentences"
+    assert "chosen on the first 80 train sentences" in output
     for key, text in printed.items():
         value = expected[key]
         assert text == (str(value) if isinstance(value, int) else f"{value:.3f}"), key
@@ -99,6 +117,7 @@ def test_iw_samples_zero_skips_only_iw_nll(model_and_data, capsys):
     assert main(["evaluate", str(model_dir), "--dataset", str(data_dir), "--split", "test", "--iw-samples", "0"]) == 0
     printed = printed_values(capsys.readouterr().out)
     assert printed["iw_nll"] == printed["iw_ppl"] == "skipped"
+    assert "iw_nll_wide" not in printed  # nothing to widen: one line says the widened bound was skipped
     assert all(text != "skipped" for key, text in printed.items() if not key.startswith("iw_"))
 
 

@@ -9,7 +9,7 @@ import torch
 
 from sentmim import SentenceMIMModel, metrics
 from sentmim.evaluation import evaluate
-from sentmim.reporting import format_results
+from sentmim.reporting import collapse_warning, format_results
 from sentmim.tokenization import train_tokenizer
 
 SENTENCES = [
@@ -95,7 +95,8 @@ def test_nlls_and_perplexities_equal_the_metrics_functions_with_the_same_seeds(t
 
 def test_mi_and_active_units_match_the_metrics_on_the_concatenated_split(trained, tokenizer):
     batches = make_batches(tokenizer)
-    results = evaluate(trained, batches, tokenizer, iw_samples=0, mi_batch_size=3, seed=SEED, progress=False)
+    results = evaluate(trained, batches, tokenizer, iw_samples=0, mi_batch_size=3, seed=SEED, progress=False,
+                       mi_samples=4)
 
     z_gen = generator(SEED + 1)
     means, logvars, zs = [], [], []
@@ -106,7 +107,18 @@ def test_mi_and_active_units_match_the_metrics_on_the_concatenated_split(trained
             means.append(mean)
             logvars.append(logvar)
     means, logvars, zs = torch.cat(means), torch.cat(logvars), torch.cat(zs)
-    assert results["mi_whole_split"] == pytest.approx(metrics.mutual_information(means, logvars, z=zs), abs=1e-9)
+    # S = 4 draws per sentence: the z of ELBO / MELBO, then 3 from a generator seeded with seed + 3 (float64)
+    more = generator(SEED + 3)
+    means64, logvars64 = means.double(), logvars.double()
+    draws = [zs] + [means64 + torch.exp(0.5 * logvars64) * torch.randn(means.shape, generator=more,
+                                                                        dtype=torch.float64) for _ in range(3)]
+    expected = sum(metrics.mutual_information(means, logvars, z=draw) for draw in draws) / 4
+    assert results["mi_whole_split"] == pytest.approx(expected, abs=1e-9)
+    assert results["mi_samples"] == 4
+    assert results["mi_whole_split_se"] == pytest.approx(
+        metrics.mutual_information_with_se(means, logvars, z=torch.stack([d.double() for d in draws])).standard_error,
+        rel=1e-9)
+    assert 0 < results["mi_whole_split_se"] < 1
     assert results["mi_batch"] == pytest.approx(
         metrics.mutual_information(means, logvars, z=zs, batch_size=3), abs=1e-9
     )
@@ -114,6 +126,11 @@ def test_mi_and_active_units_match_the_metrics_on_the_concatenated_split(trained
     assert results["log_num_sentences"] == pytest.approx(math.log(8))
     expected_active = int((means.double().numpy().var(axis=0, ddof=1) >= 0.01).sum())
     assert results["active_units"] == expected_active == 8
+    ratio = means.double().numpy().var(axis=0, ddof=1) / logvars.double().exp().numpy().mean(axis=0)
+    assert results["active_units_relative"] == int((ratio >= 0.01).sum())
+    assert results["active_units_relative_threshold"] == 0.01
+    assert results["kl_code_energy"] == pytest.approx(0.5 * means.double().pow(2).sum(1).mean().item(), rel=1e-9)
+    assert results["kl_code_energy"] + results["kl_variance_part"] == pytest.approx(results["kl"], rel=1e-9)
     assert results["collapsed"] is False and results["mi_whole_split"] > 0.05
 
 
@@ -148,7 +165,7 @@ def test_collapsed_when_the_posterior_ignores_the_input(trained, tokenizer):
     assert "posterior collapse: no active unit" in format_results(results)
 
 
-def test_no_active_unit_but_high_mi_is_flagged_as_only_possible_collapse(trained, tokenizer):
+def test_mim_at_its_logvar_floor_is_not_flagged_although_no_unit_is_active_by_the_absolute_rule(trained, tokenizer):
     latent = trained.config.latent_size
     trained.config.objective = "mim"
     with torch.no_grad():  # means 100x closer together (variance << 0.01), sigma at the floor: still separable
@@ -159,18 +176,43 @@ def test_no_active_unit_but_high_mi_is_flagged_as_only_possible_collapse(trained
         layer.bias[latent:] = -20.0  # clamped to logvar_min = -10
     results = evaluate(trained, make_batches(tokenizer), tokenizer, iw_samples=0, progress=False)
     assert results["active_units"] == 0 and results["mi_whole_split"] > 1.0  # cap log 8 = 2.08
-    text = format_results(results)
-    assert "possible posterior collapse" in text and "z still tells sentences apart" in text
-    assert "z carries (almost) nothing" not in text
+    # the relative rule: Var_x E[z|x] ~ 1e-4 against E_x Var(z|x) = e^-10 ~ 4.5e-5
+    assert results["active_units_relative"] == latent
+    assert results["collapse_rule"] == "active units (relative)" and results["collapsed"] is False
+    assert "collapse" not in format_results(results)
+    trained.config.objective = "ae"  # an AE's variance is untrained: its flag keeps the absolute rule
+    results = evaluate(trained, make_batches(tokenizer), tokenizer, iw_samples=0, progress=False)
+    assert results["collapse_rule"] == "active units (absolute)" and results["collapsed"] is True
+    assert "possible posterior collapse: no active unit (every Var_x E[z_d|x] < 0.01)" in format_results(results)
+
+
+def test_the_collapse_warning_says_which_rule_and_whether_the_mi_agrees():
+    base = {"collapsed": True, "collapse_rule": "active units (relative)", "active_units": 0,
+            "active_units_threshold": 0.01, "active_units_relative": 0, "active_units_relative_threshold": 0.01,
+            "mi_whole_split": 1.234, "mi_whole_split_se": 0.056}
+    warning = collapse_warning(base)
+    assert warning.startswith("WARNING: possible posterior collapse: no active unit by the relative rule")
+    assert "1.234 +- 0.056 nats" in warning and "the two measures disagree" in warning
+    warning = collapse_warning({**base, "mi_whole_split": 0.01})
+    assert warning.startswith("WARNING: posterior collapse: no active unit by the relative rule")
+    assert "whole-split MI 0.010 nats < 0.05" in warning and "z carries (almost) nothing about x" in warning
+    assert collapse_warning({**base, "collapsed": False}) is None
 
 
 def test_format_results_labels_every_metric_by_its_definition(trained, tokenizer):
     results = evaluate(trained, make_batches(tokenizer), tokenizer, iw_samples=4, progress=False)
     text = format_results(results)
-    for label in ("IW-NLL (K=4 importance samples", "IW-PPL", "ELBO-NLL (1 sample; an upper bound", "MELBO-NLL",
-                  "MI whole-split (He et al. estimator, cap log N = 2.079)", "MI per batch of 32 (cap log 32 = 3.466)",
-                  "BLEU-4 corpus (sacreBLEU", "tok:none", "BLEU-1 mean sentence (0-1; sentenceMIM demo)"):
+    for label in ("IW-NLL (K=4, proposal q(z|x); an upper bound on -log p(x))", "IW-PPL",
+                  "ELBO-NLL (1 sample; an upper bound", "MELBO-NLL",
+                  "MI whole-split (He et al., 10 z per sentence, +- SE; cap log N = 2.079)",
+                  "MI per batch of 32 (1 z per sentence; cap log 32 = 3.466)",
+                  "of which code energy 1/2 sum mean^2", "of which variance part",
+                  "Active units, absolute rule (Var_x E[z_d|x] >= 0.01)",
+                  "Active units, relative rule (Var_x E[z_d|x] / E_x Var(z_d|x) >= 0.01)",
+                  "BLEU-4 corpus (sacreBLEU", "tok:none", "BLEU-1 mean sentence (0-1; sentenceMIM demo)",
+                  "Share of reconstructions that end with EOS"):
         assert label in text, label
+    assert f"{results['mi_whole_split']:.3f} +- {results['mi_whole_split_se']:.3f}" in text
     assert "not a likelihood" in text.lower()
     assert "posterior collapse" not in text
     assert f"{results['iw_nll']:.3f}" in text
@@ -225,3 +267,51 @@ def test_encode_split_without_likelihood_skips_only_the_decoder_column(trained, 
     encoder_only = encode_split(trained, make_batches(tokenizer), likelihood=False)
     assert set(full) - set(encoder_only) == {"log_likelihood_mean_z"}
     assert all(torch.equal(encoder_only[key], full[key]) for key in encoder_only)
+
+
+def test_the_widened_iw_nll_takes_its_width_from_the_heldout_sentences_only(trained, tokenizer):
+    trained.config.objective = "mim"  # (an AE's q is untrained: its widened bound is skipped)
+    scored = make_batches(tokenizer)
+    heldout_sentences = ["the dog sat on the mat .", "a bird ran in the park .", "prices fell ."]
+    encoded = tokenizer(heldout_sentences, padding=True, return_tensors="pt")
+    heldout = [{"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}]
+    results = evaluate(trained, scored, tokenizer, iw_samples=6, bleu=False, seed=SEED, progress=False,
+                       heldout_batches=heldout, heldout_name="three held-out sentences")
+
+    width, bounds = metrics.choose_proposal_width(trained, heldout, num_samples=6, seed=SEED + 2)
+    on_scored = metrics.choose_proposal_width(trained, scored, num_samples=6, seed=SEED + 2)[1]
+    assert results["iw_proposal_width_bounds"] == {str(s): b for s, b in bounds.items()} != on_scored
+    assert results["iw_proposal_width"] == width and results["iw_proposal_width_samples"] == 6
+    assert results["iw_proposal_width_chosen_on"] == "three held-out sentences"
+    wide_generator = generator(SEED + 2)
+    with torch.no_grad():
+        expected = torch.cat([
+            metrics.importance_weighted_nll(trained, b["input_ids"], b["attention_mask"], num_samples=6,
+                                            generator=wide_generator, proposal_width=width)
+            for b in scored])
+    if width == 0:  # q itself won: the widened bound is the plain one
+        assert results["iw_nll_wide"] == results["iw_nll"]
+    else:
+        assert results["iw_nll_wide"] == pytest.approx(expected.mean().item(), rel=1e-9)
+    targets = sum(len(s.split()) + 1 for s in SENTENCES)
+    assert results["iw_ppl_wide"] == pytest.approx(math.exp(results["iw_nll_wide"] * 8 / targets), rel=1e-9)
+
+    given = evaluate(trained, scored, tokenizer, iw_samples=6, bleu=False, seed=SEED, progress=False,
+                     proposal_width=0.3)
+    assert given["iw_proposal_width"] == 0.3 and given["iw_proposal_width_chosen_on"] == "given"
+    assert evaluate(trained, scored, tokenizer, iw_samples=6, bleu=False, progress=False)["iw_nll_wide"] is None
+    trained.config.objective = "ae"
+    assert evaluate(trained, scored, tokenizer, iw_samples=6, bleu=False, progress=False,
+                    heldout_batches=heldout)["iw_proposal_width"] is None
+
+
+def test_the_share_of_reconstructions_ending_with_eos_is_that_of_the_greedy_decodings(trained, tokenizer):
+    # 5 generated tokens at most: the longer sentences run out before their EOS
+    results = evaluate(trained, make_batches(tokenizer), tokenizer, iw_samples=0, progress=False, max_decode_length=5)
+    with torch.no_grad():
+        encoded = tokenizer(SENTENCES, padding=True, return_tensors="pt")
+        mean, _ = trained.encode(encoded["input_ids"], encoded["attention_mask"])
+        generated = trained.decode(mean, max_length=5)
+    ended = [tokenizer.eos_token_id in row for row in generated.tolist()]
+    assert 0 < sum(ended) < len(ended)
+    assert results["reconstruction_eos_share"] == pytest.approx(sum(ended) / len(ended))

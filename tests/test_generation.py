@@ -161,3 +161,35 @@ def test_bad_decode_arguments(tiny_config):
         model.decode(z, do_sample=True, temperature=0.0)
     with pytest.raises(ValueError, match="num_beams"):
         model.decode(z, num_beams=0)
+
+
+@pytest.mark.parametrize("remedy", [dict(repetition_penalty=1.8), dict(no_repeat_ngram_size=2),
+                                    dict(repetition_penalty=1.3, no_repeat_ngram_size=3)])
+def test_the_repetition_remedies_decode_as_generate_does(tiny_config, remedy):
+    model = make_model(tiny_config)
+    z = torch.randn(6, model.config.latent_size, generator=torch.Generator().manual_seed(2)) * 2
+    decoded = model.decode(z, max_length=12, **remedy)
+    assert not torch.equal(decoded, model.decode(z, max_length=12)), "the remedy must change something here"
+    never = [[model.config.bos_token_id], [model.config.pad_token_id]]
+    generated = model.generate(
+        encoder_outputs=BaseModelOutput(last_hidden_state=z[:, None]), max_new_tokens=12, do_sample=False,
+        bad_words_ids=never, **remedy,
+    )
+    assert torch.equal(generated[:, 1 : 1 + decoded.size(1)], decoded)
+    if "no_repeat_ngram_size" in remedy:  # and what it promises, checked directly
+        size = remedy["no_repeat_ngram_size"]
+        for row in torch.cat([torch.full((6, 1), model.config.bos_token_id), decoded], 1).tolist():
+            row = row[: row.index(model.config.eos_token_id) + 1] if model.config.eos_token_id in row else row
+            grams = [tuple(row[i : i + size]) for i in range(len(row) - size + 1)]
+            assert len(grams) == len(set(grams))
+
+
+def test_the_repetition_remedies_reject_bad_values_and_beams(tiny_config):
+    model = make_model(tiny_config)
+    z = torch.zeros(1, model.config.latent_size)
+    with pytest.raises(ValueError, match="repetition_penalty=0"):
+        model.decode(z, repetition_penalty=0)
+    with pytest.raises(ValueError, match="no_repeat_ngram_size=-1"):
+        model.decode(z, no_repeat_ngram_size=-1)
+    with pytest.raises(ValueError, match="num_beams > 1 is not supported"):
+        model.decode(z, num_beams=2, no_repeat_ngram_size=2)

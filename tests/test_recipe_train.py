@@ -58,7 +58,7 @@ def test_prints_the_results_table(data_dir, tmp_path, capsys):
     load_recipe("train").main(["--dataset_name", str(data_dir), "--output_dir", str(tmp_path / "vae"),
                                "--objective", "vae", "--kl_schedule", "linear", "--kl_anneal_steps", "10", *TINY])
     out = capsys.readouterr().out
-    assert "IW-NLL (K=5 importance samples" in out and "BLEU-4 corpus" in out and "MELBO is NOT" in out
+    assert "IW-NLL (K=5, proposal q(z|x)" in out and "BLEU-4 corpus" in out and "MELBO is NOT" in out
     assert "objective=vae" in out
     assert "eval_results_test.json" in out
 

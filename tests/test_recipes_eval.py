@@ -66,7 +66,7 @@ def test_perplexity_recipe_prints_labelled_table_and_writes_json(model_dir, data
     assert saved["iw_samples"] == 4 and saved["num_sentences"] == len(TEST_SENTENCES)
     assert saved["num_truncated"] == 1 and saved["max_length"] == 12
     assert saved["num_targets"] == sum(min(len(s.split()) + 1, 11) for s in TEST_SENTENCES)
-    assert "IW-NLL (K=4 importance samples" in printed and "not a likelihood" in printed.lower()
+    assert "IW-NLL (K=4, proposal q(z|x)" in printed and "not a likelihood" in printed.lower()
     assert "1 sentences longer than 12 tokens were truncated, as in training" in printed
 
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from sentmim import SentenceMIMModel, SentenceMIMPipeline
+from sentmim.aggregate_posterior import AggregatePosterior
 from sentmim.pipeline import slerp
 from sentmim.tokenization import train_tokenizer
 
@@ -166,3 +167,40 @@ def test_prior_sample_defaults(tiny_config):
 def test_prior_sample_count_must_be_a_positive_integer(tiny_config, n):
     with pytest.raises(ValueError, match=f"n={n!r}: must be an integer >= 1"):
         make_pipe(tiny_config).sample(n=n)
+
+
+# -- the aggregate posterior -----------------------------------------------------------------------------------------
+
+
+def stored_gaussian(mean_value: float = 3.0) -> AggregatePosterior:
+    """A correlated Gaussian far from N(0, I): its samples are recognisable as its own."""
+    mixing = torch.randn(LATENT, LATENT, generator=torch.Generator().manual_seed(5), dtype=torch.float64) * 0.3
+    return AggregatePosterior(mean=torch.full((LATENT,), mean_value, dtype=torch.float64),
+                              covariance_of_means=mixing @ mixing.T,
+                              mean_posterior_variance=torch.full((LATENT,), 0.01, dtype=torch.float64),
+                              num_sentences=100)
+
+
+def test_aggregate_samples_come_from_the_gaussian_stored_in_the_folder(tiny_config, tmp_path):
+    make_pipe(tiny_config, aggregate_posterior=stored_gaussian()).save_pretrained(tmp_path)
+    pipe = SentenceMIMPipeline.from_pretrained(tmp_path)
+    calls = spy_on_decode(pipe)
+    pipe.sample(n=4000, prior="aggregate", temperature=0, seed=3, no_repeat_ngram_size=2)
+    z = torch.cat([latents for latents, _ in calls]).double()
+    assert z.shape == (4000, LATENT)
+    stored = stored_gaussian()
+    assert torch.allclose(z.mean(0), stored.mean, atol=0.05)  # not N(0, I): its mean is 3
+    assert torch.allclose(torch.cov(z.T), stored.covariance, atol=0.1)  # SE of the largest entry ~0.02
+    assert all(kwargs.get("no_repeat_ngram_size") == 2 and not kwargs.get("do_sample") for _, kwargs in calls)
+    # the same draws as the stored Gaussian's own sampler with a generator seeded alike
+    expected = stored.sample(4000, torch.Generator().manual_seed(3))
+    assert torch.allclose(z, expected.float().double(), atol=1e-5)
+
+
+def test_aggregate_samples_need_a_fitted_gaussian_and_a_known_prior(tiny_config, tmp_path):
+    make_pipe(tiny_config).save_pretrained(tmp_path)
+    pipe = SentenceMIMPipeline.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=f"no aggregate posterior in {tmp_path}.*prior='standard'"):
+        pipe.sample(n=2, prior="aggregate")
+    with pytest.raises(ValueError, match="prior='uniform': must be 'standard'"):
+        pipe.sample(n=2, prior="uniform")

@@ -328,3 +328,25 @@ def test_an_epoch_budget_counts_optimizer_steps_with_accumulation(builtin_splits
     assert result["step"] == math.ceil(1.5 * math.ceil(batches / 3))
     seconds = json.loads((tmp_path / "train_results.json").read_text())["train_seconds"]
     assert 0 <= seconds <= time.time() - started + 0.1
+
+
+def test_the_aggregate_posterior_is_fitted_to_the_published_best_model_on_the_whole_training_split(data, tmp_path):
+    from sentmim.aggregate_posterior import AggregatePosterior, fit_aggregate_posterior
+    from sentmim.model_folder import load_model
+
+    tokenizer, splits = data
+    model = make_model(tokenizer, objective="mim")
+    options = TrainingOptions(output_dir=str(tmp_path), batch_size=16, max_steps=9, eval_steps=3, logging_steps=3,
+                              learning_rate=1.0, disable_tqdm=True)  # too high: the best model is an early one
+    train(model, tokenizer, {"train": splits["train"], "validation": splits["validation"]}, options)
+    stored = AggregatePosterior.load(tmp_path, LATENT)
+    assert stored.num_sentences == len(splits["train"])
+    loader = make_dataloader(splits["train"], 64, tokenizer.pad_token_id, shuffle=False)
+    expected = fit_aggregate_posterior(load_model(tmp_path), loader)
+    assert torch.allclose(stored.mean, expected.mean, rtol=1e-5, atol=1e-7)
+    assert torch.allclose(stored.covariance, expected.covariance, rtol=1e-5, atol=1e-7)
+    last = fit_aggregate_posterior(model, loader)  # the weights in memory after the last step
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    best_step = min((r for r in records if "val_loss" in r), key=lambda r: r["val_loss"])["step"]
+    assert best_step < 9  # the published model is an earlier one: the fit must not be the last weights'
+    assert not torch.allclose(stored.mean, last.mean, rtol=1e-5, atol=1e-7)
