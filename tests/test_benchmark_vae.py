@@ -16,7 +16,11 @@ from tests.recipe_loader import load_recipe
 SMOKE_FLAGS = ["--preset", "smoke", "--disable_tqdm"]
 SMOKE_MODELS = [f"{variant}-z{size}" for size in (4, 8) for variant in MODEL_VARIANTS]
 METRICS = ("iw_nll", "iw_ppl", "elbo_nll", "elbo_ppl", "melbo_nll", "melbo_ppl", "kl", "mi_whole_split", "mi_batch",
-           "active_units", "bleu4_corpus", "bleu1_sentence_mean")
+           "active_units", "bleu4_corpus", "bleu1_sentence_mean", "mi_whole_split_se", "active_units_relative",
+           "kl_code_energy", "kl_variance_part", "reconstruction_eos_share", "bleu4_corpus_remedy",
+           "reconstruction_eos_share_remedy")
+SAMPLE_METRICS = tuple(f"samples_{prior}_{name}" for prior in ("standard", "aggregate")
+                       for name in ("distinct_1", "distinct_2", "eos_share", "mean_length", "lm_ppl"))
 
 
 @pytest.fixture(scope="module")
@@ -34,11 +38,21 @@ def test_results_json_holds_every_metric_of_every_model(smoke_run):
     assert saved["settings"]["max_steps"] == 12 and saved["machine"]["torch"] and saved["wall_seconds"] > 0
     for model in saved["models"]:
         scores = model["metrics"]
-        assert all(scores[key] is not None for key in METRICS), model["name"]
+        assert all(scores[key] is not None for key in METRICS + SAMPLE_METRICS), model["name"]
         assert scores["num_sentences"] == 48 and scores["iw_samples"] == 4
+        # both valid bounds, the width chosen on validation sentences; an AE's q is untrained: no widened bound
+        assert (scores["iw_nll_wide"] is None) == (model["variant"] == "ae")
+        if model["variant"] != "ae":
+            assert scores["iw_proposal_width_chosen_on"] == "the first 16 validation sentences"
+        assert scores["samples_count"] == 16
+        assert (output_dir / model["model_dir"] / "aggregate_posterior.safetensors").is_file()
         assert model["train"]["step"] == 12 and model["train"]["train_seconds"] >= 0
         assert (output_dir / model["model_dir"] / "model.safetensors").is_file()
     assert len({model["vocabulary_hash"] for model in saved["models"]}) == 1  # one tokenizer for all
+    lm = saved["reference_lm"]
+    assert lm["steps"] == 12 and lm["test_ppl"] > 1 and lm["validated_on"] == "validation"
+    assert (lm["embedding_size"], lm["hidden_size"]) == (16, 32)  # the compared models' sizes
+    assert (output_dir / "reference_lm" / "language_model.safetensors").is_file()
     assert saved == json.loads(json.dumps(results))
 
 
@@ -51,11 +65,13 @@ def test_models_differ_only_in_objective_and_latent_size(smoke_run):
     training = {name: json.loads((output_dir / "models" / name / "training_args.json").read_text())
                 for name in SMOKE_MODELS}
     schedule = ("kl_schedule", "kl_weight", "kl_logistic_k", "kl_logistic_x0", "kl_cycle_steps", "kl_cycle_ratio",
-                "free_bits", "output_dir")
+                "free_bits", "mim_warmup_steps", "output_dir")
     budgets = [{k: v for k, v in args.items() if k not in schedule} for args in training.values()]
     assert all(budget == budgets[0] for budget in budgets)  # one budget, whatever the variant
     assert (budgets[0]["max_steps"], budgets[0]["batch_size"], budgets[0]["learning_rate"]) == (12, 16, 2e-3)
     assert training["vae-z4"]["kl_schedule"] == "constant" and training["vae-z4"]["free_bits"] == 0
+    assert training["mim-z4"]["mim_warmup_steps"] == 0 and training["mim-warmup-z4"]["mim_warmup_steps"] == 6
+    assert configs["mim-warmup-z4"]["objective"] == "mim"
     logistic = training["vae-logistic-z4"]
     assert (logistic["kl_schedule"], logistic["kl_logistic_x0"]) == ("logistic", 6)
     cyclical = training["vae-cyclical-z8"]
@@ -66,16 +82,23 @@ def test_markdown_table_samples_and_plots(smoke_run):
     output_dir, _ = smoke_run
     report = (output_dir / "results.md").read_text()
     header = next(line for line in report.splitlines() if line.startswith("| model"))
-    for column in ("| latent |", "KL (nats)", "MI whole-split (He et al.", "MI per batch of 32", "active units",
-                   "IW-NLL (K=4)", "ELBO-NLL", "MELBO-NLL (paper's measure, not a likelihood)", "BLEU-4 (sacreBLEU)",
-                   "BLEU-1 (mean sentence)", "train time"):
+    for column in ("| latent |", "KL (nats)", "KL: code energy", "KL: variance part", "MI whole-split ± SE (He et al.",
+                   "MI per batch of 32", "AU (absolute, Var >= 0.01)", "AU (relative, Var / E[var] >= 0.01)",
+                   "IW-NLL (K=4, proposal q)", "IW-NLL (K=4, widened proposal, s)", "ELBO-NLL",
+                   "MELBO-NLL (paper's measure, not a likelihood)", "BLEU-4 (sacreBLEU)", "BLEU-1 (mean sentence)",
+                   "train time"):
         assert column in header, column
-    rows = [line for line in report.splitlines() if line.startswith("| ") and not line.startswith("| model")]
-    assert len(rows) == 10
+    tables = report.split("## Decoding and samples")
+    rows = [line for line in tables[0].splitlines() if line.startswith("| ") and not line.startswith("| model")]
+    assert len(rows) == 12
     assert all((NOT_APPLICABLE in row) == row.startswith("| AE |") for row in rows)
+    assert "| sMIM + warm-up (6 steps) | 4 |" in tables[0] and "w_t = min(1, t / 6)" in tables[0]
     assert "preset `smoke`" in report and "one shared vocabulary" in report
+    sample_rows = [line for line in tables[1].splitlines() if line.startswith("| ") and not line.startswith("| model")]
+    assert len(sample_rows) == 12 and "aggregate posterior: distinct-1" in tables[1] and "test PPL" in tables[1]
     samples = (output_dir / "samples.md").read_text()
     assert samples.count("- input: `") == 2 * 2 and all(label in samples for label in MODEL_VARIANTS.values())
+    assert samples.count(", aggregate posterior:") == samples.count(", N(0, I):") == 12
     plots = output_dir / "plots"
     expected = ["kl_mi_during_training.png", "active_units_vs_latent.png", "bleu_vs_latent.png"]
     expected += [f"latent_{name}.png" for name in SMOKE_MODELS]
@@ -97,7 +120,7 @@ def test_rerun_skips_finished_models_and_resumes_an_interrupted_one(smoke_run, t
 
     results = load_recipe("benchmark_vae").main(SMOKE_FLAGS + ["--output_dir", str(output_dir)])
     out = capsys.readouterr().out
-    assert out.count("already done, skipped") == 8
+    assert out.count("already done, skipped") == 10
     assert "vae-z8: resuming" in out and "ae-z8: trained earlier, not scored yet" in out
     assert (output_dir / "models" / "ae-z8" / "model.safetensors").stat().st_mtime_ns == trained_at  # not retrained
     resumed = json.loads((interrupted / "train_results.json").read_text())
@@ -133,7 +156,7 @@ def test_a_folder_written_before_a_setting_existed_continues_with_its_default(sm
         del saved[newer]
     (output_dir / "settings.json").write_text(json.dumps(saved))
     load_recipe("benchmark_vae").main(SMOKE_FLAGS + ["--output_dir", str(output_dir)])
-    assert capsys.readouterr().out.count("already done, skipped") == 10
+    assert capsys.readouterr().out.count("already done, skipped") == 12
     with pytest.raises(ValueError, match="other settings.*max_grad_norm: 5.0 -> 1.0"):
         load_recipe("benchmark_vae").main(SMOKE_FLAGS + ["--output_dir", str(output_dir), "--max_grad_norm", "1"])
 
@@ -179,8 +202,9 @@ def test_sentmim_benchmark_reports_a_bad_setting_in_one_line(tmp_path, capsys):
 
 def fake_record(variant: str, latent_size: int = 16) -> dict:
     scores = dict.fromkeys(METRICS, 1.5) | {
-        "active_units": 3, "log_num_sentences": 6.2, "mi_batch_size": 32, "iw_samples": 50, "collapsed": False,
-        "likelihoods_meaningful": variant != "ae",
+        "active_units": 3, "active_units_relative": 5, "log_num_sentences": 6.2, "mi_batch_size": 32, "iw_samples": 50,
+        "collapsed": False, "likelihoods_meaningful": variant != "ae", "mi_samples": 10, "mi_whole_split_se": 0.04,
+        "iw_nll_wide": 1.25, "iw_proposal_width": 0.1,
     }
     return {"name": f"{variant}-z{latent_size}", "variant": variant, "label": MODEL_VARIANTS[variant],
             "latent_size": latent_size, "metrics": scores, "train": {"step": 600, "train_seconds": 125.0}}
@@ -192,23 +216,28 @@ def test_table_marks_what_an_ae_cannot_measure():
     columns = [cell.strip() for cell in header.strip("|").split("|")]
     ae_cells = dict(zip(columns, [cell.strip() for cell in ae.strip("|").split("|")], strict=True))
     mim_cells = dict(zip(columns, [cell.strip() for cell in mim.strip("|").split("|")], strict=True))
-    for column in ("KL (nats)", "MI whole-split (He et al., cap log N = 6.20)", "MI per batch of 32 (cap 3.47)",
-                   "IW-NLL (K=50)", "IW-PPL", "ELBO-NLL", "MELBO-NLL (paper's measure, not a likelihood)"):
+    expected = {"KL (nats)": "1.50", "KL: code energy": "1.50", "KL: variance part": "1.50",
+                "MI whole-split ± SE (He et al., 10 z per sentence, cap log N = 6.20)": "1.50 ± 0.04",
+                "MI per batch of 32 (cap 3.47)": "1.50", "AU (relative, Var / E[var] >= 0.01)": "5/16",
+                "IW-NLL (K=50, proposal q)": "1.50", "IW-NLL (K=50, widened proposal, s)": "1.25 (s=0.1)",
+                "ELBO-NLL": "1.50", "MELBO-NLL (paper's measure, not a likelihood)": "1.50"}
+    for column, value in expected.items():
         assert ae_cells[column] == NOT_APPLICABLE
-        assert mim_cells[column] == ("1.5" if column == "IW-PPL" else "1.50")
-    assert ae_cells["active units"] == "3/16" and ae_cells["BLEU-4 (sacreBLEU)"] == "1.5"
+        assert mim_cells[column] == value, column
+    assert ae_cells["AU (absolute, Var >= 0.01)"] == "3/16" and ae_cells["BLEU-4 (sacreBLEU)"] == "1.5"
     assert ae_cells["BLEU-1 (mean sentence)"] == "1.500" and mim_cells["train time"] == "2m 05s"
     assert format_results_table([]) == "(no model finished yet)"
 
 
 def test_collapse_line_shows_when_the_mi_contradicts_zero_active_units():
     mim, vae = fake_record("mim", 512), fake_record("vae", 512)
-    mim["metrics"] |= {"active_units": 0, "mi_whole_split": 6.99, "collapsed": True}
-    vae["metrics"] |= {"active_units": 0, "mi_whole_split": 0.02, "collapsed": True}
+    mim["metrics"] |= {"active_units": 0, "active_units_relative": 0, "mi_whole_split": 6.99, "collapsed": True}
+    vae["metrics"] |= {"active_units": 0, "active_units_relative": 0, "mi_whole_split": 0.02, "collapsed": True}
     mim_line = benchmark_report._collapse_evidence(mim["name"], mim["metrics"])
     vae_line = benchmark_report._collapse_evidence(vae["name"], vae["metrics"])
-    assert mim_line.startswith("mim-z512 (0 active units, MI 6.99 nats") and "not collapsed" in mim_line
-    assert vae_line == "vae-z512 (0 active units, MI 0.02 nats)"
+    assert mim_line.startswith("mim-z512 (0 active units (0 relative), MI 6.99 ± 0.04 nats")
+    assert "not collapsed" in mim_line
+    assert vae_line == "vae-z512 (0 active units (0 relative), MI 0.02 ± 0.04 nats)"
 
 
 def test_presets_scale_the_annealing_to_the_budget():
@@ -264,3 +293,31 @@ def test_docstring_commands_use_real_flags():
     preset, settings = recipe.parse_args(shlex.split(command.split("recipes/benchmark_vae.py", 1)[1]))
     assert (preset, settings.dataset.dataset) == ("cpu", "../shared/data/ptb")
     assert settings.training.output_dir == "runs/benchmark-ptb-cpu" and settings.training.max_steps == 2000
+
+
+def test_claims_compare_the_better_smim_with_the_ae_and_its_bound_with_the_best_uncollapsed_vae():
+    records = {variant: fake_record(variant, 128) for variant in ("mim", "mim-warmup", "vae", "vae-cyclical", "ae")}
+    numbers = {"mim": (5.0, 300.0, 200.0, False), "mim-warmup": (9.0, 280.0, 150.0, False),
+               "vae": (0.5, 100.0, 99.0, True), "vae-cyclical": (6.0, 140.0, 135.0, False),
+               "ae": (10.0, None, None, False)}
+    for variant, (bleu, iw, wide, collapsed) in numbers.items():
+        records[variant]["metrics"] |= {"bleu4_corpus": bleu, "iw_nll": iw, "iw_nll_wide": wide,
+                                        "collapsed": collapsed}
+    (claim,) = [line for line in benchmark_report._claims(list(records.values())) if line.startswith("- latent 128")]
+    assert "best sMIM (sMIM + warm-up) BLEU-4 9.0 = 0.90x the AE's 10.0 (meets >= 0.9x)" in claim
+    assert "sVAE beta = 1 collapsed" in claim
+    # the collapsed VAE's bound (99) is left out: the best non-collapsed one is the cyclical VAE's 135
+    assert ("sMIM's best valid bound 150.0 nats (sMIM + warm-up) is +11% from the best non-collapsed VAE's 135.0"
+            in claim)
+    records["mim-warmup"]["metrics"]["bleu4_corpus"] = 4.0
+    (claim,) = [line for line in benchmark_report._claims(list(records.values())) if line.startswith("- latent 128")]
+    assert "best sMIM (sMIM) BLEU-4 5.0 = 0.50x the AE's 10.0 (misses >= 0.9x)" in claim
+
+
+def test_the_two_smim_variants_differ_only_in_the_warmup():
+    settings = benchmark_settings("cpu", mim_warmup_steps=700)
+    assert settings.schedule_of("mim") == {"mim_warmup_steps": 0}  # the paper's objective
+    assert settings.schedule_of("mim-warmup") == {"mim_warmup_steps": 700}
+    assert benchmark.model_options(settings, "mim-warmup", 16).objective == "mim"
+    assert benchmark.variant_label(settings, "mim-warmup") == "sMIM + warm-up (700 steps)"
+    assert benchmark.variant_label(settings, "mim") == "sMIM"

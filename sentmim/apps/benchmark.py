@@ -6,19 +6,26 @@
 Every model is trained on the same data with one tokenizer (so vocabularies, hence likelihoods, match), one
 architecture and one budget (steps, batch, learning rate, sizes, seed); only the objective changes:
 
-    mim            sMIM: the sentenceMIM objective (it has no hyper-parameters)
+    mim            sMIM: the sentenceMIM objective as the paper has it (no hyper-parameters)
+    mim-warmup     sMIM + warm-up: the prior terms' weight rises from 0 to 1 over --mim-warmup-steps, then the
+                   paper's objective (docs/objectives.md)
     vae            sVAE with beta = 1 from the first step: the classic collapse
     vae-logistic   sVAE with beta annealed along a logistic curve (Bowman et al.; the sentenceMIM demo's k and x0)
     vae-cyclical   sVAE with cyclical annealing (Fu et al. 2019) plus free bits (a per-dimension KL floor)
     ae             a deterministic auto-encoder (z = posterior mean)
 
 each at several latent sizes. Training is `sentmim.assembly.train_from_options`, the code behind `sentmim train`; each
-best model is scored on the test split by `sentmim.evaluation.evaluate` (every metric of docs/metrics.md).
+best model is scored on the test split by `sentmim.evaluation.evaluate` (every metric of docs/metrics.md; the widened
+IW proposal's width is chosen on the validation split), and its samples from the standard prior N(0, I) and from
+the aggregate posterior fitted after training are scored by `sentmim.sample_quality` under a reference language
+model: a plain GRU LM of the same sizes trained once, on the same training split with the same tokenizer and
+budget, kept at its best validation perplexity (`sentmim.language_model`).
 
 The options are sentmim train's plus the benchmark's own (sentmim.apps.benchmark_settings, with the presets).
 What --output-dir receives:
-    results.json, results.md   every metric per model with the settings, command, machine and timings; the table
-    samples.md                 reconstructions of the same test sentences by every model, and interpolations
+    results.json, results.md   every metric per model with the settings, command, machine and timings; the tables
+    samples.md                 reconstructions of the same test sentences by every model, interpolations, samples
+    reference_lm/              the language model that scores the samples (and its test perplexity)
     plots/                     KL and MI during training, active units and BLEU against latent size, and a PCA
                                projection of each model's posterior means (latent_<model>.png)
     models/<variant>-z<latent>/   each run's folder: best model + tokenizer, log.jsonl, checkpoints
@@ -48,14 +55,20 @@ import torch
 
 from sentmim import checkpointing, run_folder
 from sentmim.assembly import build_tokenizer, load_training_splits, train_from_options
+from sentmim.batching import make_dataloader
 from sentmim.configuration import SentenceMIMConfig
 from sentmim.console import library_progress_bars
 from sentmim.evaluate_folder import load_eval_batches
-from sentmim.evaluation import encode_split, evaluate
+from sentmim.evaluation import encode_split, evaluate, reconstruct_split
 from sentmim.files import TMP_PREFIX, read_json, write_json_atomic
+from sentmim.language_model import CONFIG_FILE, WEIGHTS_FILE, GRULanguageModel, perplexity_on, train_language_model
+from sentmim.metrics import corpus_bleu
 from sentmim.options import ModelOptions
 from sentmim.pipeline import SentenceMIMPipeline
 from sentmim.plots import plot_latent_projection
+from sentmim.preprocessing import tokenize_dataset
+from sentmim.sample_quality import sample_quality
+from sentmim.tokenization import decode_keep_unknown
 
 from .benchmark_report import summary_line, write_plots, write_report
 from .benchmark_settings import (
@@ -73,6 +86,7 @@ RESULT_FILE = "benchmark_result.json"
 # What a benchmark writes in its folder; each model folder is a training run's (plus its scores).
 BENCHMARK_LAYOUT = {
     "settings.json": None, "results.json": None, "results.md": None, "samples.md": None, "plots": {"*.png": None},
+    "reference_lm": {WEIGHTS_FILE: None, CONFIG_FILE: None, f"{TMP_PREFIX}*": None, f".{CONFIG_FILE}.*.tmp": None},
     "models": {"*": {**run_folder.RUN_LAYOUT, RESULT_FILE: None, f".{RESULT_FILE}.*.tmp": None}},
     f"{TMP_PREFIX}*": None, ".results.json.*.tmp": None, ".settings.json.*.tmp": None,  # files being written
 }
@@ -125,9 +139,16 @@ def model_name(variant: str, latent_size: int) -> str:
     return f"{variant}-z{latent_size}"
 
 
+def variant_label(settings: BenchmarkSettings, variant: str) -> str:
+    """The variant's name in the tables; the warm-up's carries its length."""
+    if variant == "mim-warmup":
+        return f"{MODEL_VARIANTS[variant]} ({settings.training.mim_warmup_steps} steps)"
+    return MODEL_VARIANTS[variant]
+
+
 def model_options(settings: BenchmarkSettings, variant: str, latent_size: int) -> ModelOptions:
     """The model of one run: the shared architecture with the variant's objective and the latent size."""
-    objective = "vae" if variant.startswith("vae") else variant
+    objective = variant.split("-")[0]  # mim-warmup -> mim, vae-logistic -> vae
     return dataclasses.replace(settings.model, objective=objective, latent_size=latent_size)
 
 
@@ -188,16 +209,23 @@ def train_model(settings, variant, latent_size, folder: Path, splits, tokenizer,
     return read_json(folder / "train_results.json")
 
 
-def evaluate_model(settings, folder: Path, test_split, plot_path: Path, progress: bool) -> dict:
-    """Every metric (docs/metrics.md) of the saved best model, its latent projection plot and text samples."""
+def evaluate_model(settings, folder: Path, data, plot_path: Path, progress: bool, language_model=None) -> dict:
+    """Every metric (docs/metrics.md) of the saved best model, sample quality, its latent projection plot and text
+    samples."""
     training, options = settings.training, settings.benchmark
+    splits, _, test_split = data
     device = "cuda" if torch.cuda.is_available() and not training.cpu else None  # score where training ran
     with library_progress_bars(progress):
         pipe = SentenceMIMPipeline.from_pretrained(folder, device=device)
         batches, stats = load_eval_batches(pipe.tokenizer, test_split, training.eval_batch_size, pipe.max_length)
+        heldout, heldout_name = heldout_batches(settings, splits, pipe)
     scores = evaluate(pipe.model, batches, pipe.tokenizer, iw_samples=settings.test.iw_samples, seed=training.seed,
-                      progress=progress, unknown_in_text=stats["num_unknown_in_text"])
+                      progress=progress, unknown_in_text=stats["num_unknown_in_text"], heldout_batches=heldout,
+                      heldout_name=heldout_name)
     scores["num_truncated"] = stats["num_truncated"]
+    scores.update(remedied_reconstructions(pipe, batches))
+    quality, sampled = score_samples(pipe, options.quality_samples, training.seed, language_model)
+    scores.update(quality)
     encoded = encode_split(pipe.model, batches, likelihood=False)  # the projection needs no decoder pass
     plot_latent_projection(encoded["mean"], labels=encoded["num_targets"].numpy(), path=plot_path,
                            label_name="sentence length (words + EOS)", seed=training.seed)
@@ -209,11 +237,90 @@ def evaluate_model(settings, folder: Path, test_split, plot_path: Path, progress
         "reconstructions": [{"input": text, "output": output} for text, output in zip(shown, outputs, strict=True)],
         "interpolation": {"from": first, "to": second,
                           "sentences": pipe.interpolate(first, second, steps=options.interpolation_steps)},
+        "samples": {prior: texts[: options.num_examples] for prior, texts in sampled.items()},
     }
     vocabulary = sorted(pipe.tokenizer.get_vocab().items())
     return {"metrics": scores, "samples": samples,
             "vocabulary_hash": hashlib.sha256(json.dumps(vocabulary).encode()).hexdigest()[:12],
             "num_parameters": sum(p.numel() for p in pipe.model.parameters())}
+
+
+def heldout_batches(settings: BenchmarkSettings, splits, pipe):
+    """(batches, name) of the validation sentences the widened IW proposal's width is chosen on (never the scored
+    test sentences), or (None, None) without a validation split."""
+    count = settings.test.width_sentences
+    if "validation" not in splits or count == 0 or settings.test.iw_samples == 0:
+        return None, None
+    texts = splits["validation"].select(range(min(count, len(splits["validation"]))))
+    batches, _ = load_eval_batches(pipe.tokenizer, texts, settings.training.eval_batch_size, pipe.max_length)
+    return batches, f"the first {len(texts)} validation sentences"
+
+
+REMEDY = {"no_repeat_ngram_size": 3}  # generate()'s remedy the report tries on reconstructions
+
+
+def remedied_reconstructions(pipe, batches) -> dict:
+    """BLEU-4 and the EOS share of greedy reconstructions of the posterior means that never repeat a trigram (the
+    default decoding's are evaluate()'s bleu4_corpus and reconstruction_eos_share)."""
+    ended = []
+    hypotheses, references = reconstruct_split(pipe.model, batches, pipe.tokenizer, progress=False, ended=ended,
+                                               **REMEDY)
+    return {"reconstruction_remedy": ", ".join(f"{name}={value}" for name, value in REMEDY.items()),
+            "bleu4_corpus_remedy": corpus_bleu(hypotheses, references),
+            "reconstruction_eos_share_remedy": sum(ended) / len(ended)}
+
+
+def score_samples(pipe, count: int, seed: int, language_model) -> tuple[dict, dict]:
+    """({samples_<prior>_<number>: value}, {prior: decoded texts}) for `count` greedy decodings of codes from the
+    standard prior and from the aggregate posterior (each from a generator seeded with `seed`)."""
+    scores, texts = {"samples_count": count, "samples_decoding": "greedy"}, {}
+    for prior in ("standard", "aggregate"):
+        if prior == "aggregate" and pipe.aggregate_posterior is None:
+            continue
+        generator = torch.Generator(device=pipe.device).manual_seed(seed)
+        z = pipe.sample_latents(count, prior, generator=generator)
+        quality, generated = sample_quality(pipe.model, z, language_model, max_length=pipe.max_length - 1)
+        scores.update({f"samples_{prior}_{name}": value for name, value in quality.items() if name != "num_samples"})
+        texts[prior] = [text.strip() for text in decode_keep_unknown(pipe.tokenizer, generated)]
+    return scores, texts
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The reference language model (scores every model's samples)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def existing_reference_lm(output_dir: Path) -> dict | None:
+    """The description of the reference LM trained earlier into output_dir/reference_lm, if there is one."""
+    folder = output_dir / "reference_lm"
+    if (folder / CONFIG_FILE).is_file() and (folder / WEIGHTS_FILE).is_file():
+        return read_json(folder / CONFIG_FILE)
+    return None
+
+
+def reference_language_model(settings: BenchmarkSettings, output_dir: Path, data, log) -> dict:
+    """Train the reference LM into output_dir/reference_lm (or find it there) and return its description."""
+    folder = output_dir / "reference_lm"
+    if existing_reference_lm(output_dir) is not None:
+        return existing_reference_lm(output_dir)
+    splits, tokenizer, test_split = data
+    training = settings.training
+    config = SentenceMIMConfig(**model_options(settings, "ae", settings.benchmark.latent_sizes[0]).config_fields())
+    tokenized, _ = tokenize_dataset(type(splits)({**splits, "test": test_split}), tokenizer,
+                                    max_length=settings.data.max_length, overlong=settings.data.overlong)
+    steps = training.max_steps or max(1, round(training.epochs * len(tokenized["train"]) / training.batch_size))
+    log(f"training the reference language model (GRU {config.hidden_size}, {steps} steps)")
+    began = time.time()
+    lm, record = train_language_model(
+        tokenized["train"], tokenized.get("validation", tokenized["test"]), len(tokenizer), tokenizer.pad_token_id,
+        embedding_size=config.embedding_size, hidden_size=config.hidden_size, max_steps=steps,
+        batch_size=training.batch_size, learning_rate=training.learning_rate, eval_steps=training.eval_steps,
+        max_grad_norm=training.max_grad_norm, seed=training.seed)
+    test_loader = make_dataloader(tokenized["test"], training.eval_batch_size, tokenizer.pad_token_id, shuffle=False)
+    record.update(test_ppl=perplexity_on(lm, test_loader), train_seconds=round(time.time() - began, 1),
+                  validated_on="validation" if "validation" in tokenized else "test (no validation split)")
+    lm.save(folder, extra=record)
+    return read_json(folder / CONFIG_FILE)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -286,6 +393,8 @@ def benchmark_model(settings, variant: str, latent_size: int, output_dir: Path, 
     name = model_name(variant, latent_size)
     folder = output_dir / "models" / name
     splits, tokenizer, test_split = data
+    lm_folder = output_dir / "reference_lm"
+    language_model = GRULanguageModel.load(lm_folder) if (lm_folder / WEIGHTS_FILE).is_file() else None
     began = time.time()
     if (folder / "train_results.json").is_file():  # the benchmark stopped between training and scoring
         log(f"{name}: trained earlier, not scored yet")
@@ -297,9 +406,10 @@ def benchmark_model(settings, variant: str, latent_size: int, output_dir: Path, 
     log(f"{name}: scoring the best model on {len(test_split)} {settings.test.test_split} sentences")
     scored = time.time()
     record = {
-        "name": name, "variant": variant, "label": MODEL_VARIANTS[variant], "latent_size": latent_size,
+        "name": name, "variant": variant, "label": variant_label(settings, variant), "latent_size": latent_size,
         "model_dir": str(folder.relative_to(output_dir)), "train": train_results,
-        **evaluate_model(settings, folder, test_split, output_dir / "plots" / f"latent_{name}.png", progress),
+        **evaluate_model(settings, folder, data, output_dir / "plots" / f"latent_{name}.png", progress,
+                         language_model),
     }
     record["eval_seconds"] = round(time.time() - scored, 1)
     record["wall_seconds"] = round(time.time() - began, 1)
@@ -319,6 +429,7 @@ def run_benchmark(settings: BenchmarkSettings, preset: str | None = None, comman
               "command": command, "settings": settings.flat(),
               "schedules": {variant: settings.schedule_of(variant) for variant in MODEL_VARIANTS},
               "model": shared_architecture(settings),
+              "reference_lm": existing_reference_lm(output_dir),
               "machine": machine_info(),
               "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     options = settings.benchmark
@@ -336,6 +447,7 @@ def run_benchmark(settings: BenchmarkSettings, preset: str | None = None, comman
         log(f"loading {settings.dataset.dataset} and training its tokenizer (shared by every model)")
         with library_progress_bars(progress):
             data = load_benchmark_data(settings)
+        header["reference_lm"] = reference_language_model(settings, output_dir, data, log)
         run = run_in_workers if options.num_workers > 1 and len(pending) > 1 else run_in_this_process
         for index, record in run(settings, pending, len(todo), output_dir, data, progress, log):
             records[index] = record
