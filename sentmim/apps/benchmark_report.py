@@ -244,33 +244,39 @@ def _best_bound(m: dict):
 
 
 def _claims(records: list[dict]) -> list[str]:
-    """Per latent size: sMIM's BLEU-4 (the better variant) against the AE's; whether sVAE beta = 1 collapsed; how far
-    sMIM's best valid bound is from the best non-collapsed VAE's (the moonshot: within 10%, BLEU at the AE's)."""
+    """Per latent size: sMIM's BLEU-4 (the better variant) against the AE's; whether sVAE beta = 1 collapsed; and the
+    moonshot, per sMIM variant: how far its best valid bound is from the best non-collapsed VAE's, beside its BLEU-4
+    against the AE's (met by one model with both: bound within +10% and BLEU-4 >= 0.9x the AE's)."""
     lines = ["## What the numbers say, per latent size", ""]
     for size in dict.fromkeys(r["latent_size"] for r in records):
         group = {r["variant"]: r for r in records if r["latent_size"] == size}
         mims = [group[v] for v in ("mim", "mim-warmup") if v in group]
+        ae_bleu = group["ae"]["metrics"]["bleu4_corpus"] if "ae" in group else None
+
+        def bleu_ratio(record, ae_bleu=ae_bleu):
+            return record["metrics"]["bleu4_corpus"] / ae_bleu if ae_bleu else float("nan")
+
         parts = []
-        if mims and "ae" in group:
+        if mims and ae_bleu is not None:
             best = max(mims, key=lambda r: r["metrics"]["bleu4_corpus"] or 0)
-            ae_bleu = group["ae"]["metrics"]["bleu4_corpus"]
-            ratio = best["metrics"]["bleu4_corpus"] / ae_bleu if ae_bleu else float("nan")
-            parts.append(f"best sMIM ({best['label']}) BLEU-4 {best['metrics']['bleu4_corpus']:.1f} = {ratio:.2f}x "
-                         f"the AE's {ae_bleu:.1f} ({'meets' if ratio >= 0.9 else 'misses'} >= 0.9x)")
+            ratio = bleu_ratio(best)
+            parts.append(f"best sMIM ({best['label']}) BLEU-4 {best['metrics']['bleu4_corpus']:.2f} = {ratio:.3f}x "
+                         f"the AE's {ae_bleu:.2f} ({'meets' if ratio >= 0.9 else 'misses'} >= 0.9x)")
         if "vae" in group:
             m = group["vae"]["metrics"]
             parts.append(f"sVAE beta = 1 {'collapsed' if m['collapsed'] else 'did not collapse'} (KL {m['kl']:.2f}, "
                          f"MI {_estimate(m, 'mi_whole_split')}, AU relative {m.get('active_units_relative')})")
         vaes = [r for v, r in group.items() if v.startswith("vae") and not r["metrics"]["collapsed"]
                 and _best_bound(r["metrics"]) is not None]
-        mim_bounds = [(r, _best_bound(r["metrics"])) for r in mims if _best_bound(r["metrics"]) is not None]
-        if vaes and mim_bounds:
+        if vaes:
             vae = min(vaes, key=lambda r: _best_bound(r["metrics"]))
-            mim, bound = min(mim_bounds, key=lambda pair: pair[1])
-            gap = bound / _best_bound(vae["metrics"]) - 1
-            parts.append(f"moonshot: sMIM's best valid bound {bound:.1f} nats ({mim['label']}) is {gap:+.0%} from "
-                         f"the best non-collapsed VAE's {_best_bound(vae['metrics']):.1f} ({vae['label']}); "
-                         f"target within +10%")
+            reference = _best_bound(vae["metrics"])
+            for mim in (r for r in mims if _best_bound(r["metrics"]) is not None):
+                gap, ratio = _best_bound(mim["metrics"]) / reference - 1, bleu_ratio(mim)
+                met = gap <= 0.10 and ratio >= 0.9
+                parts.append(f"moonshot, {mim['label']}: best valid bound {_best_bound(mim['metrics']):.1f} nats, "
+                             f"{gap:+.0%} from the best non-collapsed VAE's {reference:.1f} ({vae['label']}), "
+                             f"BLEU-4 {ratio:.2f}x the AE's ({'met' if met else 'not met'})")
         if parts:
             lines.append(f"- latent {size}: " + "; ".join(parts) + ".")
     return lines if len(lines) > 2 else []
