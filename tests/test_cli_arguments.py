@@ -138,7 +138,7 @@ def test_demo_flags_and_defaults(recorded):
     from sentmim.apps.demo import DemoOptions
 
     assert cli.main(["demo"]) == 0
-    assert recorded["run_demo"][0] == (DemoOptions(output_dir="runs/demo", max_steps=3000, mim_warmup_steps=1500,
+    assert recorded["run_demo"][0] == (DemoOptions(output_dir="runs/demo", max_steps=6000, mim_warmup_steps=3000,
                                                    seed=0),)
     assert cli.main(["demo", "--output-dir", "d", "--max-steps", "5", "--mim-warmup-steps", "3", "--seed", "2"]) == 0
     assert recorded["run_demo"][0] == (DemoOptions(output_dir="d", max_steps=5, mim_warmup_steps=3, seed=2),)

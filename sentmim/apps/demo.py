@@ -31,9 +31,9 @@ HELDOUT_SENTENCES = 200  # validation sentences the widened IW proposal's width 
 @dataclass
 class DemoOptions:
     output_dir: str = option("runs/demo", "where the three models are trained (mim/, vae/ and ae/)")
-    max_steps: int = option(3000, "training steps of each model")
+    max_steps: int = option(6000, "training steps of each model (about 5 minutes on a 2-core CPU for the three)")
     mim_warmup_steps: int = option(
-        1500, "sMIM: steps over which the weight of its two prior terms rises from 0 to 1 (docs/objectives.md)")
+        3000, "sMIM: steps over which the weight of its two prior terms rises from 0 to 1 (docs/objectives.md)")
     seed: int = option(0, "seeds the weights, the batches and every sample")
 
 
