@@ -92,3 +92,28 @@ def load_model(folder: str | Path, config: SentenceMIMConfig | None = None) -> S
     except (SafetensorError, OSError, RuntimeError) as error:  # the data past the header may still be damaged
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise ValueError(f"{weights} could not be loaded ({reason}): copy it again, or retrain the model") from None
+
+
+class AutoSentenceMIMModel:
+    """The model class of the "sentence-reconstruction" task: `transformers.pipeline(task, model=folder)` calls its
+    `from_pretrained`, which, like an Auto class, returns the SentenceMIMModel saved in the folder, read by
+    `load_model` (checked, weights from safetensors only, no code from the folder) rather than by transformers."""
+
+    # What transformers.pipeline passes with every load; a local folder needs none of them (load_model reads and
+    # checks config.json itself).
+    HUB_OPTIONS = frozenset({"config", "revision", "token", "local_files_only", "cache_dir", "_from_pipeline"})
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, *, trust_remote_code: bool | None = None,
+                        dtype: str | torch.dtype | None = None, **options) -> SentenceMIMModel:
+        if trust_remote_code:
+            raise ValueError(f"{folder}: trust_remote_code=True: sentmim never runs code from a model folder; leave "
+                             "it unset")
+        unknown = sorted(set(options) - cls.HUB_OPTIONS)
+        if unknown:
+            raise ValueError(f"{folder}: option(s) {', '.join(unknown)} not supported by sentmim's loader: pass "
+                             "device= (or dtype=) to the pipeline instead")
+        model = load_model(folder)
+        if dtype is not None and dtype != "auto":  # "auto" (transformers.pipeline's default): as saved
+            model = model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+        return model

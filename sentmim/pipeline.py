@@ -1,6 +1,8 @@
-"""SentenceMIMPipeline: the text-level API (sentences in, vectors or sentences out).
+"""SentenceMIMPipeline: the text-level API (sentences in, vectors or sentences out), a `transformers.Pipeline`.
 
     pipe = SentenceMIMPipeline.from_pretrained("path/to/model")   # model + the tokenizer saved beside it
+    pipe(["a sentence"])                   # [{"reconstruction_text": ...}]: calling the pipeline reconstructs
+    pipe(["a sentence"], num_beams=4, batch_size=64)   # any reconstruct / SentenceMIMModel.decode option
     pipe.encode(["a sentence"])            # posterior means, [N, latent]
     pipe.decode(z)                         # greedy by default; any `SentenceMIMModel.decode` option
     pipe.reconstruct(["a sentence"])       # decode(encode(x)); also from a posterior sample or a perturbed mean
@@ -9,10 +11,20 @@
     pipe.sample(n=10, prior="aggregate")   # z from the aggregate posterior fitted after training (what works for
                                            # sMIM, whose codes sit near the origin where N(0, I) samples never go)
 
-Sentences longer than the model's maximum length are truncated (the EOS is kept) and a warning says how many.
-An empty string is a valid sentence: it encodes as BOS EOS. Unknown words become the unknown token.
+After `import sentmim`, `transformers.pipeline("sentence-reconstruction", model="path/to/model")` builds the same
+pipeline, offline from a local folder. Everything sentmim reads there goes through its own loaders (the task's model
+class is `sentmim.model_folder.AutoSentenceMIMModel`; `__init__` reads the tokenizer and aggregate posterior), so a
+sentmim folder runs no code whatever `auto_map` its JSON files name. But transformers reads the folder's config.json
+before sentmim is asked: for a folder of another model type whose config.json names code, transformers asks on the
+terminal whether to run it, and trust_remote_code=True runs code named in any folder. For a folder you did not write,
+pass trust_remote_code=False, or load with `SentenceMIMPipeline.from_pretrained`, which never runs code from a folder.
+
+Unlike transformers' default (the first accelerator), a pipeline stays on its model's device unless `device` is given.
+Sentences longer than the model's maximum length are truncated (the EOS is kept) and a warning says how many (per
+batch). An empty string is a valid sentence: it encodes as BOS EOS. Unknown words become the unknown token.
 """
 
+import inspect
 import logging
 import math
 import numbers
@@ -20,16 +32,22 @@ import os
 from pathlib import Path
 
 import torch
+from transformers import Pipeline
 
 from . import gaussian
 from .aggregate_posterior import AGGREGATE_POSTERIOR_FILE, AggregatePosterior
 from .batching import collate_batch
+from .generation import decode_latents
 from .model_folder import load_config, load_model
 from .modeling import SentenceMIMModel
 from .preprocessing import truncate_keeping_eos
 from .tokenization import decode_keep_unknown, load_tokenizer
 
 logger = logging.getLogger(__name__)
+
+TASK = "sentence-reconstruction"  # the name transformers.pipeline(...) knows it by after `import sentmim`
+# Keyword arguments of SentenceMIMModel.decode (max_length and the decoding options), accepted by a pipeline call.
+DECODE_OPTIONS = frozenset(inspect.signature(decode_latents).parameters) - {"model", "z"}
 
 
 def slerp(start: torch.Tensor, end: torch.Tensor, fractions: torch.Tensor) -> torch.Tensor:
@@ -55,16 +73,62 @@ def max_sentence_length(config, tokenizer=None) -> int:
     return limit
 
 
-class SentenceMIMPipeline:
-    def __init__(self, model: SentenceMIMModel, tokenizer, batch_size: int = 256, max_length: int | None = None,
-                 aggregate_posterior: AggregatePosterior | None = None):
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.tokenizer.padding_side = "right"
+def model_folder_of(model: SentenceMIMModel) -> Path:
+    """The folder `model` was loaded from, where its tokenizer is saved too."""
+    folder = model.config.name_or_path
+    if not folder or not Path(folder).is_dir():
+        raise ValueError(
+            "SentenceMIMPipeline: no tokenizer given and the model was not loaded from a folder to read one from: "
+            "pass tokenizer=, or load with SentenceMIMPipeline.from_pretrained(folder)"
+        )
+    return Path(folder)
+
+
+def reconstruction_latents(mean: torch.Tensor, logvar: torch.Tensor, mode: str = "mean",
+                           noise: float = 0.1) -> torch.Tensor:
+    """The codes a reconstruction decodes: the posterior mean (mode="mean"), a draw z ~ q(z|x) ("sample"), or the mean
+    plus isotropic Gaussian noise of standard deviation `noise` ("perturb", to probe the latent neighbourhood)."""
+    if mode == "mean":
+        return mean
+    if mode == "sample":
+        return gaussian.sample(mean, logvar)
+    if mode == "perturb":
+        return mean + noise * torch.randn_like(mean)
+    raise ValueError(f"mode={mode!r}: must be one of mean, sample, perturb")
+
+
+class SentenceMIMPipeline(Pipeline):
+    """The text-level API of a sentmim model; as a `transformers.Pipeline`, calling it reconstructs sentences.
+
+    `tokenizer` may be omitted when the model was loaded from a folder (as `transformers.pipeline` does): the tokenizer
+    and, when there is one, the aggregate posterior are then read from that folder with sentmim's own loaders.
+    `batch_size` applies to every method and is the default of a call; `device` None keeps the model where it is."""
+
+    # transformers.pipeline(...) would otherwise load these with the Auto classes, which offer to run code that an
+    # auto_map in the folder's tokenizer_config.json names; __init__ reads the tokenizer with load_tokenizer instead.
+    _load_tokenizer = False
+    _load_processor = False
+    _load_image_processor = False
+    _load_video_processor = False
+    _load_feature_extractor = False
+
+    def __init__(self, model: SentenceMIMModel, tokenizer=None, batch_size: int = 256, max_length: int | None = None,
+                 aggregate_posterior: AggregatePosterior | None = None, device: str | int | torch.device | None = None,
+                 task: str = TASK, **kwargs):
+        self.source = None  # the folder it was loaded from, for messages
+        if tokenizer is None:
+            self.source = model_folder_of(model)
+            tokenizer = load_tokenizer(self.source)
+            if aggregate_posterior is None and (self.source / AGGREGATE_POSTERIOR_FILE).is_file():
+                aggregate_posterior = AggregatePosterior.load(self.source, model.config.latent_size)
+        elif isinstance(tokenizer, str | os.PathLike):  # transformers.pipeline(..., tokenizer=folder)
+            tokenizer = load_tokenizer(tokenizer)
+        tokenizer.padding_side = "right"
         self.batch_size = batch_size
         self.max_length = max_length or max_sentence_length(model.config, tokenizer)
         self.aggregate_posterior = aggregate_posterior
-        self.source = None  # the folder it was loaded from, for messages
+        super().__init__(model.eval(), tokenizer, task=task, device=model.device if device is None else device,
+                         batch_size=batch_size, **kwargs)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device | None = None, **kwargs):
@@ -72,39 +136,77 @@ class SentenceMIMPipeline:
         it); never runs code from the folder (sentmim.model_folder)."""
         path = Path(path)
         model = load_model(path, load_config(path))  # weights last: a folder a run is still publishing has none
-        tokenizer = load_tokenizer(path)
-        if device is not None:
-            model = model.to(device)
-        if (path / AGGREGATE_POSTERIOR_FILE).is_file():
-            kwargs.setdefault("aggregate_posterior", AggregatePosterior.load(path, model.config.latent_size))
-        pipe = cls(model, tokenizer, **kwargs)
-        pipe.source = path
-        return pipe
+        return cls(model, device=device, **kwargs)  # the tokenizer and aggregate posterior: from the model's folder
 
     def save_pretrained(self, path: str | Path) -> None:
-        """Model, tokenizer and (when there is one) the aggregate posterior, in one folder."""
+        """Model, tokenizer and (when there is one) the aggregate posterior, in one folder. Never Pipeline's own,
+        which would copy this module into the folder as custom code for transformers to run."""
         self.model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
         if self.aggregate_posterior is not None:
             self.aggregate_posterior.save(path)
 
-    @property
-    def device(self) -> torch.device:
-        return self.model.device
+    # -- the transformers.Pipeline call: sentences -> reconstructions ---------------------------------------------
+
+    def __call__(self, sentences, **options):
+        """Reconstructions: `pipe("a sentence")` gives {"reconstruction_text": ...}, a list gives a list of them in
+        order (a generator or a dataset, an iterator). Options: mode and noise as in `reconstruct`, any
+        `SentenceMIMModel.decode` option (num_beams, do_sample, temperature, ...), and transformers' batch_size and
+        num_workers."""
+        if isinstance(sentences, list) and not sentences:
+            return []  # transformers' Pipeline.__call__ looks at the first item
+        return super().__call__(sentences, **options)
+
+    def _sanitize_parameters(self, mode: str | None = None, noise: float | None = None, **decode_options):
+        unknown = sorted(set(decode_options) - DECODE_OPTIONS)
+        if unknown:
+            raise TypeError(f"{TASK}: unknown option(s) {', '.join(unknown)}: pass mode, noise or options of "
+                            f"SentenceMIMModel.decode ({', '.join(sorted(DECODE_OPTIONS))})")
+        forward_options = dict(decode_options)
+        if mode is not None:
+            forward_options["mode"] = mode
+        if noise is not None:
+            forward_options["noise"] = noise
+        return {}, forward_options, {}
+
+    def preprocess(self, sentence: str) -> dict[str, torch.Tensor]:
+        if not isinstance(sentence, str):
+            raise TypeError(f"a {type(sentence).__name__} was given, not a string: pass sentences as text")
+        (ids,), truncated = self._token_ids([sentence])
+        batch = collate_batch([{"input_ids": ids}], self.tokenizer.pad_token_id)
+        return {**batch, "truncated": torch.tensor([truncated])}  # _forward warns with the count of its batch
+
+    def _forward(self, batch: dict[str, torch.Tensor], mode: str = "mean", noise: float = 0.1,
+                 **decode_options) -> dict[str, torch.Tensor]:
+        self._warn_truncated(int(batch["truncated"].sum()), batch["truncated"].numel())
+        mean, logvar = self.model.encode(batch["input_ids"], batch["attention_mask"])
+        return {"output_ids": self._decode_ids(reconstruction_latents(mean, logvar, mode, noise), **decode_options)}
+
+    def postprocess(self, outputs: dict[str, torch.Tensor]) -> dict[str, str]:
+        return {"reconstruction_text": self._to_text(outputs["output_ids"])[0]}
 
     # -- sentences <-> token ids -------------------------------------------------------------------------------
 
-    def _tokenize(self, sentences: list[str]) -> dict[str, torch.Tensor]:
+    def _token_ids(self, sentences: list[str]) -> tuple[list[list[int]], int]:
+        """Each sentence's ids (BOS ... EOS) cut to max_length keeping its EOS, and how many sentences were cut."""
         encoded = self.tokenizer(list(sentences), add_special_tokens=True, verbose=False)["input_ids"]
-        too_long = sum(len(ids) > self.max_length for ids in encoded)
-        if too_long:
-            logger.warning(
-                "%d of %d sentences exceed %d tokens and were truncated", too_long, len(encoded), self.max_length
-            )
         eos = self.tokenizer.eos_token_id
-        examples = [{"input_ids": truncate_keeping_eos(ids, self.max_length, eos)} for ids in encoded]
-        batch = collate_batch(examples, self.tokenizer.pad_token_id)
+        truncated = sum(len(ids) > self.max_length for ids in encoded)
+        return [truncate_keeping_eos(ids, self.max_length, eos) for ids in encoded], truncated
+
+    def _warn_truncated(self, truncated: int, total: int) -> None:
+        if truncated:
+            logger.warning("%d of %d sentences exceed %d tokens and were truncated", truncated, total, self.max_length)
+
+    def _tokenize(self, sentences: list[str]) -> dict[str, torch.Tensor]:
+        ids, truncated = self._token_ids(sentences)
+        self._warn_truncated(truncated, len(ids))
+        batch = collate_batch([{"input_ids": row} for row in ids], self.tokenizer.pad_token_id)
         return {name: tensor.to(self.device) for name, tensor in batch.items()}
+
+    def _decode_ids(self, z: torch.Tensor, **decode_options) -> torch.Tensor:
+        decode_options.setdefault("max_length", self.max_length - 1)  # BOS is given, never generated
+        return self.model.decode(z, **decode_options)
 
     def _to_text(self, token_ids: torch.Tensor) -> list[str]:
         # Keep <unk>: it is a word of the output (PTB references contain it), not markup.
@@ -142,25 +244,16 @@ class SentenceMIMPipeline:
             z = z[None]
         if z.dim() != 2 or z.size(1) != self.model.config.latent_size:
             raise ValueError(f"z must be [N, {self.model.config.latent_size}], got shape {tuple(z.shape)}")
-        decode_kwargs.setdefault("max_length", self.max_length - 1)  # BOS is given, never generated
         texts = []
         for start in range(0, z.size(0), self.batch_size):
-            texts += self._to_text(self.model.decode(z[start : start + self.batch_size], **decode_kwargs))
+            texts += self._to_text(self._decode_ids(z[start : start + self.batch_size], **decode_kwargs))
         return texts
 
     def reconstruct(self, sentences: list[str], mode: str = "mean", noise: float = 0.1, **decode_kwargs) -> list[str]:
         """decode(encode(x)). mode: "mean" (posterior mean), "sample" (z ~ q(z|x)) or "perturb" (mean plus
         isotropic Gaussian noise of standard deviation `noise`, to probe the latent neighbourhood)."""
         mean, logvar = self.encode_posterior(sentences)
-        if mode == "mean":
-            z = mean
-        elif mode == "sample":
-            z = gaussian.sample(mean, logvar)
-        elif mode == "perturb":
-            z = mean + noise * torch.randn_like(mean)
-        else:
-            raise ValueError(f"mode={mode!r}: must be one of mean, sample, perturb")
-        return self.decode(z, **decode_kwargs)
+        return self.decode(reconstruction_latents(mean, logvar, mode, noise), **decode_kwargs)
 
     def interpolation_latents(self, first: str, second: str, steps: int = 8, method: str = "linear") -> torch.Tensor:
         if not isinstance(steps, int) or steps < 0:
