@@ -5,10 +5,12 @@ builds the same pipeline offline, through sentmim's own loaders, so no code from
 import json
 import logging
 
+import datasets
 import pytest
 import torch
 import transformers
 from transformers.pipelines import PIPELINE_REGISTRY
+from transformers.pipelines.pt_utils import KeyDataset
 
 from sentmim import SentenceMIMPipeline
 from sentmim.model_folder import AutoSentenceMIMModel
@@ -104,6 +106,10 @@ def test_batch_size_of_the_pipeline_and_of_a_call(tiny_config):
     streamed = pipe((sentence for sentence in SENTENCES), batch_size=1)  # a generator: an iterator back
     assert texts(list(streamed)) == expected
     assert sizes == [1] * 5
+    sizes.clear()
+    column = KeyDataset(datasets.Dataset.from_dict({"text": SENTENCES}), "text")  # transformers' way over a dataset
+    assert texts(list(pipe(column, batch_size=4))) == expected
+    assert sizes == [4, 1]
 
 
 def test_the_pipeline_stays_on_its_models_device_unless_told(tiny_config):
