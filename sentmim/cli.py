@@ -39,14 +39,17 @@ class Parser(HfArgumentParser):
     def __init__(self, dataclass_types=None, **kwargs):
         kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
         self.required_options = {}  # dest -> the spelling shown; checked after parsing (see add_argument)
+        self.worded_helps = {}  # dest -> (action, help giving the default in words); see set_defaults
         super().__init__(dataclass_types or [], **kwargs)
 
     def add_argument(self, *names, **kwargs):
         """Each option once in --help, under its --kebab-case spelling; the other spellings (--snake_case, the HF
         example scripts' names) are accepted by a hidden twin of the option."""
+        worded_help = kwargs.get("help")
+        kwargs = {**kwargs, "help": help_with_one_default(worded_help, kwargs.get("default"))}
         long_names = [name for name in names if name.startswith("--")]
         if len(long_names) < 2:
-            return super().add_argument(*names, **kwargs)
+            return self.remember_worded_help(super().add_argument(*names, **kwargs), worded_help)
         shown = one_spelling("/".join(long_names))  # only long names here: the documented one
         required = kwargs.pop("required", False)
         visible = [name for name in names if name == shown or not name.startswith("--")]
@@ -55,7 +58,19 @@ class Parser(HfArgumentParser):
             self.required_options[action.dest] = shown
         hidden = {**kwargs, "help": argparse.SUPPRESS, "default": argparse.SUPPRESS, "dest": action.dest}
         super().add_argument(*[name for name in long_names if name != shown], **hidden)
+        return self.remember_worded_help(action, worded_help)
+
+    def remember_worded_help(self, action, worded_help):
+        self.worded_helps[action.dest] = (action, worded_help)
         return action
+
+    def set_defaults(self, **defaults):
+        """A preset's defaults (sentmim benchmark) replace the default an option's help gives in words."""
+        super().set_defaults(**defaults)
+        for dest, value in defaults.items():
+            if dest in self.worded_helps:
+                action, worded_help = self.worded_helps[dest]
+                action.help = help_with_one_default(worded_help, value)
 
     def parse_known_args(self, args=None, namespace=None):
         namespace, extras = super().parse_known_args(args, namespace)
@@ -69,6 +84,17 @@ class Parser(HfArgumentParser):
         message = re.sub(r"invalid int value: ('[^']*')", r"\1 is not an integer", message)
         message = re.sub(r"invalid float value: ('[^']*')", r"\1 is not a number", message)
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def help_with_one_default(help_text, default):
+    """An option whose help ends with its default in words ("(default: 300)": what None stands for, e.g. the model
+    config's value) would show a second, raw default after it. With default None the words stay and the raw None
+    goes (a zero-width %(default) tells argparse the help shows it); a real default (a preset's) replaces them."""
+    if not isinstance(help_text, str) or not re.search(r"\(default: [^)]*\)$", help_text):
+        return help_text
+    if default is None:
+        return help_text + "%(default).0s"
+    return re.sub(r"\s*\(default: [^)]*\)$", "", help_text)
 
 
 def one_spelling(flags: str) -> str:

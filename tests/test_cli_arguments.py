@@ -4,6 +4,8 @@ The work itself (training, evaluation, the demo, the pipeline) is replaced by re
 command line -> library wiring in milliseconds; the end-to-end runs are in test_cli*.py."""
 
 
+import re
+
 import numpy as np
 import pytest
 
@@ -221,3 +223,21 @@ def test_a_word_where_a_number_goes_is_named_in_one_line(capsys):
     assert main(["train", "--output-dir", "out", "--learning-rate", "fast"]) == 2
     assert capsys.readouterr().err.strip() == (
         "sentmim train: error: argument --learning-rate: 'fast' is not a number (see sentmim train --help)")
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "sample", "reconstruct", "interpolate", "encode", "demo",
+                                     "benchmark"])
+def test_help_shows_each_default_once(command, capsys):
+    # An option whose help gives its default in words (what None stands for) used to show "(default: None)" after
+    # it; under a benchmark preset, the words must give way to the preset's value.
+    with pytest.raises(SystemExit):
+        cli.build_parser([command]).parse_args([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: None) (default:" not in text
+    doubled = re.findall(r"\(default: [^)]*\) \(default: [^)]*\)", text)
+    assert not doubled, doubled
+    if command == "train":  # the model config's values, given in words
+        assert "token embedding width (default: 300)" in text
+    if command == "benchmark":  # the cpu preset's values
+        assert "token embedding width (default: 128)" in text
+        assert "GRU state size or Transformer width (default: 256)" in text
