@@ -238,6 +238,23 @@ def test_help_shows_each_default_once(command, capsys):
     assert not doubled, doubled
     if command == "train":  # the model config's values, given in words
         assert "token embedding width (default: 300)" in text
+        # each option once, under its --kebab-case spelling (the snake_case and HF spellings are hidden twins)
+        assert "--batch-size" in text and "--batch_size" not in text and "--per_device_train_batch_size" not in text
     if command == "benchmark":  # the cpu preset's values
         assert "token embedding width (default: 128)" in text
         assert "GRU state size or Transformer width (default: 256)" in text
+
+
+def test_a_real_default_replaces_the_default_given_in_words(capsys):
+    from dataclasses import dataclass, field
+
+    @dataclass
+    class Sizes:
+        width: int = field(default=5, metadata={"help": "a width (default: 3)"})
+        depth: int | None = field(default=None, metadata={"help": "a depth (default: 2)"})
+
+    with pytest.raises(SystemExit):
+        cli.Parser([Sizes]).parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "a width (default: 5)" in text and "(default: 3)" not in text
+    assert "a depth (default: 2)" in text and "(default: None)" not in text
