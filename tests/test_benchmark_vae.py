@@ -1,9 +1,13 @@
 """recipes/benchmark_vae.py and `sentmim benchmark` end to end on the smoke preset, and the report's pure functions."""
 
 import json
+import logging
 import re
 import shlex
 import shutil
+from concurrent.futures import Future
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -329,3 +333,43 @@ def test_the_two_smim_variants_differ_only_in_the_warmup():
     # the presets' warm-up: 1,000 of the cpu preset's 2,000 steps (measured, issue #16); the paper preset the same
     for preset in ("cpu", "paper"):
         assert benchmark_settings(preset).schedule_of("mim-warmup") == {"mim_warmup_steps": 1000}
+
+
+class InlineExecutor:
+    """ProcessPoolExecutor's interface, running each job at once in this process (no spawning in a unit test)."""
+
+    def __init__(self, workers, mp_context=None):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def submit(self, function, *args):
+        future = Future()
+        future.set_result(function(*args))
+        return future
+
+
+@pytest.mark.parametrize("level, verbose, debug", [(logging.WARNING, False, False), (logging.INFO, True, False),
+                                                   (logging.DEBUG, True, True)])
+def test_a_worker_process_gets_the_console_of_the_run(monkeypatch, level, verbose, debug):
+    # A spawned worker starts with Python's logging defaults: without the run's console it printed accelerate's
+    # "Removed shared tensor" note at every checkpoint of a tied-embedding model.
+    consoles = []
+    monkeypatch.setattr(benchmark, "ProcessPoolExecutor", InlineExecutor)
+    monkeypatch.setattr(benchmark, "configure_console", lambda **options: consoles.append(options))
+    monkeypatch.setattr(benchmark, "benchmark_model", lambda settings, variant, size, *rest, **options: variant)
+    settings = SimpleNamespace(benchmark=SimpleNamespace(num_workers=2, num_threads=None))
+    pending = [(0, "mim", 4), (1, "ae", 4)]
+    own_logger = logging.getLogger("sentmim")
+    level_before = own_logger.level
+    own_logger.setLevel(level)  # as `sentmim benchmark` (--verbose / --debug) leaves it
+    try:
+        finished = dict(benchmark.run_in_workers(settings, pending, 2, Path("unused"), None, False, print))
+    finally:
+        own_logger.setLevel(level_before)
+    assert finished == {0: "mim", 1: "ae"}
+    assert consoles == [dict(verbose=verbose, debug=debug, progress=False)] * 2

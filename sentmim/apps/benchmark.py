@@ -44,6 +44,7 @@ two workers (benchmarks/vae_collapse/). Results equal those of a run in one proc
 import dataclasses
 import hashlib
 import json
+import logging
 import multiprocessing
 import os
 import platform
@@ -57,7 +58,7 @@ from sentmim import checkpointing, run_folder
 from sentmim.assembly import build_tokenizer, load_training_splits, train_from_options
 from sentmim.batching import make_dataloader
 from sentmim.configuration import SentenceMIMConfig
-from sentmim.console import library_progress_bars
+from sentmim.console import configure_console, library_progress_bars
 from sentmim.evaluate_folder import load_eval_batches
 from sentmim.evaluation import encode_split, evaluate, reconstruct_split
 from sentmim.files import TMP_PREFIX, read_json, write_json_atomic
@@ -487,15 +488,21 @@ def run_in_workers(settings, pending, total, output_dir, data, progress, log):
     context = multiprocessing.get_context("spawn")  # fork is unsafe once torch has started its thread pools
     workers = min(settings.benchmark.num_workers, len(pending))
     log(f"training {len(pending)} models, {workers} at a time")
+    # A spawned process starts with Python's logging defaults: give it this process's console (quiet unless
+    # --verbose / --debug), or every checkpoint would print accelerate's note about the tied output layer.
+    own_logger = logging.getLogger("sentmim")
+    console = dict(verbose=own_logger.isEnabledFor(logging.INFO), debug=own_logger.isEnabledFor(logging.DEBUG))
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
         jobs = {pool.submit(benchmark_model_in_worker, settings, variant, latent_size, output_dir, data,
-                            f"[{index + 1}/{total}]"): index
+                            f"[{index + 1}/{total}]", console): index
                 for index, variant, latent_size in pending}
         for job in as_completed(jobs):
             yield jobs[job], job.result()  # a failed model fails the benchmark, as it does in one process
 
 
-def benchmark_model_in_worker(settings, variant: str, latent_size: int, output_dir: Path, data, prefix: str) -> dict:
+def benchmark_model_in_worker(settings, variant: str, latent_size: int, output_dir: Path, data, prefix: str,
+                              console: dict) -> dict:
+    configure_console(**console, progress=False)
     if settings.benchmark.num_threads:
         torch.set_num_threads(settings.benchmark.num_threads)
     return benchmark_model(settings, variant, latent_size, output_dir, data, progress=False,
