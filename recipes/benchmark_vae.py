@@ -58,7 +58,8 @@ from sentmim.training import TrainingDiverged
 def build_parser(preset: str) -> HfArgumentParser:
     parser = HfArgumentParser(OPTION_CLASSES, description=__doc__.split("\n")[0])
     parser.add_argument("--preset", choices=list(PRESETS), default="cpu",
-                        help="smoke: tiny test run; cpu: PTB in ~45 min on 2 cores; paper: the sentenceMIM demo's")
+                        help="smoke: tiny test run; cpu: PTB in ~45 min on 2 cores; cpu-transformer: the same with "
+                             "Transformers; paper: the sentenceMIM demo's")
     parser.set_defaults(**{**DEFAULTS, **PRESETS.get(preset, {})})
     return parser
 

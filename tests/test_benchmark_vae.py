@@ -335,6 +335,17 @@ def test_the_two_smim_variants_differ_only_in_the_warmup():
         assert benchmark_settings(preset).schedule_of("mim-warmup") == {"mim_warmup_steps": 1000}
 
 
+def test_the_transformer_preset_is_the_cpu_preset_with_its_optimiser_and_budget():
+    cpu, transformer = benchmark_settings("cpu").flat(), benchmark_settings("cpu-transformer").flat()
+    changed = {name: (cpu[name], transformer[name]) for name in cpu if cpu[name] != transformer[name]}
+    assert changed == {"architecture": (None, "transformer"), "learning_rate": (2e-3, 1e-3),
+                       "warmup_steps": (0, 200), "lr_scheduler": ("constant", "cosine"), "max_steps": (2000, 1500),
+                       "eval_steps": (400, 300), "mim_warmup_steps": (1000, 750)}
+    settings = benchmark_settings("cpu-transformer")
+    assert benchmark.model_options(settings, "ae", 128).architecture == "transformer"
+    assert settings.schedule_of("vae-cyclical")["kl_cycle_steps"] == 375  # four cycles in the 1,500 steps
+
+
 class InlineExecutor:
     """ProcessPoolExecutor's interface, running each job at once in this process (no spawning in a unit test)."""
 

@@ -107,8 +107,8 @@ def add_benchmark_arguments(parser, preset: str) -> None:
     """The `sentmim benchmark` command line, on a parser of OPTION_CLASSES (every option of sentmim.options plus
     the benchmark's): the preset, whose values become the defaults (so --help shows them)."""
     parser.add_argument("--preset", choices=list(PRESETS), default="cpu",
-                        help="smoke: tiny test run; cpu: PTB in ~45 min on 2 cores; paper: the sentenceMIM demo's "
-                        "(GPU). Sets the defaults of the other options")
+                        help="smoke: tiny test run; cpu: PTB in ~45 min on 2 cores; cpu-transformer: the same with "
+                             "Transformers; paper: the sentenceMIM demo's (GPU). Sets the other options' defaults")
     if preset in PRESETS:
         parser.set_defaults(**{**DEFAULTS, **PRESETS[preset]})
 
