@@ -3,40 +3,11 @@
     model = SentenceMIMModel.from_backbone("facebook/bart-base", objective="mim", latent_size=32)
     tokenizer = load_backbone_tokenizer("facebook/bart-base")     # the same adapted tokenizer from_backbone used
 
-Two kinds of backbone, as Optimus (Li et al. 2020) and T5-VAE do it:
-
-* An encoder-decoder (any `AutoModelForSeq2SeqLM`: BART, T5, ...). Its encoder reads the sentence; the masked mean of
-  its final states gives the posterior q(z|x). Every state of a bidirectional encoder has seen the whole sentence,
-  so the mean is a summary of all of them that does not depend on the sentence's length (Sentence-T5, Ni et al.
-  2022, found it the best pooling of a T5 encoder). The decoder then cross-attends to `num_memory_slots` vectors
-  projected from z, in place of the encoder's states, and z (projected) is also added to every decoder input
-  embedding.
-* A decoder-only LM (any `AutoModelForCausalLM`: GPT-2, Llama, Qwen2, ...). The same LM reads the sentence as the
-  encoder. A causal LM's state at position t has seen only the first t tokens, so the pooling is a mean whose
-  weights grow with position (SGPT, Muennighoff 2022): the states that have read most of the sentence count most,
-  and every state still gets gradient. z conditions generation twice: `num_memory_slots` vectors projected from z
-  are the first input embeddings of the sequence (a prefix), so every layer's keys and values over them form a
-  memory the sentence attends to, and z (projected) is added to every token embedding. The prefix runs through the
-  LM itself rather than being projected to each layer's keys and values: that works for any architecture through
-  the public `inputs_embeds` argument (no knowledge of head counts, rotary embeddings or layer types), lets the
-  pretrained layers compute the memory, and makes decoding with a key-value cache exact for free, since the prefix
-  is simply the first positions of the sequence.
-
-Both decode with the backbone's own key-value cache (a transformers `Cache`, created by the backbone on its first
-call and updated in place): `start` runs what depends on z only once (the prefix; the cross-attention keys and values
-are cached on the first step), and each `step` feeds one new token per sentence.
-
-Tokens (`adapt_tokenizer`). sentmim's convention is that the tokenizer adds BOS and EOS, and that pad, BOS and EOS
-are three different tokens. A backbone tokenizer that lacks one gets it added as a new special token (GPT-2 has one
-token, <|endoftext|>, for BOS, EOS and unknown, and no pad; T5 has no BOS; Llama has no pad), and its post-processor
-becomes "BOS sentence EOS". New embedding rows are initialised from what the backbone already knows: a new BOS is a
-copy of the token the backbone starts sequences with (T5's decoder start token, GPT-2's <|endoftext|>), so the first
-prediction starts from the pretrained one; a new pad or EOS row is the mean of the pretrained rows. The adapted
-tokenizer keeps the backbone's vocabulary, normalizer, pre-tokenizer and decoder, and is saved with the model as a
-plain `tokenizer.json`, so loading it never needs the backbone's tokenizer class (nor any code from a folder).
-
-Tested families (tests/test_backbones.py, tiny random models built in the test): BART, T5, GPT-2, Llama (and the
-tokenizer conventions of Qwen2). See docs/backbones.md.
+An encoder-decoder (`AutoModelForSeq2SeqLM`: BART, T5, ...) reads the sentence with its encoder, and its decoder
+cross-attends to memory vectors projected from z. A decoder-only LM (`AutoModelForCausalLM`: GPT-2, Llama, ...)
+reads the sentence itself, and the memory vectors are a prefix of its input embeddings. Both decode with the
+backbone's own key-value cache; `adapt_tokenizer` gives the backbone's tokenizer sentmim's token conventions.
+docs/backbones.md explains each choice (pooling, prefix, new embedding rows) and lists the tested families.
 """
 
 import copy
@@ -56,6 +27,7 @@ from transformers import (
 )
 from transformers.modeling_outputs import BaseModelOutput
 
+from .configuration import SentenceMIMConfig
 from .tokenization import fast_tokenizer
 
 # Sentences of a backbone without position embeddings (T5's relative positions) are limited to this many tokens.
@@ -126,12 +98,15 @@ class LatentLayers(nn.Module):
                 "backbone model; truncate or drop longer sentences (data max_length)"
             )
 
-    def posterior(self, states: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean, logvar) of q(z|x) from the backbone's final states [B, T, H]."""
+    def encode(self, backbone, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        """(mean, logvar) of q(z|x) from the pooled final states of the part of the backbone that reads x."""
+        self.check_length(input_ids.size(1))
+        states = self.reader(backbone)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return self.to_posterior(pool(states, attention_mask, self.pooling)).chunk(2, dim=-1)
 
-    def memory(self, z: torch.Tensor) -> torch.Tensor:
-        return self.latent_to_memory(z).view(z.size(0), self.num_memory_slots, self.memory_width)
+    def start(self, backbone, z: torch.Tensor, use_cache: bool = True) -> dict:
+        memory = self.latent_to_memory(z).view(z.size(0), self.num_memory_slots, self.memory_width)
+        return {"memory": memory, "offset": self.latent_to_input(z), "cache": None, "use_cache": use_cache}
 
     def forward(self, backbone, input_ids: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Teacher-forced next-token logits [B, T, V] for decoder inputs input_ids [B, T] given z."""
@@ -159,13 +134,9 @@ class Seq2SeqLatentLayers(LatentLayers):
     def __init__(self, config, backbone: PreTrainedModel):
         super().__init__(config, backbone, memory_width=backbone.config.get_text_config().hidden_size)
 
-    def encode(self, backbone, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-        self.check_length(input_ids.size(1))
-        states = backbone.get_encoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return self.posterior(states, attention_mask)
-
-    def start(self, backbone, z: torch.Tensor, use_cache: bool = True) -> dict:
-        return {"memory": self.memory(z), "offset": self.latent_to_input(z), "cache": None, "use_cache": use_cache}
+    @staticmethod
+    def reader(backbone) -> nn.Module:
+        return backbone.get_encoder()
 
     def step(self, backbone, input_ids: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
         """Logits [B, T, V] for T new decoder inputs after those already in the state's cache."""
@@ -184,13 +155,12 @@ class CausalLatentLayers(LatentLayers):
     def __init__(self, config, backbone: PreTrainedModel):
         super().__init__(config, backbone, memory_width=backbone.get_input_embeddings().embedding_dim)
 
-    def encode(self, backbone, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-        self.check_length(input_ids.size(1))
-        states = backbone.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return self.posterior(states, attention_mask)
+    @staticmethod
+    def reader(backbone) -> nn.Module:
+        return backbone.base_model
 
     def start(self, backbone, z: torch.Tensor, use_cache: bool = True) -> dict:
-        state = {"memory": self.memory(z), "offset": self.latent_to_input(z), "cache": None, "use_cache": use_cache}
+        state = super().start(backbone, z, use_cache)
         if use_cache:  # run the prefix once; its keys and values stay in the cache
             output = backbone.base_model(inputs_embeds=state["memory"], use_cache=True)
             state.update(cache=_returned_cache(output), memory=None)
@@ -213,11 +183,17 @@ class CausalLatentLayers(LatentLayers):
 
 
 def adapt_tokenizer(tokenizer) -> PreTrainedTokenizerFast:
-    """The backbone's tokenizer following sentmim's conventions (see the module docstring). Idempotent."""
+    """The backbone's tokenizer following sentmim's conventions (docs/backbones.md, "Tokens"). Idempotent."""
     return _adapt_tokenizer(tokenizer)[0]
 
 
-def _adapt_tokenizer(tokenizer) -> tuple[PreTrainedTokenizerFast, dict[str, int]]:
+def lowercased(tokenizer) -> PreTrainedTokenizerFast:
+    """A copy of an adapted tokenizer that lowercases text before its own normalizer (for lowercased training text,
+    so that text given to the trained model later is lowercased the same way)."""
+    return _adapt_tokenizer(tokenizer, lowercase=True)[0]
+
+
+def _adapt_tokenizer(tokenizer, lowercase: bool = False) -> tuple[PreTrainedTokenizerFast, dict[str, int]]:
     """(adapted tokenizer, {"bos_token" / "pad_token" / "eos_token": id} of the tokens it had to add)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
@@ -228,6 +204,9 @@ def _adapt_tokenizer(tokenizer) -> tuple[PreTrainedTokenizerFast, dict[str, int]
     backend = Tokenizer.from_str(backend.to_str())  # a copy: the caller's tokenizer stays as it was
     backend.no_truncation()
     backend.no_padding()
+    if lowercase:
+        steps = [normalizers.Lowercase()] + ([backend.normalizer] if backend.normalizer is not None else [])
+        backend.normalizer = normalizers.Sequence(steps)
     eos, unk = tokenizer.eos_token, tokenizer.unk_token
     bos = tokenizer.bos_token if tokenizer.bos_token not in (None, eos) else None
     pad = tokenizer.pad_token if tokenizer.pad_token not in (None, bos, eos, unk) else None
@@ -249,19 +228,6 @@ def _adapt_tokenizer(tokenizer) -> tuple[PreTrainedTokenizerFast, dict[str, int]
     adapted = fast_tokenizer(backend, bos, eos, pad, unk, tokenizer.model_max_length,
                              clean_up=getattr(tokenizer, "clean_up_tokenization_spaces", False))
     return adapted, added
-
-
-def lowercased(tokenizer) -> PreTrainedTokenizerFast:
-    """A copy of an adapted tokenizer that lowercases text before its own normalizer (for lowercased training text,
-    so that text given to the trained model later is lowercased the same way)."""
-    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
-    steps = [normalizers.Lowercase()] + ([backend.normalizer] if backend.normalizer is not None else [])
-    backend.normalizer = normalizers.Sequence(steps)
-    return adapt_tokenizer(PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token=tokenizer.bos_token, eos_token=tokenizer.eos_token,
-        pad_token=tokenizer.pad_token, unk_token=tokenizer.unk_token, model_max_length=tokenizer.model_max_length,
-        clean_up_tokenization_spaces=getattr(tokenizer, "clean_up_tokenization_spaces", False),
-    ))
 
 
 def load_backbone_tokenizer(name_or_path: str):
@@ -309,8 +275,6 @@ def from_backbone(model_class, name_or_path: str, tokenizer=None, **config_kwarg
 
     `tokenizer`: the backbone's own tokenizer (an object, or a folder / Hub id to load it from; default: the one at
     `name_or_path`). The model follows `adapt_tokenizer(tokenizer)`."""
-    from .configuration import SentenceMIMConfig  # here: configuration does not import this module
-
     backbone_config = load_backbone_config(name_or_path)
     auto_class = AutoModelForSeq2SeqLM if backbone_config.is_encoder_decoder else AutoModelForCausalLM
     backbone = auto_class.from_pretrained(name_or_path, trust_remote_code=False)
@@ -355,7 +319,7 @@ def _first_line(error: Exception) -> str:
 
 
 def _make_room_for_tokens(backbone, tokenizer, added: dict[str, int], trained_rows: int) -> None:
-    """Resize the embeddings for the added tokens and initialise their rows (see the module docstring).
+    """Resize the embeddings for the added tokens and initialise their rows (docs/backbones.md, "Tokens").
 
     `added`: the special tokens adapting the tokenizer added; a special token beyond the backbone's rows (the
     tokenizer was adapted already) counts as added too."""
