@@ -11,17 +11,8 @@
     pipe.sample(n=10, prior="aggregate")   # z from the aggregate posterior fitted after training (what works for
                                            # sMIM, whose codes sit near the origin where N(0, I) samples never go)
 
-After `import sentmim`, `transformers.pipeline("sentence-reconstruction", model="path/to/model")` builds the same
-pipeline, offline from a local folder. Everything sentmim reads there goes through its own loaders (the task's model
-class is `sentmim.model_folder.AutoSentenceMIMModel`; `__init__` reads the tokenizer and aggregate posterior), so a
-sentmim folder runs no code whatever `auto_map` its JSON files name. But transformers reads the folder's config.json
-before sentmim is asked: for a folder of another model type whose config.json names code, transformers asks on the
-terminal whether to run it, and trust_remote_code=True runs code named in any folder. For a folder you did not write,
-pass trust_remote_code=False, or load with `SentenceMIMPipeline.from_pretrained`, which never runs code from a folder.
-
-Unlike transformers' default (the first accelerator), a pipeline stays on its model's device unless `device` is given.
-Sentences longer than the model's maximum length are truncated (the EOS is kept) and a warning says how many (per
-batch). An empty string is a valid sentence: it encodes as BOS EOS. Unknown words become the unknown token.
+docs/architecture.md ("The text-level API") describes how it runs as a transformers Pipeline, and docs/errors.md
+what `transformers.pipeline("sentence-reconstruction", model=folder)` may run from a folder you did not write.
 """
 
 import inspect
@@ -222,15 +213,12 @@ class SentenceMIMPipeline(Pipeline):
         for index, sentence in enumerate(sentences):
             if not isinstance(sentence, str):
                 raise TypeError(f"sentences[{index}] is {type(sentence).__name__}, not a string: pass text only")
-        means, logvars = [], []
-        for start in range(0, len(sentences), self.batch_size):
-            batch = self._tokenize(sentences[start : start + self.batch_size])
-            mean, logvar = self.model.encode(batch["input_ids"], batch["attention_mask"])
-            means.append(mean)
-            logvars.append(logvar)
-        if not means:
-            size = self.model.config.latent_size
-            return torch.empty(0, size, device=self.device), torch.empty(0, size, device=self.device)
+        posteriors = [self.model.encode(**self._tokenize(sentences[start : start + self.batch_size]))
+                      for start in range(0, len(sentences), self.batch_size)]
+        if not posteriors:
+            empty = torch.empty(0, self.model.config.latent_size, device=self.device)
+            return empty, empty.clone()
+        means, logvars = zip(*posteriors, strict=True)
         return torch.cat(means), torch.cat(logvars)
 
     def encode(self, sentences: list[str]) -> torch.Tensor:
