@@ -5,19 +5,9 @@
     aggregate = AggregatePosterior.load(model_dir)
     z = aggregate.sample(10, generator=generator)                # [10, latent] float64; decode with model.decode
 
-Why: a MIM encoder puts its codes near the origin (|z| ~ 2 at latent 128) where samples of the N(0, I) prior
-(|z| ~ sqrt(d) ~ 11) never go, so decoding prior samples shows nothing the model learned. Sampling z from where the
-training codes are does.
-
-The fit is moment matching: the Gaussian with the mean and covariance of the mixture q(z) = 1/N sum_x q(z|x),
-
-    mean       = mean_x E[z|x]
-    covariance = Cov_x(E[z|x]) + diag(mean_x exp(logvar(x)))      (law of total covariance; Cov_x unbiased, N - 1)
-
-which is also the Gaussian closest to q(z) in KL(q(z) || g). The covariance is full (codes are correlated, and a
-[d, d] matrix is small for any latent size used here). The posterior-variance term keeps it positive definite and
-gives a VAE's inactive dimensions their N(0, 1); an AE's posterior variance is never trained, so its fit leaves the
-term out (``include_posterior_variance=False``) and samples only the spread of its codes.
+A MIM encoder puts its codes near the origin, where samples of the N(0, I) prior never go; sampling z from where
+the training codes are shows what the model learned. The fit (moment matching, full covariance, one float64
+streaming pass) is defined in docs/metrics.md ("Samples").
 """
 
 from __future__ import annotations
@@ -142,7 +132,6 @@ class AggregatePosterior:
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Fitting: one streaming pass, float64
-# ---------------------------------------------------------------------------------------------------------------------
 
 
 def fit_from_posteriors(

@@ -18,8 +18,7 @@ class SentenceMIMConfig(PreTrainedConfig):
     Args:
         vocab_size: number of tokens, specials included.
         architecture: `"gru"` (the sentenceMIM paper's model), `"transformer"`, or `"backbone"` (a pretrained Hugging
-            Face LM reads and writes the sentences; see `sentmim.backbones` and `SentenceMIMModel.from_backbone`).
-            Default: "backbone" when `backbone_config` is given, else "gru".
+            Face LM; docs/backbones.md). Default: "backbone" when `backbone_config` is given, else "gru".
         objective: `"mim"` (sentenceMIM), `"vae"` (text VAE) or `"ae"` (deterministic auto-encoder).
         embedding_size: token embedding width, shared by encoder and decoder.
         hidden_size: GRU state size, or the Transformer's model width.
@@ -41,12 +40,10 @@ class SentenceMIMConfig(PreTrainedConfig):
         tie_word_embeddings: tie the output layer to the token embedding (adds a hidden -> embedding projection).
         logvar_min: floor on log-variance; the MIM entropy term is unbounded without it.
         backbone_config: the backbone's own config (a `PreTrainedConfig`, or its dict with `model_type`), embedded in
-            config.json as transformers' EncoderDecoderConfig embeds its sub-configs, so that a saved model rebuilds
-            offline without the backbone's files. Backbones keep their own dropout settings (set them here).
+            config.json so that a saved model rebuilds offline; it holds the backbone's dropout settings.
         backbone_name_or_path: where the backbone's weights came from (a record only; loading never reads it).
-        backbone_pooling: how the backbone's final states become the posterior's input: `"mean"` (masked mean),
-            `"weighted_mean"` (weights growing with position) or `"last"` (the last real token). Default: "mean" for
-            an encoder-decoder, "weighted_mean" for a decoder-only LM (see sentmim.backbones).
+        backbone_pooling: how the backbone's final states become the posterior's input (`"mean"`, `"weighted_mean"`
+            or `"last"`; docs/backbones.md). Default: "mean" (encoder-decoder) or "weighted_mean" (decoder-only).
         freeze_backbone: train only the latent layers; the backbone's weights get no gradient.
     """
 

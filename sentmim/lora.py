@@ -1,19 +1,12 @@
 """LoRA fine-tuning of a backbone model through peft (`pip install "sentmim[lora]"`).
 
-    model = SentenceMIMModel.from_backbone("gpt2", latent_size=32)
-    model = add_lora(model, r=8)              # a peft PeftModel: LoRA on the backbone's attention, latent layers train
-    ... train (sentmim.training.train accepts it) ...
-    model.save_pretrained("adapter")          # adapter_config.json + adapter_model.safetensors (a few MB)
-    model = load_lora(SentenceMIMModel.from_pretrained("base"), "adapter")    # the same model again
-    merged = model.merge_and_unload()         # a plain SentenceMIMModel; save_pretrained it like any other
+    model = add_lora(SentenceMIMModel.from_backbone("gpt2", latent_size=32), r=8)   # a peft PeftModel
+    model = load_lora(SentenceMIMModel.from_pretrained("base"), "adapter")    # one saved with save_pretrained
 
-The backbone's own weights stay frozen. LoRA matrices go into the backbone's attention projections (peft's default
-target modules for the backbone's family, or `target_modules`), and the latent layers (posterior head, z -> memory,
-z -> input offset) are new, so they train in full and are saved with the adapter (peft's `modules_to_save`).
-
-In a training run (`sentmim train --backbone NAME --lora-r 8`): the run's folder holds the adapter's config in
-checkpoints/run/adapter_config.json, from which a resume rebuilds the same wrapped model (`add_saved_lora`), and
-the published model is `merged_copy` of it: a plain sentmim model folder, which SentenceMIMPipeline loads.
+LoRA adapts the backbone's attention projections; the backbone's own weights stay frozen, and the latent layers
+(new, not pretrained) train in full and are saved with the adapter (peft's `modules_to_save`). A training run
+records the adapter's config in checkpoints/run/ (`save_lora_config`, `add_saved_lora` on resume) and publishes
+`merged_copy`, a plain sentmim model folder. docs/backbones.md ("Memory-light fine-tuning") has the whole workflow.
 """
 
 import copy
@@ -22,8 +15,6 @@ import sys
 from pathlib import Path
 
 from transformers import Conv1D
-
-from .configuration import SentenceMIMConfig
 
 LATENT_LAYERS = ["to_posterior", "latent_to_memory", "latent_to_input"]
 
@@ -36,19 +27,6 @@ def _peft():
     return peft
 
 
-def default_target_modules(config: SentenceMIMConfig) -> list[str]:
-    """peft's LoRA target modules for the backbone's model type (e.g. q_proj and v_proj for Llama and BART)."""
-    peft = _peft()
-    model_type = config.backbone_config.model_type
-    names = peft.utils.TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type)
-    if names is None:
-        raise ValueError(
-            f"peft has no default LoRA target modules for model_type={model_type!r}: pass target_modules=[...] "
-            "(names of the backbone's attention projections)"
-        )
-    return names
-
-
 def add_lora(model, r: int = 8, alpha: int = 16, dropout: float = 0.0, target_modules: list[str] | None = None):
     """Wrap a backbone SentenceMIMModel in a peft model with LoRA adapters on its backbone."""
     if model.config.architecture != "backbone":
@@ -57,7 +35,14 @@ def add_lora(model, r: int = 8, alpha: int = 16, dropout: float = 0.0, target_mo
             "(build it with SentenceMIMModel.from_backbone)"
         )
     peft = _peft()
-    names = target_modules or default_target_modules(model.config)
+    model_type = model.config.backbone_config.model_type
+    # peft's targets for the model type by default (e.g. q_proj and v_proj for Llama and BART)
+    names = target_modules or peft.utils.TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type)
+    if not names:
+        raise ValueError(
+            f"peft has no default LoRA target modules for model_type={model_type!r}: pass target_modules=[...] "
+            "(names of the backbone's attention projections)"
+        )
     # Only modules inside the backbone: peft reads a string as a regular expression over full module names.
     targets = rf"backbone\..*\.({'|'.join(names)})"
     targeted = [module for name, module in model.named_modules() if re.fullmatch(targets, name)]

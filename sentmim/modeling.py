@@ -209,6 +209,11 @@ def run_torch_gru(rnn: nn.GRU, inputs, initial=None, lengths=None, sentence_inpu
 # GRU encoder and decoder
 
 
+def gru_layers(config: SentenceMIMConfig, input_size: int) -> nn.GRU:
+    dropout = config.dropout if config.num_layers > 1 else 0.0  # torch warns about dropout after a single layer
+    return nn.GRU(input_size, config.hidden_size, config.num_layers, batch_first=True, dropout=dropout)
+
+
 def reverse_within_length(embeds: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Reverse the first `length` positions of each row, leaving the padding where it is."""
     positions = torch.arange(embeds.size(1), device=embeds.device)
@@ -225,10 +230,7 @@ class GRUEncoder(nn.Module):
     def __init__(self, config: SentenceMIMConfig):
         super().__init__()
         self.reverse_input = config.reverse_input
-        self.rnn = nn.GRU(
-            config.embedding_size, config.hidden_size, config.num_layers, batch_first=True,
-            dropout=config.dropout if config.num_layers > 1 else 0.0,
-        )
+        self.rnn = gru_layers(config, config.embedding_size)
         self.to_posterior = nn.Linear(config.num_layers * config.hidden_size, 2 * config.latent_size)
 
     def forward(self, embeds: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -247,10 +249,7 @@ class GRUDecoder(nn.Module):
         super().__init__()
         self.num_layers, self.hidden_size = config.num_layers, config.hidden_size
         self.latent_to_state = nn.Linear(config.latent_size, config.num_layers * config.hidden_size)
-        self.rnn = nn.GRU(
-            config.embedding_size + config.latent_size, config.hidden_size, config.num_layers, batch_first=True,
-            dropout=config.dropout if config.num_layers > 1 else 0.0,
-        )
+        self.rnn = gru_layers(config, config.embedding_size + config.latent_size)
 
     def start(self, z: torch.Tensor) -> dict:
         state = torch.tanh(self.latent_to_state(z)).view(z.size(0), self.num_layers, self.hidden_size)
@@ -272,6 +271,13 @@ class GRUDecoder(nn.Module):
 
 # ----------------------------------------------------------------------------------------------------------------
 # Transformer encoder and decoder (pre-norm blocks; key-value cache for decoding)
+
+
+def input_projection(config: SentenceMIMConfig) -> nn.Module:
+    """Token embeddings -> the model width."""
+    if config.embedding_size == config.hidden_size:
+        return nn.Identity()
+    return nn.Linear(config.embedding_size, config.hidden_size)
 
 
 class PositionEmbedding(nn.Module):
@@ -372,10 +378,7 @@ class TransformerEncoder(nn.Module):
 
     def __init__(self, config: SentenceMIMConfig):
         super().__init__()
-        self.input_projection = (
-            nn.Linear(config.embedding_size, config.hidden_size)
-            if config.embedding_size != config.hidden_size else nn.Identity()
-        )
+        self.input_projection = input_projection(config)
         self.positions = PositionEmbedding(config)
         self.blocks = nn.ModuleList(TransformerEncoderBlock(config) for _ in range(config.num_layers))
         self.final_norm = nn.LayerNorm(config.hidden_size)
@@ -388,10 +391,7 @@ class TransformerEncoder(nn.Module):
         keep = attention_mask.bool()
         for block in self.blocks:
             x = block(x, attn_mask=keep[:, None, None, :])
-        x = self.final_norm(x)
-        weights = keep[:, :, None].to(x.dtype)
-        pooled = (x * weights).sum(1) / weights.sum(1)
-        mean, logvar = self.to_posterior(pooled).chunk(2, dim=-1)
+        mean, logvar = self.to_posterior(backbones.pool(self.final_norm(x), keep, "mean")).chunk(2, dim=-1)
         return mean, logvar
 
 
@@ -402,10 +402,7 @@ class TransformerDecoder(nn.Module):
     def __init__(self, config: SentenceMIMConfig):
         super().__init__()
         self.num_memory_slots, self.hidden_size = config.num_memory_slots, config.hidden_size
-        self.input_projection = (
-            nn.Linear(config.embedding_size, config.hidden_size)
-            if config.embedding_size != config.hidden_size else nn.Identity()
-        )
+        self.input_projection = input_projection(config)
         self.positions = PositionEmbedding(config)
         self.latent_to_memory = nn.Linear(config.latent_size, config.num_memory_slots * config.hidden_size)
         self.latent_to_input = nn.Linear(config.latent_size, config.hidden_size)

@@ -29,7 +29,7 @@ from . import gaussian
 from .aggregate_posterior import AGGREGATE_POSTERIOR_FILE, AggregatePosterior
 from .batching import collate_batch
 from .generation import decode_latents
-from .model_folder import load_config, load_model
+from .model_folder import load_model
 from .modeling import SentenceMIMModel
 from .preprocessing import truncate_keeping_eos
 from .tokenization import decode_keep_unknown, load_tokenizer
@@ -125,9 +125,7 @@ class SentenceMIMPipeline(Pipeline):
     def from_pretrained(cls, path: str | Path, device: str | torch.device | None = None, **kwargs):
         """Model and tokenizer saved in `path`, and the aggregate posterior when the folder has one (training fits
         it); never runs code from the folder (sentmim.model_folder)."""
-        path = Path(path)
-        model = load_model(path, load_config(path))  # weights last: a folder a run is still publishing has none
-        return cls(model, device=device, **kwargs)  # the tokenizer and aggregate posterior: from the model's folder
+        return cls(load_model(path), device=device, **kwargs)
 
     def save_pretrained(self, path: str | Path) -> None:
         """Model, tokenizer and (when there is one) the aggregate posterior, in one folder. Never Pipeline's own,
