@@ -11,12 +11,7 @@ Output convention (public API): the generated tokens after BOS, up to and includ
 BOS and padding are never generated (their logits are masked), so a decoded row reads as a sentence.
 
 A row that never emits EOS runs to max_length, often in a loop ("every day every day ..."); how often is
-`metrics.eos_share`. Greedy decoding and sampling take transformers generate()'s two standard remedies, with its
-definitions (tests/test_generation.py checks them against generate()):
-- repetition_penalty theta (CTRL, Keskar et al. 2019): before choosing, the logit of every token already in the
-  sentence (BOS included) is divided by theta when positive and multiplied by theta when negative (1: off).
-- no_repeat_ngram_size n: a token that would complete an n-gram already in the sentence (BOS included) is banned
-  (0: off).
+`metrics.eos_share`. Greedy decoding and sampling take generate()'s two remedies for it (`RepetitionRemedies`).
 """
 
 import math
@@ -60,8 +55,13 @@ def decode_latents(
 
 
 class RepetitionRemedies:
-    """generate()'s repetition_penalty and no_repeat_ngram_size, applied to the logits of the live rows given the
-    tokens each has so far (BOS first)."""
+    """transformers generate()'s remedies, with its definitions (tests/test_generation.py checks them against it):
+
+    - repetition_penalty theta (CTRL, Keskar et al. 2019): the logit of every token already in the sentence (BOS
+      included) is divided by theta when positive and multiplied by theta when negative (1: off).
+    - no_repeat_ngram_size n: a token that would complete an n-gram already in the sentence (BOS included) is banned
+      (0: off).
+    """
 
     def __init__(self, repetition_penalty: float = 1.0, no_repeat_ngram_size: int = 0):
         self.repetition_penalty, self.no_repeat_ngram_size = repetition_penalty, no_repeat_ngram_size
