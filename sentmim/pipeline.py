@@ -236,8 +236,7 @@ class SentenceMIMPipeline(Pipeline):
         return texts
 
     def reconstruct(self, sentences: list[str], mode: str = "mean", noise: float = 0.1, **decode_kwargs) -> list[str]:
-        """decode(encode(x)). mode: "mean" (posterior mean), "sample" (z ~ q(z|x)) or "perturb" (mean plus
-        isotropic Gaussian noise of standard deviation `noise`, to probe the latent neighbourhood)."""
+        """decode(encode(x)), from the codes `reconstruction_latents` gives for `mode` (mean, sample, perturb)."""
         mean, logvar = self.encode_posterior(sentences)
         return self.decode(reconstruction_latents(mean, logvar, mode, noise), **decode_kwargs)
 
