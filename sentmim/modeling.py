@@ -546,7 +546,7 @@ class SentenceMIMModel(SentenceMIMPreTrainedModel, GenerationMixin):
             self._build_own_layers(config)
         self.post_init()
         # generate() must not build a transformers Cache for our decoders: without this it either crashes or feeds
-        # only the newest token to a decoder that has no cache (ecosystem.md 1.6).
+        # only the newest token to a decoder that has no cache.
         self.generation_config.use_cache = False
 
     def _build_own_layers(self, config: SentenceMIMConfig) -> None:
