@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from . import metrics
 from .batching import make_dataloader
 from .files import TMP_PREFIX, replace_durably, write_json_atomic
 
@@ -90,15 +91,10 @@ class GRULanguageModel(nn.Module):
         return model.eval()
 
 
-@torch.no_grad()
 def perplexity_on(model: GRULanguageModel, batches) -> float:
     """exp(-sum log p(x) / sum predicted targets) over the batches (eval mode)."""
-    total_nll, total_targets = 0.0, 0
     model.eval()
-    for batch in batches:
-        total_nll -= float(model.log_likelihood(batch["input_ids"], batch["attention_mask"]).double().sum())
-        total_targets += int((batch["attention_mask"].sum(1) - 1).clamp(min=0).sum())
-    return math.exp(total_nll / total_targets)
+    return metrics.language_model_perplexity(model.log_likelihood, batches)
 
 
 def train_language_model(

@@ -1,27 +1,8 @@
-"""Evaluation metrics for sentence-level latent variable LMs (definitions: docs/metrics.md). Logs are natural (nats).
+"""Evaluation metrics for sentence-level latent variable LMs, in nats: likelihood bounds (IW-NLL, ELBO) and MELBO,
+KL, mutual information, active units, the quality of decoded samples, reconstruction BLEU.
 
-- ``importance_weighted_nll``: -log p(x) ~= -(logsumexp_k [log p(x|z_k) + log N(z_k; 0, I) - log q(z_k|x)] - log K),
-  z_k ~ q(z|x). Label it "IW-NLL (K samples)"; the only likelihood comparable across MIM / VAE / AE. With
-  ``proposal_width`` s > 0 the proposal is q widened to N(mean, exp(logvar) + s^2): label it "IW-NLL, widened
-  proposal (s = ...)"; still an upper bound on -log p(x), tighter for near-deterministic encoders. Choose s with
-  ``choose_proposal_width`` on held-out sentences.
-- ``elbo_nll``: -log p(x|z) + KL(q(z|x) || N(0, I)), one z ~ q(z|x). Label it "ELBO-NLL"; an upper bound on -log p(x).
-- ``melbo_nll``: -log p(x|z) + log N, one z ~ q(z|x), N = sentences in the split. Label it "MELBO-NLL (sentenceMIM
-  paper measure, not a likelihood)"; never compare it with IW-NLL or ELBO-NLL.
-- ``perplexity``: exp(sum of per-sentence NLL / sum of predicted targets); name it after its NLL (IW-PPL, ELBO-PPL...).
-- ``kl_divergence``: closed form 1/2 sum_d (mean^2 + exp(logvar) - logvar - 1). Label it "KL". ``kl_parts`` splits
-  it into the code energy 1/2 sum_d mean^2 and the variance part 1/2 sum_d (exp(logvar) - logvar - 1).
-- ``mutual_information``: I_q(x; z), He et al. (2019) estimator over the whole split (batch_size=None, cap ~ log N)
-  or averaged over batches of b (cap ~ log b; b = 32 is He et al.'s setting). Label it "MI (split)" / "MI (batch b)".
-  ``mutual_information_with_se``: the same from S draws of z per sentence, with its Monte Carlo standard error.
-- ``active_units``: number of latent dims whose posterior-mean variance across the split (unbiased) is >= 0.01.
-  Label it "AU (absolute, 0.01)". ``active_units_relative``: dims whose posterior-mean variance divided by the mean
-  posterior variance is >= 0.01. Label it "AU (relative, 0.01)".
-- ``distinct_n``, ``eos_share``, ``language_model_perplexity``: quality of decoded samples.
-- ``corpus_bleu``: sacreBLEU corpus BLEU-4, tokenize='none', 0-100; print ``bleu_signature()`` with it. Pass the
-  hypotheses through ``hide_unknown`` first: an unknown token in a hypothesis must never match.
-- ``mean_sentence_bleu1``: mean over sentences of sentence BLEU-1 (clipped unigram precision x brevity penalty),
-  0-1 scale. Label it "mean sentence BLEU-1 (sentenceMIM demo)"; it is not corpus BLEU.
+docs/metrics.md defines each one exactly and says how to label it: which estimator, which cap, which BLEU; MELBO is
+not a likelihood and is never compared with IW-NLL or ELBO-NLL.
 """
 
 from __future__ import annotations
@@ -45,11 +26,8 @@ _MI_MEMORY_BYTES = 256 * 1024**2
 
 
 def kl_parts(mean: torch.Tensor, logvar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(code energy, variance part) of KL(q(z|x) || N(0, I)) per sentence, each [B]; they sum to ``kl_divergence``.
-
-    code energy = 1/2 sum_d mean_d^2, set by where the posterior sits; variance part = 1/2 sum_d (exp(logvar_d) -
-    logvar_d - 1) >= 0, set by its width alone (MIM's logvar floor of -10 costs ~4.5 nats per dimension whatever x).
-    """
+    """(code energy, variance part) of KL(q(z|x) || N(0, I)) per sentence, each [B]; they sum to ``kl_divergence``
+    (docs/metrics.md, "KL split")."""
     return gaussian.kl_code_energy(mean), gaussian.kl_variance_part(logvar)
 
 
@@ -111,20 +89,15 @@ def mutual_information(
     generator: torch.Generator | None = None,
     chunk_size: int | None = None,
 ) -> float:
-    """Mutual information I_q(x; z) in nats, He et al. (2019)'s estimator with one z per sentence (docs/metrics.md).
-
-    MI = mean_i [-d/2 log 2pi - 1/2 sum_d (1 + logvar_i,d)] - mean_i log q_agg(z_i), z_i ~ q(z|x_i), where
-    log q_agg(z_i) = logsumexp_j log N(z_i; mean_j, exp(logvar_j)) - log M over the M examples of the set.
-    ``mutual_information_with_se`` averages S draws per sentence and gives the standard error.
+    """Mutual information I_q(x; z) in nats, He et al. (2019)'s estimator with one z per sentence (docs/metrics.md,
+    "MI"); ``mutual_information_with_se`` averages S draws per sentence and gives the standard error.
 
     Args:
         mean, logvar: [N, d] posterior parameters of the N sentences of a split.
         z: [N, d] samples z_i ~ q(z|x_i) to use; drawn with ``generator`` when None.
-        batch_size: None, the set is the whole split (the estimate is capped by ~log N); b, the estimate is computed
-            per consecutive batch of b rows and averaged weighted by batch size (capped by ~log b; b = 32 reproduces
-            He et al.). Report which one was used.
-        chunk_size: rows i per chunk of the whole-split computation; by default the [chunk, M] float64 temporaries
-            stay under ~256 MB.
+        batch_size: None, the set is the whole split (cap ~log N); b, per consecutive batch of b rows, averaged
+            weighted by batch size (cap ~log b). Report which one was used.
+        chunk_size: rows i per chunk; by default the [chunk, M] float64 temporaries stay under ~256 MB.
     """
     # float64 throughout: logsumexp over tens of thousands of densities loses digits in float32.
     mean, logvar = mean.double(), logvar.double()
@@ -150,25 +123,13 @@ def mutual_information_with_se(
     generator: torch.Generator | None = None,
     chunk_size: int | None = None,
 ) -> Estimate:
-    """He et al.'s MI estimate from S = ``num_samples`` draws z_si ~ q(z|x_i) per sentence, with its standard error.
+    """He et al.'s MI estimate from S = ``num_samples`` >= 2 draws z_si ~ q(z|x_i) per sentence, with its Monte
+    Carlo standard error SE = sqrt(sum_i s_i^2 / S) / N, s_i^2 the unbiased variance over s of the terms t_si of
+    ``mutual_information`` (docs/metrics.md, "MI with its standard error": what the SE covers and what it does not).
 
-    With t_si = neg_entropy_i - log q_agg(z_si) (the terms of ``mutual_information``), the estimate is
-    mean_i t_i, t_i = mean_s t_si, and
-
-        SE = sqrt( sum_i s_i^2 / S ) / N,   s_i^2 = unbiased variance of t_i1 ... t_iS.
-
-    What the SE covers: the Monte Carlo noise of the z draws, given the split's posteriors, i.e. the spread of
-    estimates over reruns with other seeds. Given the posteriors, q_agg is a fixed function, so the t_i are
-    independent and Var(estimate) = sum_i Var(t_si) / (S N^2). It does not cover which sentences make up the split
-    (nor the estimator's bias near its cap log M). The estimate is the mean over s of
-    ``mutual_information(mean, logvar, z=z[s])``.
-
-    Args:
-        mean, logvar: [N, d] posterior parameters of the split.
-        num_samples: S >= 2 (the per-sentence variance needs two draws); the SE shrinks as 1 / sqrt(S), the cost
-            grows as S (each draw is one [N, M] density matrix).
-        batch_size: as in ``mutual_information`` (None: whole split, cap ~log N; b: per batch, cap ~log b).
-        z: [S, N, d] draws to use; when None, S draws of [N, d] one after the other from ``generator``.
+    The estimate is the mean over s of ``mutual_information(mean, logvar, z=z[s])``; the SE shrinks as 1 / sqrt(S),
+    the cost grows as S. ``z``: [S, N, d] draws to use; when None, S draws one after the other from ``generator``.
+    ``batch_size``: as in ``mutual_information``.
     """
     mean, logvar = mean.double(), logvar.double()
     if z is not None and (z.dim() != 3 or z.shape[1:] != mean.shape):
@@ -191,24 +152,17 @@ def mutual_information_with_se(
 
 @torch.no_grad()
 def active_units(means: torch.Tensor, threshold: float = 0.01) -> int:
-    """Number of latent dims whose posterior-mean variance across the split (unbiased, N - 1) is >= threshold.
-
-    Args:
-        means: [N, d] posterior means of the N sentences of a split (N >= 2).
-    """
+    """Number of latent dims whose posterior-mean variance across the N >= 2 rows of ``means`` [N, d] (a split's
+    posterior means; unbiased, N - 1) is >= threshold."""
     variance = means.double().var(dim=0, unbiased=True)
     return int((variance >= threshold).sum())
 
 
 @torch.no_grad()
 def posterior_mean_variance_ratio(means: torch.Tensor, logvars: torch.Tensor) -> torch.Tensor:
-    """[d] float64: Var_x E[z_d|x] / E_x Var(z_d|x) per latent dimension, over the N sentences of a split.
-
-    The numerator is the unbiased (N - 1) variance of the posterior means, the denominator the mean posterior
-    variance, mean_x exp(logvar_d). It is the dimension's signal-to-noise ratio: by the law of total variance,
-    ratio / (1 + ratio) is the share of the aggregate posterior's variance in dimension d that x explains, and
-    rescaling z_d changes nothing.
-    """
+    """[d] float64: Var_x E[z_d|x] / E_x Var(z_d|x) per latent dimension over the N sentences of a split: the
+    unbiased (N - 1) variance of the posterior means over the mean posterior variance (docs/metrics.md, "Active
+    units, relative rule")."""
     means, logvars = means.double(), logvars.double()
     if means.shape != logvars.shape or means.dim() != 2 or means.shape[0] < 2:
         raise ValueError(f"means and logvars must both be [N, d] with N >= 2, got {list(means.shape)} and "
@@ -220,13 +174,8 @@ def posterior_mean_variance_ratio(means: torch.Tensor, logvars: torch.Tensor) ->
 def active_units_relative(means: torch.Tensor, logvars: torch.Tensor, threshold: float = 0.01) -> int:
     """Number of latent dims whose ``posterior_mean_variance_ratio`` (Var_x E[z_d|x] / E_x Var(z_d|x)) is >= threshold.
 
-    The default 0.01 makes the rule He et al.'s absolute one (Var_x E[z_d|x] >= 0.01) when the posterior variances
-    are 1, the scale that rule was calibrated for; unlike the absolute rule it does not depend on the scale of z, so
-    a near-deterministic encoder (MIM, sigma = 0.0067) is not undercounted. A dimension at the threshold explains
-    1% of the aggregate posterior's variance (for Gaussian means, 1/2 log(1 + 0.01) = 0.005 nats of information).
-
-    Args:
-        means, logvars: [N, d] posterior parameters of the N >= 2 sentences of a split.
+    Unlike ``active_units`` it does not depend on the scale of z, so a near-deterministic encoder (MIM, sigma =
+    0.0067) is not undercounted; the default 0.01 makes it the absolute rule when the posterior variances are 1.
     """
     return int((posterior_mean_variance_ratio(means, logvars) >= threshold).sum())
 
@@ -257,28 +206,15 @@ def importance_weighted_nll(
     generator: torch.Generator | None = None,
     proposal_width: float = 0.0,
 ) -> torch.Tensor:
-    """IW-NLL: importance-weighted estimate of -log p(x) in nats per sentence, [B] float64 (He et al. 2019).
+    """IW-NLL: importance-weighted estimate of -log p(x) in nats per sentence, [B] float64, from K = ``num_samples``
+    draws of the proposal q(z|x), or of q widened to N(mean, diag(exp(logvar) + s^2)) with ``proposal_width`` s > 0
+    (docs/metrics.md, "IW-NLL" and "IW-NLL, widened proposal"; choose s with ``choose_proposal_width`` on held-out
+    sentences, never on the scored ones).
 
-    log w_k = log p(x|z_k) + log N(z_k; 0, I) - log r(z_k|x), z_k ~ r(z|x), and
-    -log p(x) ~= -(logsumexp_k log w_k - log K). The proposal r is q(z|x) itself by default (proposal_width s = 0:
-    the IW-NLL to compare across objectives), or q widened to r(z|x) = N(mean, diag(exp(logvar) + s^2)) (key
-    ``iw_nll_wide``). For any proposal with full support E_r[w] = p(x), so the estimate is an upper bound on
-    -log p(x) in expectation that tightens as K grows. When q is a near-delta (MIM at its logvar floor) the true
-    posterior p(z|x) is far wider than q and a widened proposal gives a much tighter bound; choose s with
-    ``choose_proposal_width`` on held-out sentences, never on the scored ones.
-
-    The model is used as it is (call ``model.eval()`` first to disable dropout) and only through
-    ``model.encode(input_ids, attention_mask)`` and ``model.log_likelihood(input_ids, z, attention_mask)``; the logvar
-    it returns is used as is. Noise is drawn as one [K, B, d] tensor from ``generator``, so the result does not depend
+    The model is used as it is (call ``model.eval()`` first to disable dropout) and only through ``model.encode`` and
+    ``model.log_likelihood``. Noise is drawn as one [K, B, d] tensor from ``generator``, so the result does not depend
     on the chunking, and the same generator state gives the same noise eps whatever the width. Each chunk of samples
-    goes through the decoder as one batch of B * chunk rows.
-
-    Args:
-        input_ids: [B, T] one batch of sentences (passed through to the model untouched).
-        num_samples: K.
-        chunk_size: samples per decoder call; by default max(1, max_rows // B).
-        max_rows: bound on the decoder batch (B * chunk rows) when chunk_size is None.
-        proposal_width: s, the standard deviation added in quadrature to q's in every dimension.
+    goes through the decoder as one batch of B * chunk rows: chunk_size by default max(1, max_rows // B).
     """
     mean, logvar = model.encode(input_ids, attention_mask)
     proposal_logvar = widened_logvar(logvar, proposal_width)
@@ -323,15 +259,11 @@ def choose_proposal_width(
 ) -> tuple[float, dict[float, float]]:
     """(the width s with the lowest mean IW bound on held-out sentences, {s: that mean bound in nats per sentence}).
 
-    Every s gives a valid bound, so the lowest is the tightest; picking the minimum of noisy estimates on the
-    sentences that are then scored would bias their bound low, hence held-out sentences only (e.g. the validation
-    split when the test split is scored). All widths see the same noise eps (a generator seeded with seed + the
-    batch's index), so their comparison is not blurred by independent noise. Call ``model.eval()`` first.
-
-    Args:
-        heldout_batches: an iterable of {"input_ids", "attention_mask"} dicts of sentences that will not be scored.
-        widths: the grid of s (0, q itself, belongs in it: widening is not always better).
-        num_samples: K per sentence and width.
+    ``heldout_batches`` ({"input_ids", "attention_mask"} dicts) must be sentences that will not be scored: the
+    minimum of noisy estimates on the scored ones would bias their bound low (docs/metrics.md). All widths see the
+    same noise eps (a generator seeded with seed + the batch's index), so their comparison is not blurred by
+    independent noise. ``widths``: the grid of s; 0 (q itself) belongs in it, widening is not always better. Call
+    ``model.eval()`` first.
     """
     widths = tuple(float(width) for width in widths)
     if not widths:
@@ -364,10 +296,8 @@ def elbo_nll(
     *,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """ELBO-NLL = -log p(x|z) + KL(q(z|x) || N(0, I)) with one z ~ q(z|x), nats per sentence, [B] float64.
-
-    A single-sample estimate of the negative ELBO, an upper bound on -log p(x) (in expectation).
-    """
+    """ELBO-NLL = -log p(x|z) + KL(q(z|x) || N(0, I)) with one z ~ q(z|x), nats per sentence, [B] float64: a
+    single-sample estimate of the negative ELBO, an upper bound on -log p(x) in expectation."""
     mean, logvar = model.encode(input_ids, attention_mask)
     z = gaussian.sample(mean, logvar, generator)
     log_px_z = model.log_likelihood(input_ids, z, attention_mask).double()
@@ -385,9 +315,8 @@ def melbo_nll(
 ) -> torch.Tensor:
     """MELBO-NLL = -log p(x|z) + log N with one z ~ q(z|x), N = ``num_sentences`` in the split; [B] float64.
 
-    This is the measure the sentenceMIM paper (and its demo code) reports for MIM models. It is NOT a bound on the
-    marginal likelihood under the N(0, I) prior: label it "MELBO (not a likelihood)" and never compare it with
-    IW-NLL or ELBO-NLL (use ``importance_weighted_nll`` for that).
+    The sentenceMIM paper's measure for MIM. It is NOT a bound on the marginal likelihood under the N(0, I) prior:
+    never compare it with IW-NLL or ELBO-NLL.
     """
     mean, logvar = model.encode(input_ids, attention_mask)
     z = gaussian.sample(mean, logvar, generator)
@@ -453,11 +382,8 @@ def generated_token_mask(generated_ids: torch.Tensor, eos_token_id: int) -> torc
 
 
 def eos_share(generated_ids: torch.Tensor, eos_token_id: int) -> float:
-    """The share of decoded rows that end with EOS; the others never emitted it and ran to the maximum length.
-
-    Args:
-        generated_ids: [N, L] output of ``SentenceMIMModel.decode`` (tokens after BOS, up to and including EOS).
-    """
+    """The share of decoded rows ([N, L], ``SentenceMIMModel.decode``'s output) that end with EOS; the others never
+    emitted it and ran to the maximum length."""
     if generated_ids.dim() != 2 or generated_ids.shape[0] == 0:
         raise ValueError(f"generated_ids must be [N, L] with N >= 1, got {list(generated_ids.shape)}")
     return float((generated_ids == eos_token_id).any(dim=1).double().mean())
@@ -477,14 +403,11 @@ def decoded_to_batch(generated_ids: torch.Tensor, bos_token_id: int, eos_token_i
 
 @torch.no_grad()
 def language_model_perplexity(log_likelihood, batches) -> float:
-    """Perplexity of sentences under a separately trained language model: exp(-sum log p(x) / sum targets).
+    """Perplexity of sentences under a language model: exp(-sum log p(x) / sum ``num_targets``).
 
-    Args:
-        log_likelihood: callable (input_ids, attention_mask) -> [B] log p(x) in nats, summed over the predicted
-            targets input_ids[:, 1:] where attention_mask is 1 (words + EOS; BOS is never predicted), e.g. the
-            ``log_likelihood`` method of a language model wrapped to take these two arguments.
-        batches: iterable of {"input_ids", "attention_mask"} dicts, right-padded, e.g. ``decoded_to_batch`` of the
-            samples. The targets counted per sentence are ``num_targets(input_ids, attention_mask)``.
+    ``log_likelihood(input_ids, attention_mask)`` -> [B] log p(x) in nats, summed over the predicted targets
+    input_ids[:, 1:] where attention_mask is 1; ``batches``: {"input_ids", "attention_mask"} dicts, right-padded (e.g.
+    ``decoded_to_batch`` of samples).
     """
     total_nll, total_targets = 0.0, 0
     for batch in batches:
