@@ -6,22 +6,9 @@
 
 From a saved model folder and any dataset: `sentmim.evaluate_folder.evaluate_folder` (also `sentmim evaluate`).
 
-What is measured (docs/metrics.md; NLLs are nats per sentence averaged over the split, PPL = exp(sum NLL /
-sum predicted targets), where the targets are the words + EOS):
-
-- IW-NLL: importance-weighted -log p(x) with K samples, the only likelihood comparable across MIM, VAE and AE.
-- ELBO-NLL: -log p(x|z) + KL with one z ~ q(z|x), an upper bound on -log p(x).
-- MELBO-NLL: -log p(x|z) + log N with one z ~ q(z|x), the sentenceMIM paper's number. NOT a likelihood bound.
-- the reconstruction term -log p(x|z) at z = posterior mean and at one posterior sample, and the closed-form KL.
-- IW-NLL with a widened proposal N(mean, exp(logvar) + s^2), s chosen on held-out sentences (never the scored ones):
-  a tighter valid bound for a near-deterministic encoder (MIM).
-- MI I_q(x; z) with He et al.'s estimator over the whole split (cap ~ log N) from S draws per sentence with its
-  standard error, and per batch of 32 (cap ~ log 32); the KL split into code energy and variance part; active units
-  by the absolute rule (Var_x E[z|x] >= 0.01) and the relative one (that variance over the mean posterior variance
-  >= 0.01); reconstruction BLEU (greedy decoding of the posterior mean; an unknown token in a hypothesis never matches)
-  and how many reconstructions end with EOS.
-- the unknown-token rate of the scored sentences. Above 1% of words the vocabulary lacks, a warning, and the
-  likelihoods are flagged (`likelihoods_flagged`): they leave out what spelling those words would cost.
+What is measured, under which key, and why: docs/metrics.md (likelihood bounds and MELBO, the KL and its split, MI
+with its standard error, active units by two rules, reconstruction BLEU, the unknown-token rate and the flag it
+raises on the likelihoods).
 
 Randomness: every sample comes from a `torch.Generator`, so a seed fixes every number. The K samples of IW-NLL come
 from a generator seeded with `seed`, consumed batch after batch; those of the widened IW-NLL from one seeded with
@@ -32,6 +19,7 @@ log N exactly), whether or not IW-NLL is computed; MI's further draws come from 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections import defaultdict
@@ -60,10 +48,16 @@ ACTIVE_UNIT_THRESHOLD = 0.01
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _generator(seed: int, device: torch.device) -> torch.Generator:
-    generator = torch.Generator(device=device)
-    generator.manual_seed(seed)
-    return generator
+@contextlib.contextmanager
+def eval_mode(model):
+    """The model in eval mode (no dropout: the numbers are properties of the model, not of a dropout mask) within
+    the block; its training mode is restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def default_decode_length(model, tokenizer=None) -> int:
@@ -74,13 +68,9 @@ def default_decode_length(model, tokenizer=None) -> int:
 
 def reconstruct_batch(model, tokenizer, input_ids, z, max_decode_length: int, ended=None,
                       **decode_options) -> tuple[list[str], list[str]]:
-    """(hypotheses, references): greedy decoding of z, and the input sentences, as text for BLEU.
+    """(hypotheses, references): greedy decoding of z, and the input sentences as the model was given them, as text
+    for BLEU; an unknown token in a hypothesis never matches (docs/metrics.md, "The reference and unknown tokens").
 
-    The reference is the sentence as the model was given it: the original text (normalized by the tokenizer, e.g.
-    lowercased; cut where --overlong truncate cut it), in which each token the tokenizer mapped to unknown stands for
-    text no hypothesis can write. An unknown token in a hypothesis is written as a mark that occurs nowhere in its
-    reference (`metrics.hide_unknown`), so it never matches: a model cannot score by predicting <unk> for <unk>.
-    For word-level and byte-level BPE tokenizers this is BLEU against the original text exactly (tests).
     `ended`, a list, receives one bool per row: whether its reconstruction emitted EOS (else it ran to the maximum
     length). decode_options go to `model.decode` (e.g. no_repeat_ngram_size).
     """
@@ -96,8 +86,7 @@ def reconstruct_batch(model, tokenizer, input_ids, z, max_decode_length: int, en
 
 def _batches_with_progress(batches, progress: bool, desc: str):
     """The batches, with a progress bar when asked for and stderr is a terminal (never bar lines in a log file)."""
-    total = len(batches) if hasattr(batches, "__len__") else None
-    return tqdm(batches, total=total, desc=desc, disable=None if progress else True, unit="batch")
+    return tqdm(batches, desc=desc, disable=None if progress else True, unit="batch")  # total: len(batches) if any
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -112,9 +101,9 @@ def _score_split(model, batches, tokenizer, iw_samples, bleu, num_sentences, see
     device = model.device
     unknown_id = distinct_unknown_id(model.config)
     unknown_id = -1 if unknown_id is None else unknown_id  # no id is -1: nothing is counted
-    iw_generator = _generator(seed + IW_SEED_OFFSET, device)
-    wide_generator = _generator(seed + IW_WIDE_SEED_OFFSET, device)
-    z_generator = _generator(seed + SAMPLE_SEED_OFFSET, device)
+    iw_generator = torch.Generator(device=device).manual_seed(seed + IW_SEED_OFFSET)
+    wide_generator = torch.Generator(device=device).manual_seed(seed + IW_WIDE_SEED_OFFSET)
+    z_generator = torch.Generator(device=device).manual_seed(seed + SAMPLE_SEED_OFFSET)
     columns = defaultdict(list)
     hypotheses, references, ended = [], [], []
     for batch in _batches_with_progress(batches, progress, "evaluate"):
@@ -188,20 +177,16 @@ def evaluate(
             materialised once to count the sentences first.
         tokenizer: needed for reconstruction BLEU; without it BLEU is skipped.
         iw_samples: K of IW-NLL (0 skips IW-NLL, the expensive part: K decoder passes per sentence).
-        bleu: decode the posterior means greedily and score them against the inputs.
         mi_batch_size: b of the per-batch MI (He et al. use 32); batches are consecutive sentences in batch order.
         num_sentences: N of MELBO (log N is added to every sentence). Default: the number of sentences in batches.
         seed: seeds every sample (see the module docstring for which generator feeds what).
-        max_decode_length: longest reconstruction in generated tokens; default from the model / tokenizer.
         unknown_in_text: how many tokens of these sentences the text itself writes as the unknown token ("<unk>" in
-            PTB and WikiText; `tokenize_dataset`'s num_unknown_in_text). They are the text's own, not words the
-            vocabulary lacks. Default: not known, and every unknown token counts as a word the vocabulary lacks.
+            PTB and WikiText; `tokenize_dataset`'s num_unknown_in_text). Default: not known, and every unknown token
+            counts as a word the vocabulary lacks.
         mi_samples: S draws of z per sentence for the whole-split MI and its standard error (>= 2).
-        heldout_batches: sentences that are NOT scored (e.g. the validation split when test is scored), on which
-            the widened proposal's width s is chosen (`metrics.choose_proposal_width`, K = min(iw_samples, 100));
-            heldout_name says which they are. Without them (and without proposal_width) the widened IW-NLL is
-            skipped, as it is for an AE (whose q is untrained) and when iw_samples is 0.
-        proposal_width: use this s instead of choosing one (chosen earlier on held-out sentences).
+        heldout_batches: sentences that are NOT scored, on which the widened proposal's width s is chosen (K =
+            min(iw_samples, 100)); heldout_name says which they are. Without them (and without proposal_width, an s
+            chosen earlier) the widened IW-NLL is skipped, as it is for an AE and when iw_samples is 0.
     """
     if iw_samples < 0:
         raise ValueError(f"iw_samples={iw_samples}: must be >= 0 (0 skips IW-NLL)")
@@ -214,16 +199,12 @@ def evaluate(
     if max_decode_length is None:
         max_decode_length = default_decode_length(model, tokenizer)
 
-    was_training = model.training
-    model.eval()  # no dropout: the numbers are properties of the model, not of a dropout mask
-    try:
+    with eval_mode(model):
         width = choose_width(model, iw_samples, heldout_batches, heldout_name, proposal_width, seed)
         per_sentence, hypotheses, references = _score_split(
             model, batches, tokenizer, iw_samples, bleu, num_sentences, seed, progress, max_decode_length,
             width["iw_proposal_width"],
         )
-    finally:
-        model.train(was_training)
     if "mean" not in per_sentence or per_sentence["mean"].shape[0] < 2:
         raise ValueError("evaluate needs at least 2 sentences (MI and active units are statistics of a split)")
     results = _summarize(model, per_sentence, hypotheses, references, num_sentences, iw_samples, mi_batch_size, seed,
@@ -285,7 +266,7 @@ def _summarize(model, per_sentence, hypotheses, references, melbo_n, iw_samples,
     means, logvars, z = per_sentence["mean"], per_sentence["logvar"], per_sentence["z"]
     # The first MI draw and the per-batch MI use the z of ELBO / MELBO, so the whole-split and per-batch numbers
     # differ only in the set (and the S - 1 further draws).
-    more = _generator(seed + MI_SEED_OFFSET, torch.device("cpu"))
+    more = torch.Generator().manual_seed(seed + MI_SEED_OFFSET)
     draws = torch.stack([z.double()] + [gaussian.sample(means.double(), logvars.double(), more)
                                         for _ in range(mi_samples - 1)])
     mi_whole_split = metrics.mutual_information_with_se(means, logvars, z=draws, batch_size=None)
@@ -352,10 +333,8 @@ def encode_split(model, batches, progress: bool = False, likelihood: bool = True
     """Posterior mean and logvar, log p(x|z = posterior mean) and the number of predicted targets of every sentence,
     in batch order, on the CPU (what the evaluation plots need; deterministic, no sampling). likelihood=False skips
     the decoder pass (and the "log_likelihood_mean_z" column)."""
-    was_training = model.training
-    model.eval()
     columns = defaultdict(list)
-    try:
+    with eval_mode(model):
         for batch in _batches_with_progress(batches, progress, "encode"):
             ids, mask = batch["input_ids"].to(model.device), batch["attention_mask"].to(model.device)
             mean, logvar = model.encode(ids, mask)
@@ -364,8 +343,6 @@ def encode_split(model, batches, progress: bool = False, likelihood: bool = True
             if likelihood:
                 columns["log_likelihood_mean_z"].append(model.log_likelihood(ids, mean, mask).double().cpu())
             columns["num_targets"].append(metrics.num_targets(ids, mask).cpu())
-    finally:
-        model.train(was_training)
     return {key: torch.cat(values) for key, values in columns.items()}
 
 
@@ -381,11 +358,9 @@ def reconstruct_split(
         raise ValueError(f"mode={mode!r}: must be 'mean' or 'sample'")
     if max_decode_length is None:
         max_decode_length = default_decode_length(model, tokenizer)
-    generator = _generator(seed + SAMPLE_SEED_OFFSET, model.device)
-    was_training = model.training
-    model.eval()
+    generator = torch.Generator(device=model.device).manual_seed(seed + SAMPLE_SEED_OFFSET)
     hypotheses, references = [], []
-    try:
+    with eval_mode(model):
         for batch in _batches_with_progress(batches, progress, "reconstruct"):
             ids, mask = batch["input_ids"].to(model.device), batch["attention_mask"].to(model.device)
             mean, logvar = model.encode(ids, mask)
@@ -394,6 +369,4 @@ def reconstruct_split(
                                                                    **decode_options)
             hypotheses += batch_hypotheses
             references += batch_references
-    finally:
-        model.train(was_training)
     return hypotheses, references

@@ -12,6 +12,7 @@ e.g. generate()'s remedies for rows that never emit EOS (no_repeat_ngram_size=3,
 import torch
 
 from . import metrics
+from .evaluation import eval_mode
 
 
 @torch.no_grad()
@@ -46,12 +47,8 @@ def _distinct_or_none(words, n: int):
 @torch.no_grad()
 def sample_quality(model, z: torch.Tensor, language_model=None, max_length: int | None = None, **decode_options):
     """(numbers, generated ids) of the sentences `model` decodes from the codes z [N, latent]."""
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         generated = model.decode(z.to(device=model.device, dtype=model.dtype), max_length=max_length,
                                  **decode_options)
-    finally:
-        model.train(was_training)
     config = model.config
     return decoded_quality(generated, config.eos_token_id, config.bos_token_id, language_model), generated
