@@ -89,8 +89,7 @@ def format_results(results: dict) -> str:
         line(f"Active units, absolute rule (Var_x E[z_d|x] >= {r['active_units_threshold']})", r["active_units"],
              f" / {r['latent_size']}"),
         line(f"Active units, relative rule (Var_x E[z_d|x] / E_x Var(z_d|x) >= "
-             f"{r.get('active_units_relative_threshold', r['active_units_threshold'])})",
-             r.get("active_units_relative"), f" / {r['latent_size']}"),
+             f"{r['active_units_relative_threshold']})", r["active_units_relative"], f" / {r['latent_size']}"),
         "Reconstruction (greedy decoding of the posterior mean)",
     ]
     if r.get("bleu4_corpus") is None:
@@ -110,10 +109,8 @@ def format_results(results: dict) -> str:
 
 
 def collapse_warning(results: dict) -> str | None:
-    """Why the results count as posterior collapse (None when they do not), and whether the MI agrees.
-
-    The active-unit part of the rule is the relative one (`collapse_rule`; the absolute one for an AE, and for
-    results written before the relative rule existed)."""
+    """Why the results count as posterior collapse (None when they do not), and whether the MI agrees. The active-unit
+    part of the rule is `collapse_rule`'s: the relative one, the absolute one for an AE."""
     r = results
     if not r["collapsed"]:
         return None
@@ -134,8 +131,8 @@ def collapse_warning(results: dict) -> str | None:
     )
 
 
-def estimate(value, standard_error, digits: int = 3) -> str:
+def estimate(value, standard_error) -> str:
     """"value +- SE" (just the value when there is no SE)."""
     if standard_error is None:
-        return number(value, digits)
-    return f"{number(value, digits)} +- {number(standard_error, digits)}"
+        return number(value)
+    return f"{number(value)} +- {number(standard_error)}"
