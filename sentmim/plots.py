@@ -6,8 +6,9 @@
     plot_log_likelihood_histogram(log_likelihoods, "ll.png")
     plot_training_curves({"mim": "runs/mim/log.jsonl", "vae": "runs/vae/log.jsonl"}, "curves.png")
 
-matplotlib is imported inside the functions, so `import sentmim` works without it. Figures are drawn with the Agg
-canvas through matplotlib's object API (no pyplot), so nothing changes the backend of the caller's session.
+matplotlib is imported inside the functions, so `import sentmim` works without it. Figures are drawn through
+matplotlib's object API (no pyplot: savefig renders a PNG with Agg), so nothing changes the backend of the caller's
+session.
 """
 
 from __future__ import annotations
@@ -40,14 +41,12 @@ DEFAULT_CURVE_KEYS = ("loss", "recon_nll", "kl", "mi_whole_split", "active_units
 
 
 def new_figure(rows: int = 1, columns: int = 1, size: tuple[float, float] = (6.4, 4.8), sharex: bool = False):
-    """(Figure on an Agg canvas, its [rows, columns] array of axes)."""
+    """(Figure, its [rows, columns] array of axes)."""
     try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as error:
         raise ImportError("sentmim plots need matplotlib: pip install 'sentmim[plots]'") from error
     figure = Figure(figsize=size)
-    FigureCanvasAgg(figure)
     return figure, figure.subplots(rows, columns, squeeze=False, sharex=sharex)
 
 
@@ -105,16 +104,13 @@ def plot_latent_projection(
     means, labels=None, path=None, method: str = "pca", max_points: int = 5000, seed: int = 0,
     label_name: str = "label",
 ) -> np.ndarray:
-    """Scatter the posterior means E[z|x] of a split in 2-D; returns the plotted coordinates [n, 2].
+    """Scatter the posterior means E[z|x] [N, d] of a split in 2-D, by "pca" (top-2 principal components) or "tsne"
+    (scikit-learn), into the PNG file `path`; returns the plotted coordinates [n, 2].
 
     Args:
-        means: [N, d] posterior means.
         labels: optional, one per sentence: numbers with many values (e.g. sentence length) are coloured on a
-            colour bar; otherwise each distinct label gets a colour and a legend entry.
-        path: the PNG file to write (required).
-        method: "pca" (top-2 principal components) or "tsne" (scikit-learn).
+            colour bar (titled label_name); otherwise each distinct label gets a colour and a legend entry.
         max_points: a seeded random subset of this many points is shown (t-SNE is slow on a whole split).
-        label_name: what the labels are, for the colour bar or legend title.
     """
     if path is None:
         raise ValueError("plot_latent_projection: pass path='file.png'")
@@ -268,7 +264,7 @@ def plot_training_curves(jsonl_path, path, keys=DEFAULT_CURVE_KEYS) -> list[str]
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def write_evaluation_plots(model, batches, out_dir: str | os.PathLike, method: str = "pca") -> dict[str, Path]:
+def write_evaluation_plots(model, batches, out_dir: str | os.PathLike) -> dict[str, Path]:
     """latent_projection.png (posterior means coloured by sentence length), kl_per_dimension.png and
     log_likelihood_histogram.png (log p(x|z = posterior mean)) for a split; returns their paths."""
     out_dir = Path(out_dir)
@@ -278,10 +274,8 @@ def write_evaluation_plots(model, batches, out_dir: str | os.PathLike, method: s
         "kl_per_dimension": out_dir / "kl_per_dimension.png",
         "log_likelihood_histogram": out_dir / "log_likelihood_histogram.png",
     }
-    plot_latent_projection(
-        split["mean"], labels=split["num_targets"].numpy(), path=paths["latent_projection"], method=method,
-        label_name="sentence length (predicted targets)",
-    )
+    plot_latent_projection(split["mean"], labels=split["num_targets"].numpy(), path=paths["latent_projection"],
+                           label_name="sentence length (predicted targets)")
     plot_kl_per_dimension(split["mean"], split["logvar"], paths["kl_per_dimension"])
     plot_log_likelihood_histogram(split["log_likelihood_mean_z"], paths["log_likelihood_histogram"])
     return paths
