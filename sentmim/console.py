@@ -1,15 +1,5 @@
-"""What the user sees on the terminal: log lines, progress bars, warnings.
-
-Quiet by default. sentmim's own warnings and errors always show; its INFO lines (data counts, validation results)
-only with `verbose`, its DEBUG lines and the libraries' INFO lines (the states accelerate saves and loads, the files
-transformers reads) only with `debug`. Warnings about deliberate choices are avoided where they start (sacreBLEU's
-"forgot to detokenize": sentmim.metrics scores token strings with force=True); the few a user cannot act on are
-filtered by their exact message.
-
-Our own long phases draw one bar each, on a terminal only (the training loop, `evaluate`). The libraries' bars are
-off: transformers' "Loading weights" and "Writing model shards" always (nothing worth waiting for), datasets' bars
-(load, clean, tokenize) and Hub downloads unless progress is asked for and stderr is a terminal, where they show long
-data preparation. A log file never gets a bar's carriage returns.
+"""What the user sees on the terminal: log lines, progress bars, warnings; quiet by default (the rules:
+docs/architecture.md, "What the console shows").
 
     configure_console(verbose=args.verbose, debug=args.debug)      # once, at the start of a command
     with library_progress_bars(progress):                          # in library code that loads folders or data
@@ -43,16 +33,13 @@ UNACTIONABLE_LOG_LINES = (
 )
 
 
-class _DropMatching(logging.Filter):
-    def __init__(self, pattern: str):
-        super().__init__()
-        self.pattern = re.compile(pattern)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not self.pattern.search(record.getMessage())
+def _drop_matching(pattern: str):
+    """A logging filter (a callable taking the record) that drops the lines whose message matches `pattern`."""
+    compiled = re.compile(pattern)
+    return lambda record: not compiled.search(record.getMessage())
 
 
-_LOG_LINE_FILTERS = [(name, _DropMatching(pattern)) for name, pattern in UNACTIONABLE_LOG_LINES]
+_LOG_LINE_FILTERS = [(name, _drop_matching(pattern)) for name, pattern in UNACTIONABLE_LOG_LINES]
 
 
 def configure_console(
@@ -116,17 +103,15 @@ def library_progress_bars(enabled: bool):
     """`datasets` (load, map, filter) and `transformers` (loading weights) draw their own progress bars: within this
     block, enabled=False silences those too (for library callers asked for no progress; enabled=True changes
     nothing). The global switches are restored on exit."""
-    switches = [
-        (datasets.are_progress_bars_disabled, datasets.disable_progress_bars, datasets.enable_progress_bars),
-        (lambda: not transformers_logging.is_progress_bar_enabled(), transformers_logging.disable_progress_bar,
-         transformers_logging.enable_progress_bar),
-    ]
-    restore = [enable for is_disabled, _, enable in switches if not is_disabled()]
+    datasets_bars = not datasets.are_progress_bars_disabled()
+    transformers_bars = transformers_logging.is_progress_bar_enabled()
     if not enabled:
-        for _, disable, _ in switches:
-            disable()
+        datasets.disable_progress_bars()
+        transformers_logging.disable_progress_bar()
     try:
         yield
     finally:
-        for enable in restore:
-            enable()
+        if datasets_bars:
+            datasets.enable_progress_bars()
+        if transformers_bars:
+            transformers_logging.enable_progress_bar()
