@@ -60,19 +60,14 @@ def load_eval_batches(tokenizer, texts, batch_size: int = 64, max_length: int = 
     return loader, stats
 
 
-def heldout_split_of(split: str) -> str:
-    """The split whose sentences are held out when `split` is scored (the widened IW proposal's width is chosen
-    there): validation, or train when validation itself is scored (its remainder after any carving)."""
-    return "train" if split.split("[")[0] == "validation" else "validation"
-
-
 def load_heldout_batches(tokenizer, dataset, dataset_config, split, text_column, num_sentences: int, max_length: int,
                          overlong: str = "truncate", split_sentences: bool = False):
-    """(batches, name) of the first num_sentences of `heldout_split_of(split)`, read as the scored split is (overlong,
-    split_sentences), or (None, None) when there are none."""
+    """(batches, name) of the first num_sentences of the split held out when `split` is scored (the widened IW
+    proposal's width is chosen there): validation, or train when validation itself is scored (its remainder after any
+    carving). Read as the scored split is (overlong, split_sentences); (None, None) when there are none."""
     if num_sentences == 0:
         return None, None
-    heldout = heldout_split_of(split)
+    heldout = "train" if split.split("[")[0] == "validation" else "validation"
     try:
         texts = load_split_texts(dataset, dataset_config, heldout, text_column, num_sentences, split_sentences)
     except DataError:
@@ -110,8 +105,8 @@ def evaluate_folder(
 
     Writes eval_results_{split}.json into model_dir and, when plots_dir is given, the evaluation plots there.
     progress=False also silences the bars of `datasets` and `transformers` while the folder and the data load.
-    width_sentences: the widened IW proposal's width is chosen on the first N sentences of `heldout_split_of(split)`
-    (0, or no such split: the widened IW-NLL is skipped).
+    width_sentences: the widened IW proposal's width is chosen on the first N sentences of the held-out split
+    (`load_heldout_batches`; 0, or no such split: the widened IW-NLL is skipped).
     """
     model_dir = Path(model_dir)
     with library_progress_bars(progress):
