@@ -121,7 +121,6 @@ def mutual_information_with_se(
     *,
     z: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
-    chunk_size: int | None = None,
 ) -> Estimate:
     """He et al.'s MI estimate from S = ``num_samples`` >= 2 draws z_si ~ q(z|x_i) per sentence, with its Monte
     Carlo standard error SE = sqrt(sum_i s_i^2 / S) / N, s_i^2 the unbiased variance over s of the terms t_si of
@@ -140,8 +139,7 @@ def mutual_information_with_se(
     # One draw at a time: memory stays that of the one-draw estimate, [N, d] plus the chunked [chunk, M] matrices.
     terms = torch.stack([
         _mutual_information_terms(
-            mean, logvar, gaussian.sample(mean, logvar, generator) if z is None else z[draw].double(), batch_size,
-            chunk_size,
+            mean, logvar, gaussian.sample(mean, logvar, generator) if z is None else z[draw].double(), batch_size, None
         )
         for draw in range(num_draws)
     ])  # [S, N]
@@ -255,7 +253,6 @@ def choose_proposal_width(
     num_samples: int = 100,
     *,
     seed: int = 0,
-    max_rows: int = 512,
 ) -> tuple[float, dict[float, float]]:
     """(the width s with the lowest mean IW bound on held-out sentences, {s: that mean bound in nats per sentence}).
 
@@ -278,8 +275,7 @@ def choose_proposal_width(
             ids, mask = ids.to(device), None if mask is None else mask.to(device)
         for width in widths:
             generator = torch.Generator(device=ids.device).manual_seed(seed + index)
-            bound = importance_weighted_nll(model, ids, mask, num_samples, max_rows=max_rows, generator=generator,
-                                            proposal_width=width)
+            bound = importance_weighted_nll(model, ids, mask, num_samples, generator=generator, proposal_width=width)
             totals[width] += float(bound.sum())
         count += ids.shape[0]
     if count == 0:
