@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from . import gaussian
 from .evaluation import encode_split
@@ -85,10 +86,8 @@ def pca_2d(points) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     variance = singular_values.pow(2)
     explained = variance[:2] / variance.sum().clamp(min=1e-300)
     coordinates = centred @ components.T
-    if components.shape[0] < 2:
-        coordinates = torch.cat([coordinates, torch.zeros_like(coordinates)], dim=1)
-        explained = torch.cat([explained, torch.zeros(1, dtype=explained.dtype)])
-    return coordinates.numpy(), components.numpy(), explained.numpy()
+    padding = (0, 2 - components.shape[0])  # zeros for the missing second component of a 1-D latent
+    return F.pad(coordinates, padding).numpy(), components.numpy(), F.pad(explained, padding).numpy()
 
 
 def _tsne_2d(points: np.ndarray, seed: int) -> np.ndarray:
