@@ -6,11 +6,7 @@
     ppl = metrics.language_model_perplexity(lm.log_likelihood, batches)     # the samples' LM perplexity
     lm.save(folder); lm = GRULanguageModel.load(folder)
 
-Why a separate model and not one of the compared ones: a latent variable model scoring its own samples would grade
-its own homework, and a decoder with z set to some value is not a language model of the corpus (its z was never
-marginalised). A GRU LM of the same sizes, trained on the same training split with the same tokenizer and kept at
-its best validation perplexity, judges every objective's samples alike; report its own test perplexity beside the
-samples' (docs/metrics.md).
+Why a separate model and not one of the compared ones: docs/metrics.md, "LM perplexity of samples".
 """
 
 from __future__ import annotations
