@@ -329,13 +329,13 @@ def _summarize(model, per_sentence, hypotheses, references, melbo_n, iw_samples,
 
 
 @torch.no_grad()
-def encode_split(model, batches, progress: bool = False, likelihood: bool = True) -> dict[str, torch.Tensor]:
+def encode_split(model, batches, likelihood: bool = True) -> dict[str, torch.Tensor]:
     """Posterior mean and logvar, log p(x|z = posterior mean) and the number of predicted targets of every sentence,
     in batch order, on the CPU (what the evaluation plots need; deterministic, no sampling). likelihood=False skips
     the decoder pass (and the "log_likelihood_mean_z" column)."""
     columns = defaultdict(list)
     with eval_mode(model):
-        for batch in _batches_with_progress(batches, progress, "encode"):
+        for batch in batches:
             ids, mask = batch["input_ids"].to(model.device), batch["attention_mask"].to(model.device)
             mean, logvar = model.encode(ids, mask)
             columns["mean"].append(mean.cpu())
