@@ -159,6 +159,8 @@ def test_evaluate_folder_without_progress_draws_no_bar(model_dir, data_dir, capf
     import datasets
     from transformers.utils import logging as transformers_logging
 
+    datasets.enable_progress_bars()  # as a program that never configured sentmim's console has them (an earlier
+    transformers_logging.enable_progress_bar()  # test may have switched them off)
     capfd.readouterr()
     evaluate_folder(model_dir, data_dir, split="test[:5]", batch_size=3, iw_samples=0, progress=False)
     assert capfd.readouterr().err == ""  # neither our bars nor those of datasets (map) and transformers (loading)
