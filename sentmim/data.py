@@ -97,18 +97,14 @@ def load_text_dataset(
     """Load a corpus as a dict of splits with a single "text" column.
 
     Args:
-        dataset: a registered name (`register_dataset`; "builtin" is the demo's corpus, sentmim.apps.corpus), a
-            Hugging Face Hub id ("stanfordnlp/imdb"), a local file
-            (.txt one sentence per line, .json/.jsonl, .csv, .tsv, .parquet, .arrow), a folder of such files (file
-            names containing train / valid / validation / dev / test pick the split, by datasets' rules), or a
-            folder written by `save_to_disk`.
-        dataset_config: the Hub configuration name (for example "wikitext-103-raw-v1").
-        split: one split or a slice of it, in `datasets` syntax ("train", "train[:10%]", "train[:1000]+test");
-            the result then has that one split, named after it ("train" when it mixes split names).
-        text_column: the column holding the text. Default: "text" if present, else the only string column.
+        dataset: a registered name (`register_dataset`; "builtin" is the demo's corpus), a Hugging Face Hub id, a
+            local file (one of FILE_FORMATS; .txt is one sentence per line), a folder of such files (the split of a
+            file comes from its name, by datasets' rules), or a folder written by `save_to_disk`.
+        split: one split or a slice of it, in `datasets` syntax ("train[:10%]", "train[:1000]+test"); the result
+            then has that one split, named after it ("train" when it mixes split names).
+        text_column: default: "text" if present, else the only string column.
         validation_fraction: when there is a "train" but no "validation" split, this fraction of train (chosen with
             `seed`) becomes the validation split. 0 disables it.
-        seed: seed of that choice.
         streaming: return an `IterableDatasetDict` that reads lazily (for corpora larger than memory).
     """
     if not 0 <= validation_fraction < 1:
@@ -146,11 +142,10 @@ def _split_name(split: str) -> str:
 
 
 def _as_dict(loaded: AnyDataset | AnyDatasetDict, split: str | None) -> AnyDatasetDict:
-    if isinstance(loaded, Dataset):
-        return DatasetDict({_split_name(split or "train"): loaded})
-    if isinstance(loaded, IterableDataset):
-        return IterableDatasetDict({_split_name(split or "train"): loaded})
-    return loaded
+    if isinstance(loaded, DatasetDict | IterableDatasetDict):
+        return loaded
+    dict_type = IterableDatasetDict if isinstance(loaded, IterableDataset) else DatasetDict
+    return dict_type({_split_name(split or "train"): loaded})
 
 
 def _load_local(path: Path, split: str | None, streaming: bool) -> AnyDatasetDict:
@@ -169,9 +164,12 @@ def _load_local(path: Path, split: str | None, streaming: bool) -> AnyDatasetDic
     builder, options = FILE_FORMATS[extension]
     if streaming and builder in ("text", "json"):
         options = {**options, "chunksize": _STREAM_CHUNK_BYTES}
-    for files in data_files.values():
-        for file in files:
-            _check_data_file(Path(file), check_utf8=builder not in _BINARY_FORMATS)
+    # Fail early, naming the file (and line), instead of deep inside `datasets`.
+    for file in (Path(name) for names in data_files.values() for name in names):
+        if file.stat().st_size == 0:
+            raise DataError(f"data file {str(file)!r} is empty: remove it or add sentences")
+        if builder not in _BINARY_FORMATS:
+            _check_utf8(file)
     try:
         loaded = load_dataset(builder, data_files=data_files, split=split, streaming=streaming, **options)
     except Exception as error:  # datasets raises many types; the user needs the file and the reason
@@ -224,14 +222,6 @@ def _data_files_in_folder(folder: Path) -> tuple[dict[str, list[str]], str]:
     return by_split, extensions[0]
 
 
-def _check_data_file(path: Path, check_utf8: bool) -> None:
-    """Fail early, naming the file (and line), instead of deep inside `datasets`."""
-    if path.stat().st_size == 0:
-        raise DataError(f"data file {str(path)!r} is empty: remove it or add sentences")
-    if check_utf8:
-        _check_utf8(path)
-
-
 def _check_utf8(path: Path, chunk_size: int = 1 << 24) -> None:
     """Raise DataError naming the first line that is not UTF-8.
 
@@ -265,9 +255,7 @@ def _load_saved(path: Path, split: str | None) -> DatasetDict:
         loaded = load_from_disk(str(path))
     except Exception as error:
         raise DataError(f"could not load the save_to_disk folder {str(path)!r}: {_one_line(error)}") from error
-    if isinstance(loaded, Dataset):
-        loaded = DatasetDict({"train": loaded})
-    return _select_splits(loaded, split, str(path))
+    return _select_splits(_as_dict(loaded, None), split, str(path))
 
 
 def _select_splits(splits: DatasetDict, split: str | None, source: str) -> DatasetDict:

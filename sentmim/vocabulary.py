@@ -5,25 +5,11 @@
 
 Fine-tuning keeps the trained model's vocabulary, so the words of the new domain that it lacks all become <unk>.
 Extending adds the most frequent of them as new tokens, with ids after the existing ones, so every id the model
-knows keeps its meaning.
-
-The new rows start from what the model already does with these words, so that the extended model is, before its
-first step, the model it was:
-
-- embedding: every new row is the <unk> row. A new word reads as <unk> did, and the encoder's outputs do not change.
-- output layer: every new row has the <unk> row's weights, and the bias of <unk> is split among <unk> and the new
-  words in proportion to their counts in the new training data (with one count added to <unk>, which then keeps the
-  words left out and the text's own "<unk>"s):
-
-      bias[w]     = bias[unk] + log(count(w) / (U + 1))            for each new word w
-      bias'[unk]  = bias[unk] + log((U + 1 - sum_w count(w)) / (U + 1))
-
-  where U is the number of unknown tokens in the new training data. The logits of <unk> and of the new words then add
-  up (in exp) to the old logit of <unk>, so the softmax's normaliser is unchanged: every known word keeps its exact
-  probability, and the probability <unk> had is shared out by the new data's word counts. This works the same for
-  tied and untied output layers (the bias is never tied).
+knows keeps its meaning. The new rows start from what the model already does with <unk>, so that before its first
+step the extended model is the model it was (the initialisation and why it works: docs/finetuning.md).
 """
 
+import itertools
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -60,10 +46,8 @@ def count_unknown_words(tokenizer, texts, batch_size: int = 1000) -> tuple[Count
     backend, unknown_id = tokenizer.backend_tokenizer, distinct_unknown_id(tokenizer)
     normalize = backend.normalizer.normalize_str if backend.normalizer is not None else str
     words, in_text, num_tokens = Counter(), 0, 0
-    batch = []
-
-    def count(batch):
-        nonlocal in_text, num_tokens
+    texts = iterate_texts(texts)
+    while batch := list(itertools.islice(texts, batch_size)):
         for text, encoding in zip(batch, backend.encode_batch(batch, add_special_tokens=False), strict=True):
             num_tokens += len(encoding.ids)
             for token_id, (start, end) in zip(encoding.ids, encoding.offsets, strict=True):
@@ -73,14 +57,6 @@ def count_unknown_words(tokenizer, texts, batch_size: int = 1000) -> tuple[Count
                         in_text += 1
                     else:
                         words[normalize(word)] += 1
-
-    for text in iterate_texts(texts):
-        batch.append(text)
-        if len(batch) == batch_size:
-            count(batch)
-            batch = []
-    if batch:
-        count(batch)
     return words, in_text, num_tokens
 
 
@@ -124,8 +100,9 @@ def extend_tokenizer(tokenizer, texts, max_new_words: int, min_frequency: int = 
 
 @torch.no_grad()
 def grow_model(model, extension: VocabularyExtension) -> None:
-    """Give `model` a row per new word in its embedding and output layer, initialised as the module docstring says
-    (transformers' `resize_token_embeddings` resizes, keeps the tie, and updates config.vocab_size)."""
+    """Give `model` a row per new word in its embedding and output layer, initialised as docs/finetuning.md says:
+    the <unk> row's embedding and weights, and <unk>'s bias shared out by the new words' counts (transformers'
+    `resize_token_embeddings` resizes, keeps the tie, and updates config.vocab_size)."""
     if model.config.architecture == "backbone":
         raise ValueError("--extend-vocabulary: a pretrained backbone keeps its own vocabulary")
     if model.config.vocab_size != extension.old_size:
