@@ -9,6 +9,7 @@ random batches. The order depends only on (seed, epoch), so an interrupted run r
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import itertools
@@ -20,11 +21,6 @@ from datasets import IterableDataset
 
 from .data import DataError
 from .preprocessing import column_as_array
-
-# =====================================================================================================================
-# Batching
-# =====================================================================================================================
-
 
 class LengthBucketSampler(torch.utils.data.Sampler[list[int]]):
     """Batches of indices whose sentences have similar lengths, in an order fixed by (seed, epoch).
@@ -68,16 +64,22 @@ class LengthBucketSampler(torch.utils.data.Sampler[list[int]]):
         rng = np.random.default_rng([self.seed, self.epoch])
         order = rng.permutation(len(self.lengths)) if self.shuffle else np.arange(len(self.lengths))
         batches = []
-        for start in range(0, len(order), self.chunk_size):
+        for start in range(0, len(order), self.chunk_size):  # only the last chunk can end in a short batch
             chunk = order[start : start + self.chunk_size]
-            chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
-            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
-        if batches and self.drop_last and len(batches[-1]) < self.batch_size:
-            batches.pop()
+            batches += [chunk[batch] for batch in sorted_batches(self.lengths[chunk], self.batch_size, self.drop_last)]
         if self.shuffle:
             batches = [batches[i] for i in rng.permutation(len(batches))]
         for batch in batches:
             yield batch.tolist()
+
+
+def sorted_batches(lengths: np.ndarray, batch_size: int, drop_last: bool) -> list[np.ndarray]:
+    """The positions of `lengths` sorted by length (stably) and cut into batches; a short last one dropped if asked."""
+    order = np.argsort(lengths, kind="stable")
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if batches and drop_last and len(batches[-1]) < batch_size:
+        batches.pop()
+    return batches
 
 
 def collate_batch(examples: Sequence[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
@@ -95,30 +97,21 @@ def _as_list(sequence) -> list | tuple:
     return sequence if isinstance(sequence, list | tuple) else sequence.tolist()  # a tensor or an array
 
 
+@dataclasses.dataclass(eq=False)
 class _BucketedStream(torch.utils.data.IterableDataset):
     """Length bucketing for streams: read a window of examples, sort it by length, yield its batches shuffled.
 
     Only one window is held at a time, so memory stays flat however large the stream is.
     """
 
-    def __init__(
-        self,
-        dataset,
-        batch_size: int,
-        shuffle: bool,
-        seed: int,
-        window: int,
-        drop_last: bool,
-        collate: Callable[[Sequence[dict]], dict],
-    ):
-        self.dataset = dataset
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.seed = seed
-        self.window = window
-        self.drop_last = drop_last
-        self.collate = collate
-        self.epoch = 0
+    dataset: IterableDataset | torch.utils.data.IterableDataset
+    batch_size: int
+    shuffle: bool
+    seed: int
+    window: int
+    drop_last: bool
+    collate: Callable[[Sequence[dict]], dict]
+    epoch: int = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -139,10 +132,7 @@ class _BucketedStream(torch.utils.data.IterableDataset):
             yield from self._batches(buffer, rng)
 
     def _batches(self, buffer: list, rng: np.random.Generator) -> Iterator[dict[str, torch.Tensor]]:
-        order = sorted(range(len(buffer)), key=lambda i: len(buffer[i]))
-        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        if self.drop_last and len(batches[-1]) < self.batch_size:  # only the last window can be short
-            batches.pop()
+        batches = sorted_batches(np.array([len(ids) for ids in buffer]), self.batch_size, self.drop_last)
         if self.shuffle:
             batches = [batches[i] for i in rng.permutation(len(batches))]
         for batch in batches:

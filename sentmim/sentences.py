@@ -4,14 +4,9 @@
     sentences, counts = split_dataset(raw["train"])                  # counts: {"num_rows": ..., "num_sentences": ...}
 
 A row is cut at blank lines first (paragraphs, headings), then each paragraph is segmented by nupunkt, an offline
-Punkt segmenter whose model ships inside its wheel. It was chosen by measuring seven offline segmenters on gold
-sentence boundaries of web text (UD English-EWT) and on WikiText-2: nupunkt was as accurate as the best on raw text,
-the best on tokenized and lowercased text (the form of PTB and WikiText), 9x faster than spaCy's sentencizer, and a
-148 KB pure-Python package with no dependencies (benchmarks/sentence_splitting/).
-
-What segmenting cannot do is left to the length rule that follows (`--max-length`, `--overlong`): text without
-sentence punctuation is never split, so a paragraph of PTB-style text stays one long "sentence". A single newline is
-whitespace (hard-wrapped prose); only a blank line always ends a sentence.
+Punkt segmenter whose model ships inside its wheel (why nupunkt, measured against six others: docs/finetuning.md).
+Text without sentence punctuation is never split; the length rule that follows (`--max-length`, `--overlong`) deals
+with it. A single newline is whitespace (hard-wrapped prose); only a blank line always ends a sentence.
 """
 
 from __future__ import annotations

@@ -8,21 +8,7 @@ The ecosystem does the heavy lifting: accelerate prepares model, optimizer and l
 to bf16/fp16, saves and loads checkpoints (`save_state` / `load_state`) and logs to trackers; the learning rate
 follows transformers' `get_scheduler` (or torch's ReduceLROnPlateau).
 
-What a run leaves in output_dir:
-    config.json, model.safetensors, tokenizer files   the model with the best validation loss (or the last one when
-                                                       there is no validation split), published atomically: load it
-                                                       with SentenceMIMPipeline / AutoModel.from_pretrained
-    aggregate_posterior.safetensors                    a Gaussian fitted to that model's codes of the training split
-                                                       (at the end of the run), for sampling that works for sMIM:
-                                                       SentenceMIMPipeline.sample(prior="aggregate")
-    checkpoints/step_N/, checkpoints/latest            resumable states (sentmim.checkpointing)
-    checkpoints/run/                                   the run's tokenizer and config, and a LoRA run's
-                                                       adapter_config.json (resume rebuilds from them)
-    log.jsonl                                          one JSON object per logging / evaluation event
-    training_args.json, run_options.json               the options the run started with (resume checks them)
-    train_results.json
-    .sentmim-run                                       the run's mark and lock (sentmim.run_folder)
-
+What a run leaves in output_dir (the best model, checkpoints/, log.jsonl, ...) is listed in docs/architecture.md.
 Resume continues exactly where the last checkpoint stopped: same weights, optimizer, learning-rate schedule, random
 states and position in the (seeded, length-bucketed) batch order, so an interrupted run ends with the same parameters
 as an uninterrupted one. It refuses options that would change the run and a different number of processes.
