@@ -8,6 +8,7 @@ Both work on one split or a dict of splits, in memory or streaming.
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import numpy as np
@@ -50,25 +51,19 @@ def _clean(text: str | None, lowercase: bool, max_chars: int | None) -> tuple[st
     return (text.lower() if lowercase else text), cut
 
 
-class _CleanBatch:
+def _clean_batch(batch: dict, lowercase: bool, max_chars: int | None) -> dict:
     """Batched map for data in memory: clean, drop the lines left empty, and flag the lines cut ("cut" column).
 
     Dropping inside the map rather than with a filter keeps the result a plain table: a filter leaves an index
     mapping that makes every later read (tokenizing, batching) gather rows one by one.
     """
-
-    def __init__(self, lowercase: bool, max_chars: int | None):
-        self.lowercase = lowercase
-        self.max_chars = max_chars
-
-    def __call__(self, batch: dict) -> dict:
-        texts, cut = [], []
-        for text in batch["text"]:
-            cleaned, was_cut = _clean(text, self.lowercase, self.max_chars)
-            if cleaned:
-                texts.append(cleaned)
-                cut.append(was_cut)
-        return {"text": texts, "cut": cut}
+    texts, cut = [], []
+    for text in batch["text"]:
+        cleaned, was_cut = _clean(text, lowercase, max_chars)
+        if cleaned:
+            texts.append(cleaned)
+            cut.append(was_cut)
+    return {"text": texts, "cut": cut}
 
 
 class _CleanExample:
@@ -88,10 +83,6 @@ class _CleanExample:
                 count, limit = self.num_cut, self.max_chars
                 logger.warning("clean %s: %d line(s) cut to %d characters so far", self.key, count, limit)
         return {"text": text}
-
-
-def _is_non_empty(text: str) -> bool:
-    return bool(text)
 
 
 def clean_dataset(
@@ -114,8 +105,8 @@ def _clean_split(ds: AnyDataset, key: str, lowercase: bool, max_chars: int | Non
     if isinstance(ds, IterableDataset):
         # Per example, not batched: in `datasets` streaming, a batched transform followed by another batched one
         # (the tokenizer) slows down quadratically with the batch size.
-        return ds.map(_CleanExample(key, lowercase, max_chars)).filter(_is_non_empty, input_columns="text")
-    clean = _CleanBatch(lowercase, max_chars)
+        return ds.map(_CleanExample(key, lowercase, max_chars)).filter(bool, input_columns="text")
+    clean = functools.partial(_clean_batch, lowercase=lowercase, max_chars=max_chars)
     features = Features({"text": Value("string"), "cut": Value("bool")})
     cleaned = ds.map(
         clean, batched=True, remove_columns=ds.column_names, features=features, num_proc=num_proc, desc=f"clean {key}"
@@ -229,7 +220,6 @@ def tokenize_dataset(
         max_length: the longest sequence kept, BOS and EOS included.
         overlong: what to do with longer sentences: "drop" them, or "truncate" them to max_length tokens, the last
             one still EOS.
-        num_proc: processes for `datasets.map` (in memory only).
 
     Returns:
         (tokenized, stats). For a single split, stats has num_sentences, num_overlong, num_dropped, num_truncated,
@@ -273,15 +263,15 @@ def _tokenize_split(ds: AnyDataset, key: str, tokenizer, max_length: int, overlo
 
 def _tokenized_with_stats(ds: Dataset, tokenized: Dataset, key: str, max_length: int, overlong: str):
     sums = {name: int(column_as_array(tokenized, name).sum()) for name in COUNTED_COLUMNS}
-    num_overlong = int((column_as_array(tokenized, "original_length") > max_length).sum())
-    if overlong == "drop":
-        num_overlong = len(ds) - len(tokenized)
+    num_dropped = len(ds) - len(tokenized)
+    num_truncated = int((column_as_array(tokenized, "original_length") > max_length).sum())
+    num_overlong = num_dropped + num_truncated
     tokenized = tokenized.remove_columns(list(COUNTED_COLUMNS))
     stats = {
         "num_sentences": len(ds),
         "num_overlong": num_overlong,
-        "num_dropped": num_overlong if overlong == "drop" else 0,
-        "num_truncated": num_overlong if overlong == "truncate" else 0,
+        "num_dropped": num_dropped,
+        "num_truncated": num_truncated,
         "num_tokens": int(column_as_array(tokenized, "length").sum()),
         "num_chars": text_length(ds),  # of the text before the length rule; num_chars_kept: after it
         "num_chars_kept": sums["kept_chars"],

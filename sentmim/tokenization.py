@@ -93,15 +93,11 @@ def train_tokenizer(
     lowercase: bool = False,
     model_max_length: int = 128,
 ) -> PreTrainedTokenizerFast:
-    """Train a tokenizer on `texts` and return it as a `transformers` fast tokenizer.
+    """Train a tokenizer of `kind` (see the module docstring) on `texts` (any iterable of str; a `datasets` column
+    works) and return it as a `transformers` fast tokenizer.
 
-    Args:
-        texts: training sentences (any iterable of str; a `datasets` column works).
-        kind: "word", "bpe" or "unigram" (see the module docstring).
-        vocab_size: the largest vocabulary, special tokens included.
-        min_frequency: words (or merges) seen fewer times are left out ("word" and "bpe" only).
-        lowercase: lowercase text before anything else, at training and at encoding time.
-        model_max_length: the longest sequence, BOS and EOS included, that the model is meant to see.
+    vocab_size counts the special tokens; min_frequency applies to "word" and "bpe" only; lowercase applies at
+    training and at encoding time; model_max_length counts BOS and EOS.
     """
     tokenizer, trainer = _build_backend(kind, vocab_size, min_frequency)
     if lowercase:
@@ -117,17 +113,13 @@ def train_tokenizer(
 def fast_tokenizer(backend: Tokenizer, bos: str, eos: str, pad: str, unk: str | None, model_max_length: int,
                    clean_up: bool = False) -> PreTrainedTokenizerFast:
     """`backend` as a transformers fast tokenizer in sentmim's convention: BOS sentence EOS, padded on the right."""
-    backend.post_processor = bos_eos_template(bos, backend.token_to_id(bos), eos, backend.token_to_id(eos))
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A {eos}", pair=f"{bos} $A {eos} $B:1 {eos}:1",
+        special_tokens=[(bos, backend.token_to_id(bos)), (eos, backend.token_to_id(eos))],
+    )
     return PreTrainedTokenizerFast(
         tokenizer_object=backend, bos_token=bos, eos_token=eos, pad_token=pad, unk_token=unk, padding_side="right",
         model_max_length=model_max_length, clean_up_tokenization_spaces=clean_up,
-    )
-
-
-def bos_eos_template(bos: str, bos_id: int, eos: str, eos_id: int) -> processors.TemplateProcessing:
-    """The post-processor of sentmim's token convention: every sentence becomes BOS sentence EOS."""
-    return processors.TemplateProcessing(
-        single=f"{bos} $A {eos}", pair=f"{bos} $A {eos} $B:1 {eos}:1", special_tokens=[(bos, bos_id), (eos, eos_id)]
     )
 
 
@@ -179,20 +171,15 @@ def decode_keep_unknown(tokenizer: PreTrainedTokenizerFast, ids) -> list[str]:
 UNKNOWN_WARNING_RATE = 0.01
 
 
-def lacking_words_rate(num_unknown: int, num_unknown_in_text: int | None, num_tokens: int) -> float | None:
-    """Share of the tokens that are words the vocabulary lacks: unknown tokens other than those the text itself writes
-    as the unknown token (PTB and WikiText write their rare words as "<unk>"). None when the text is not known (every
-    unknown token might be the text's own) or there are no tokens."""
-    if num_unknown_in_text is None or not num_tokens:
-        return None
-    return (num_unknown - num_unknown_in_text) / num_tokens
-
-
 def unknown_words_warning(num_unknown: int, num_unknown_in_text: int | None, num_tokens: int, of: str) -> str | None:
     """The start of a warning when more than UNKNOWN_WARNING_RATE of `of` (e.g. "the training tokens") are words the
-    vocabulary lacks; None otherwise. Callers add the remedy."""
-    rate = lacking_words_rate(num_unknown, num_unknown_in_text, num_tokens)
-    if rate is None or rate <= UNKNOWN_WARNING_RATE:
+    vocabulary lacks: unknown tokens other than those the text itself writes as the unknown token (PTB and WikiText
+    write their rare words as "<unk>"). None otherwise, or when the text is not known (every unknown token might be
+    the text's own). Callers add the remedy."""
+    if num_unknown_in_text is None or not num_tokens:
+        return None
+    rate = (num_unknown - num_unknown_in_text) / num_tokens
+    if rate <= UNKNOWN_WARNING_RATE:
         return None
     in_text = f" (another {num_unknown_in_text / num_tokens:.1%} are {UNK_TOKEN} in the text itself)" \
         if num_unknown_in_text else ""
