@@ -4,29 +4,12 @@
                                                    ModelOptions(), TrainingOptions(output_dir="runs/ptb-mim"))
 
 Shared by `sentmim train`, `sentmim demo`, the benchmark and recipes/train.py, so every entry point treats data,
-vocabulary and fine-tuning the same way:
-
-- `split_sentences=True` turns each row (a paragraph, a document) into its sentences (sentmim.sentences);
-- a new run trains a tokenizer on the training split (byte-level BPE by default: no unknown tokens) and builds a
-  model from the options;
-- `backbone=NAME_OR_PATH` starts a new run from a pretrained Hugging Face LM instead: its tokenizer, adapted to
-  sentmim's conventions (sentmim.backbones), replaces the trained one, and the model is `from_backbone`;
-- `init_from=DIR` fine-tunes a trained model: its tokenizer and architecture are kept, and only the objective, the
-  dropout rates and freeze_backbone may change. Words its vocabulary lacks become <unk>: above 1% of the training
-  tokens a warning says so, and `extend_vocabulary=N` adds the N most frequent of them to a word-level vocabulary
-  (sentmim.vocabulary);
-- the model's length limit is the one this run trains with: config.max_position_embeddings (and the tokenizer's
-  model_max_length) become --max-length, config.overlong the --overlong policy, so that evaluation reads sentences
-  the way training did;
-- `lora_r=R` wraps a backbone model (new or fine-tuned) in LoRA adapters (sentmim.lora); the run publishes the
-  model with the adapters merged in, a plain sentmim model folder;
-- `resume=True` rebuilds the model and tokenizer saved in output_dir/checkpoints/run (with the run's LoRA
-  adapters, from their adapter_config.json there) and continues. Every data, tokenizer and model option defines
-  the run: a resume refuses any that differs from run_options.json (and a model option that differs from the run's
-  config), naming it with both values.
-
-When the data is ready, one line says what became of it (rows split into sentences; sentences kept, truncated,
-dropped; the share of the text lost), with a warning when a split loses more than 5% of its text.
+vocabulary and fine-tuning the same way. A new run trains a tokenizer on the training split (byte-level BPE by
+default) and builds a model from the options, or starts from a pretrained LM (`backbone`, docs/backbones.md, with
+`lora_r` for LoRA adapters); `init_from` fine-tunes a trained model, whose tokenizer and architecture are kept
+(`split_sentences`, `extend_vocabulary` and the one length rule: docs/finetuning.md); `resume` rebuilds the model
+and tokenizer saved in output_dir/checkpoints/run and refuses any data, tokenizer or model option that differs from
+the run's (docs/errors.md). When the data is ready, one line says what became of it.
 """
 
 import dataclasses
@@ -37,6 +20,7 @@ from pathlib import Path
 from accelerate.utils import set_seed
 
 from . import lora
+from . import options as opts
 from .backbones import load_backbone_tokenizer, lowercased
 from .configuration import SentenceMIMConfig
 from .console import is_main_process
@@ -47,7 +31,7 @@ from .modeling import SentenceMIMModel
 from .options import NOT_CONFIG_FIELDS, DataOptions, DatasetOptions, ModelOptions, TokenizerOptions, TrainingOptions
 from .preprocessing import clean_dataset, lost_text_warning, preparation_summary, tokenize_dataset
 from .sentences import split_dataset
-from .tokenization import SPECIAL_TOKENS, load_tokenizer, train_tokenizer, unknown_words_warning
+from .tokenization import load_tokenizer, train_tokenizer, unknown_words_warning
 from .training import RUN_FOLDER, prepare_output_dir, train
 from .vocabulary import check_word_level, extend_tokenizer, grow_model
 
@@ -68,7 +52,7 @@ def run_record(dataset: DatasetOptions, data: DataOptions, tokenizer: TokenizerO
     return json.loads(json.dumps(record))
 
 
-def check_resume_options(output_dir: Path, record: dict, model: ModelOptions) -> None:
+def check_resume_options(output_dir: Path, record: dict, model: ModelOptions, training: TrainingOptions) -> None:
     """Refuse a resume whose data, tokenizer or model options differ from those the run started with."""
     config_path = output_dir / RUN_FOLDER / "config.json"
     config = load_config(output_dir / RUN_FOLDER)
@@ -83,16 +67,12 @@ def check_resume_options(output_dir: Path, record: dict, model: ModelOptions) ->
     if not saved_path.is_file():
         logger.warning("%s is missing: the resumed run's data options cannot be checked", saved_path)
         return
-    for name, old in read_json(saved_path).items():
-        # Model options are checked against the run's config above, except those that are no config field (the
-        # backbone, LoRA): those are checked here, when given (left out, the run's own are used).
-        unchecked = name in ModelOptions.__dataclass_fields__ and (
-            name not in NOT_CONFIG_FIELDS or name == "init_from" or record.get(name) is None)
-        if name in record and record[name] != old and not unchecked:
-            raise ValueError(
-                f"--resume: option {name} was {old!r} when this run started ({saved_path}), now {record[name]!r}: "
-                f"it would change the run; resume with {old!r}, or train into another output folder"
-            )
+    # Model options are checked against the run's config above, except those that are no config field (the
+    # backbone, LoRA): those are checked here, when given (left out, the run's own are used).
+    unchecked = {name for name in ModelOptions.__dataclass_fields__
+                 if name not in NOT_CONFIG_FIELDS or name == "init_from" or record.get(name) is None}
+    saved = {name: value for name, value in read_json(saved_path).items() if name not in unchecked}
+    opts.check_resume(saved, record, training, saved_path)
 
 
 def load_training_splits(dataset: DatasetOptions, data: DataOptions, seed: int):
@@ -135,8 +115,6 @@ def build_tokenizer(data: DataOptions, options: TokenizerOptions, model: ModelOp
         tokenizer = load_tokenizer(model.init_from)
         tokenizer.model_max_length = data.max_length  # saved with the model: the limit this run trains with
         return tokenizer
-    if options.vocab_size <= len(SPECIAL_TOKENS):
-        raise ValueError(f"--vocab-size {options.vocab_size}: must exceed the {len(SPECIAL_TOKENS)} special tokens")
     try:
         return train_tokenizer(
             train_texts, kind=options.tokenizer, vocab_size=options.vocab_size, min_frequency=options.min_frequency,
@@ -225,7 +203,7 @@ def train_from_options(
     output_dir = prepare_output_dir(training, dataset=dataset.dataset)  # refuse a folder before spending time on data
     record = run_record(dataset, data, tokenizer_options, model_options)
     if training.resume:
-        check_resume_options(output_dir, record, model_options)
+        check_resume_options(output_dir, record, model_options, training)
     split_counts = {}
     if splits is None:
         splits, split_counts = prepare_training_splits(dataset, data, training.seed)
