@@ -9,15 +9,13 @@ and `--snake_case`, and a few also under the names of the Hugging Face example s
 `--per_device_train_batch_size`, `--resume_from_checkpoint`, ...). Constructing a dataclass checks its values: a
 bad one raises `OptionError`, which names the option and states the valid range.
 
-What a resumed run may change is decided here too (`check_resume`): options that cannot alter the weights the run
-ends with (where and how verbosely it runs, how often it logs and checkpoints); the run's length unless the learning
-rate decays over it; how often it evaluates unless evaluations steer it. Anything else is refused.
+What a resumed run may change is decided here too (`check_resume`; the rule and why: docs/errors.md).
 """
 
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args, get_origin
 
 
 class OptionError(ValueError):
@@ -73,13 +71,11 @@ def check_choices(options) -> None:
     """Literal-typed fields hold one of their choices (HfArgumentParser checks the command line; this checks
     Python callers)."""
     for item in dataclasses.fields(options):
-        choices = [c for c in getattr(item.type, "__args__", ()) if c is not type(None)]
-        literal = getattr(item.type, "__origin__", None) is Literal
-        if literal or (choices and all(getattr(c, "__origin__", None) is Literal for c in choices)):
-            allowed = item.type.__args__ if literal else [a for c in choices for a in c.__args__]
-            value = getattr(options, item.name)
-            if value is not None and value not in allowed:
-                raise ValueError(f"{item.name}={value!r} is invalid: use one of {', '.join(map(str, allowed))}")
+        literals = [kind for kind in (item.type, *get_args(item.type)) if get_origin(kind) is Literal]  # or | None
+        allowed = [choice for literal in literals for choice in get_args(literal)]
+        value = getattr(options, item.name)
+        if allowed and value is not None and value not in allowed:
+            raise ValueError(f"{item.name}={value!r} is invalid: use one of {', '.join(map(str, allowed))}")
 
 
 @dataclass
