@@ -223,29 +223,18 @@ def run_benchmark(args) -> None:
 # -- entry point ----------------------------------------------------------------------------------------------------
 
 
-def add_command(commands, name: str, handler, dataclasses_: tuple = (), help: str = "", **kwargs):
-    parser = commands.add_parser(name, dataclass_types=list(dataclasses_), help=help, description=help, **kwargs)
+# Positional arguments of the commands that read a trained model.
+POSITIONALS = {"model_dir": {"help": "a trained model folder"},
+               "sentences": {"nargs": "*", "help": "sentences (or --input FILE)"},
+               "first": {"help": "the first sentence"}, "second": {"help": "the second sentence"}}
+
+
+def add_command(commands, name: str, handler, dataclasses_: tuple = (), help: str = "", positionals: tuple = ()):
+    parser = commands.add_parser(name, dataclass_types=list(dataclasses_), help=help, description=help)
     parser.set_defaults(handler=handler)
+    for argument in positionals:
+        parser.add_argument(argument, **POSITIONALS[argument])
     return parser
-
-
-def add_text_commands(commands) -> None:
-    parser = add_command(commands, "reconstruct", run_reconstruct, (opts.TextInputOptions, opts.ReconstructOptions),
-                         "encode sentences and decode them back")
-    parser.add_argument("model_dir", help="a trained model folder")
-    parser.add_argument("sentences", nargs="*", help="sentences (or --input FILE)")
-    parser = add_command(commands, "interpolate", run_interpolate, (opts.InterpolateOptions,),
-                         "decode points on the path between two sentences")
-    parser.add_argument("model_dir", help="a trained model folder")
-    parser.add_argument("first", help="the first sentence")
-    parser.add_argument("second", help="the second sentence")
-    parser = add_command(commands, "sample", run_sample, (opts.SampleOptions,),
-                         "decode sentences from the prior or the aggregate posterior")
-    parser.add_argument("model_dir", help="a trained model folder")
-    parser = add_command(commands, "encode", run_encode, (opts.TextInputOptions, opts.EncodeOptions),
-                         "write posterior means of sentences to a .npy file")
-    parser.add_argument("model_dir", help="a trained model folder")
-    parser.add_argument("sentences", nargs="*", help="sentences (or --input FILE)")
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
@@ -259,14 +248,18 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     add_command(commands, "demo", run_demo, (DemoOptions,), "MIM vs VAE on the built-in corpus, minutes on a CPU")
     add_command(commands, "train", run_train, TRAIN_OPTIONS, "train or fine-tune a model on a dataset")
-    parser_evaluate = add_command(
-        commands, "evaluate", run_evaluate,
-        (opts.DatasetOptions, opts.EvaluationOptions, opts.LikelihoodOptions, opts.PlotOptions),
-        "every metric of a model on a split (IW-NLL, ELBO, MI, BLEU, ...)",
-    )
-    parser_evaluate.add_argument("model_dir", help="a trained model folder")
-    parser_evaluate.set_defaults(split="test")
-    add_text_commands(commands)
+    evaluate = add_command(commands, "evaluate", run_evaluate,
+                           (opts.DatasetOptions, opts.EvaluationOptions, opts.LikelihoodOptions, opts.PlotOptions),
+                           "every metric of a model on a split (IW-NLL, ELBO, MI, BLEU, ...)", ("model_dir",))
+    evaluate.set_defaults(split="test")
+    add_command(commands, "reconstruct", run_reconstruct, (opts.TextInputOptions, opts.ReconstructOptions),
+                "encode sentences and decode them back", ("model_dir", "sentences"))
+    add_command(commands, "interpolate", run_interpolate, (opts.InterpolateOptions,),
+                "decode points on the path between two sentences", ("model_dir", "first", "second"))
+    add_command(commands, "sample", run_sample, (opts.SampleOptions,),
+                "decode sentences from the prior or the aggregate posterior", ("model_dir",))
+    add_command(commands, "encode", run_encode, (opts.TextInputOptions, opts.EncodeOptions),
+                "write posterior means of sentences to a .npy file", ("model_dir", "sentences"))
     add_benchmark_arguments(add_command(
         commands, "benchmark", run_benchmark, OPTION_CLASSES,
         "sMIM vs text VAEs vs AE at several latent sizes: posterior collapse side by side",
