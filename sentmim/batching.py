@@ -22,6 +22,7 @@ from datasets import IterableDataset
 from .data import DataError
 from .preprocessing import column_as_array
 
+
 class LengthBucketSampler(torch.utils.data.Sampler[list[int]]):
     """Batches of indices whose sentences have similar lengths, in an order fixed by (seed, epoch).
 

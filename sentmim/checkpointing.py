@@ -107,10 +107,6 @@ def saved_num_processes(folder: Path) -> int:
     return len(list(folder.glob("random_states_*.pkl")))
 
 
-def random_state_file(folder: Path, rank: int) -> Path:
-    return folder / f"random_states_{rank}.pkl"
-
-
 def save_checkpoint(accelerator, folder: Path, trainer_state: dict) -> None:
     """accelerate's `save_state` into `folder` (every process calls it: each writes its own random state), then the
     trainer state (main process). A full disk, whichever library meets it, ends in a one-line OSError."""
@@ -131,7 +127,7 @@ def load_checkpoint(accelerator, folder: Path) -> dict:
     try:
         trainer_state = read_json(folder / TRAINER_STATE)
         # load_state only logs a random state it cannot read and goes on, which would silently break exact resume
-        accelerate.utils.load(random_state_file(folder, accelerator.process_index))
+        accelerate.utils.load(folder / f"random_states_{accelerator.process_index}.pkl")
         accelerator.load_state(str(folder))
     except Exception as error:  # noqa: BLE001 - any damage gets the same actionable message
         raise CheckpointError(

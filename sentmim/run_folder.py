@@ -132,12 +132,8 @@ def check_writable(folder: Path, option: str = "--output-dir") -> None:
     """Refuse an output folder that cannot be written, before any time is spent on data. The folder itself, or
     where it would be created, is tried with an invisible temporary file."""
     folder = Path(folder)
-    existing = folder
-    while not existing.exists():
-        if existing.parent == existing:
-            break
-        existing = existing.parent
-    if existing.exists() and not existing.is_dir():
+    existing = next(path for path in (folder, *folder.parents) if path.exists())  # "/" or "." at the latest
+    if not existing.is_dir():
         raise RunFolderError(f"{option} {folder}: {existing} is a file, not a folder; pass a folder path")
     try:
         with tempfile.TemporaryFile(dir=existing):

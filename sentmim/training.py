@@ -364,12 +364,10 @@ def fused_adam_supported(device: torch.device) -> bool:
 
 
 def build_optimizer(model, options: TrainingOptions, fused: bool) -> torch.optim.Optimizer:
-    kwargs = {"lr": options.learning_rate, "weight_decay": options.weight_decay}
-    if fused:
-        kwargs["fused"] = True
     optimizer_class = torch.optim.AdamW if options.optimizer == "adamw" else torch.optim.Adam
     trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
-    return optimizer_class(trainable, **kwargs)
+    # fused=None, not False, where there is no fused kernel: torch then picks its default implementation
+    return optimizer_class(trainable, lr=options.learning_rate, weight_decay=options.weight_decay, fused=fused or None)
 
 
 def build_scheduler(optimizer, options: TrainingOptions, total_steps: int):
