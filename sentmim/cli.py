@@ -9,8 +9,7 @@
     sentmim encode runs/ptb-mim --input sentences.txt --output latents.npy
     sentmim benchmark --preset cpu --output-dir runs/bench-ptb   sMIM vs text VAEs vs AE, posterior collapse measured
 
-Every option is a field of a dataclass in `sentmim.options`, parsed with transformers' HfArgumentParser, so the
-recipes and the benchmark take the same flags; each is accepted as `--output-dir` and `--output_dir`. Under several
+Every option is a field of a dataclass in `sentmim.options` (docs/architecture.md, "Options"). Under several
 processes, launch `sentmim train` with `accelerate launch` or `torchrun` (on CPU with ACCELERATE_USE_CPU=1). Every
 user error ends with one line on stderr and exit status 2 (`--debug` shows the traceback instead).
 """

@@ -3,11 +3,9 @@
     parser = HfArgumentParser((DatasetOptions, DataOptions, TokenizerOptions, ModelOptions, TrainingOptions))
     dataset, data, tokenizer, model, training = parser.parse_args_into_dataclasses()
 
-`sentmim train`, `sentmim evaluate`, `sentmim benchmark` and the recipes parse these same dataclasses with
-transformers' HfArgumentParser, so a flag means the same thing everywhere. Each flag is accepted as `--kebab-case`
-and `--snake_case`, and a few also under the names of the Hugging Face example scripts (`--dataset_name`,
-`--per_device_train_batch_size`, `--resume_from_checkpoint`, ...). Constructing a dataclass checks its values: a
-bad one raises `OptionError`, which names the option and states the valid range.
+The CLI, the benchmark and the recipes parse these same dataclasses, so a flag means the same thing everywhere, under
+each of its spellings (docs/architecture.md, "Options"). Constructing a dataclass checks its values: a bad one raises
+`OptionError`, which names the option and states the valid range.
 
 What a resumed run may change is decided here too (`check_resume`; the rule and why: docs/errors.md).
 """

@@ -1,13 +1,9 @@
-"""The output folder of a training run: what a run writes there, the lock that keeps out a second writer, and the
-only deletion `--overwrite` ever does.
+"""The output folder of a training run: what a run writes there (RUN_LAYOUT), the lock that keeps out a second
+writer, and the only deletion `--overwrite` ever does (the user's view: docs/errors.md).
 
 A run marks a folder as its own with the file `.sentmim-run`, created before anything else is written. While the run
-writes, its main process holds an exclusive `flock` on that file. The operating system drops the lock when the
-process ends, however it ends (kill -9 included), so a dead run never blocks the next one and a live run always
-blocks a second writer.
-
-`--overwrite` deletes only what a run writes (RUN_LAYOUT) in a folder that carries the mark, and refuses, deleting
-nothing, when the folder holds anything else or holds the dataset being read.
+writes, its main process holds an exclusive `flock` on that file. The operating system drops the lock however the
+process ends (kill -9 included), so a dead run never blocks the next one and a live run always blocks a second writer.
 """
 
 import fcntl

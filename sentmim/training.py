@@ -4,11 +4,8 @@
     results = trainer.train()          # setup, then train_step / evaluate / save_checkpoint until done
 
 Launch the same code on several processes with `accelerate launch` or `torchrun` (on CPU add ACCELERATE_USE_CPU=1).
-The ecosystem does the heavy lifting: accelerate prepares model, optimizer and loader, accumulates gradients, casts
-to bf16/fp16, saves and loads checkpoints (`save_state` / `load_state`) and logs to trackers; the learning rate
-follows transformers' `get_scheduler` (or torch's ReduceLROnPlateau).
+What accelerate and transformers do here, and what a run leaves in output_dir: docs/architecture.md, "Training".
 
-What a run leaves in output_dir (the best model, checkpoints/, log.jsonl, ...) is listed in docs/architecture.md.
 Resume continues exactly where the last checkpoint stopped: same weights, optimizer, learning-rate schedule, random
 states and position in the (seeded, length-bucketed) batch order, so an interrupted run ends with the same parameters
 as an uninterrupted one. It refuses options that would change the run and a different number of processes.
