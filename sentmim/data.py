@@ -159,7 +159,12 @@ def _load_local(path: Path, split: str | None, streaming: bool) -> AnyDatasetDic
     if path.is_dir():
         data_files, extension = _data_files_in_folder(path)
     else:
-        extension = _extension(path)
+        extension = path.suffix.lower()
+        if extension not in FILE_FORMATS:
+            raise DataError(
+                f"unsupported file type {extension or '(no extension)'!r} for {str(path)!r}: use one of "
+                f"{', '.join(FILE_FORMATS)}, or a folder written by Dataset.save_to_disk"
+            )
         data_files = {"train": [str(path)]}
     builder, options = FILE_FORMATS[extension]
     if streaming and builder in ("text", "json"):
@@ -175,16 +180,6 @@ def _load_local(path: Path, split: str | None, streaming: bool) -> AnyDatasetDic
     except Exception as error:  # datasets raises many types; the user needs the file and the reason
         raise DataError(f"could not read {str(path)!r} as {builder} data: {_one_line(error)}") from error
     return _as_dict(loaded, split)
-
-
-def _extension(path: Path) -> str:
-    extension = path.suffix.lower()
-    if extension not in FILE_FORMATS:
-        raise DataError(
-            f"unsupported file type {extension or '(no extension)'!r} for {str(path)!r}: use one of "
-            f"{', '.join(FILE_FORMATS)}, or a folder written by Dataset.save_to_disk"
-        )
-    return extension
 
 
 def _data_files_in_folder(folder: Path) -> tuple[dict[str, list[str]], str]:
