@@ -388,9 +388,7 @@ def prepare_output_dir(options: TrainingOptions, dataset: str | None = None) -> 
     replaces an earlier run's folder, only if it holds nothing else and not `dataset`; `resume` needs a checkpoint
     and the options the run started with."""
     output_dir = Path(options.output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ValueError(f"output dir {output_dir} is a file: pass a folder path")
-    run_folder.check_writable(output_dir)
+    run_folder.check_writable(output_dir)  # also refuses a file
     run_folder.check_not_locked(output_dir)
     used = output_dir.is_dir() and any(output_dir.iterdir())
     if options.resume:
