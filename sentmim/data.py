@@ -11,6 +11,7 @@ Cleaning and tokenizing are in `sentmim.preprocessing`, batching in `sentmim.bat
 from __future__ import annotations
 
 import codecs
+import functools
 import hashlib
 import logging
 import os
@@ -350,21 +351,15 @@ def _keep_text_column(splits: AnyDatasetDict, text_column: str | None, source: s
 # --- the validation split --------------------------------------------------------------------------------------------
 
 
-class _HashSplit:
-    """A seeded coin per sentence, from a hash of its text, for carving validation out of a stream.
+def _hash_split(text: str, fraction: float, seed: int, validation: bool) -> bool:
+    """A seeded coin per sentence, from a hash of its text, for carving validation out of a stream: whether the
+    sentence goes to validation (`validation=True`) or to train.
 
     Hashing the text rather than counting positions keeps the split fixed when shards are read in another order
     (shuffling a stream reorders its shards every epoch), and puts repeated sentences on the same side.
     """
-
-    def __init__(self, fraction: float, seed: int, validation: bool):
-        self.threshold = int(fraction * 2**64)
-        self.key = str(seed).encode()
-        self.validation = validation
-
-    def __call__(self, text: str) -> bool:
-        digest = hashlib.blake2b((text or "").encode("utf-8", "replace"), digest_size=8, key=self.key).digest()
-        return (int.from_bytes(digest, "little") < self.threshold) == self.validation
+    digest = hashlib.blake2b((text or "").encode("utf-8", "replace"), digest_size=8, key=str(seed).encode()).digest()
+    return (int.from_bytes(digest, "little") < int(fraction * 2**64)) == validation
 
 
 def _add_validation_split(splits: AnyDatasetDict, fraction: float, seed: int, source: str) -> AnyDatasetDict:
@@ -374,9 +369,10 @@ def _add_validation_split(splits: AnyDatasetDict, fraction: float, seed: int, so
     if isinstance(train, IterableDataset):
         # A stream has no length, so each sentence goes to validation with probability `fraction`, decided by a
         # hash of its text. Note that reading the validation stream reads the whole train stream.
+        coin = functools.partial(_hash_split, fraction=fraction, seed=seed)
         carved = {
-            "train": train.filter(_HashSplit(fraction, seed, validation=False), input_columns="text"),
-            "validation": train.filter(_HashSplit(fraction, seed, validation=True), input_columns="text"),
+            "train": train.filter(coin, input_columns="text", fn_kwargs={"validation": False}),
+            "validation": train.filter(coin, input_columns="text", fn_kwargs={"validation": True}),
         }
     else:
         if len(train) < 2:
