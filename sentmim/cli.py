@@ -24,12 +24,12 @@ from pathlib import Path
 from transformers import HfArgumentParser
 
 from . import options as opts
-from .checkpointing import CheckpointError
 from .console import configure_console, is_main_process, process_rank
 from .training import TrainingDiverged
 
 logger = logging.getLogger("sentmim")
-USER_ERRORS = (ValueError, CheckpointError, TrainingDiverged, OSError, ImportError)  # OSError: files, disk
+# OSError: files, disk; DataError and CheckpointError are ValueErrors
+USER_ERRORS = (ValueError, TrainingDiverged, OSError, ImportError)
 
 
 class Parser(HfArgumentParser):
