@@ -65,22 +65,21 @@ class LengthBucketSampler(torch.utils.data.Sampler[list[int]]):
         rng = np.random.default_rng([self.seed, self.epoch])
         order = rng.permutation(len(self.lengths)) if self.shuffle else np.arange(len(self.lengths))
         batches = []
-        for start in range(0, len(order), self.chunk_size):  # only the last chunk can end in a short batch
+        for start in range(0, len(order), self.chunk_size):
             chunk = order[start : start + self.chunk_size]
-            batches += [chunk[batch] for batch in sorted_batches(self.lengths[chunk], self.batch_size, self.drop_last)]
+            batches += [chunk[batch] for batch in sorted_batches(self.lengths[chunk], self.batch_size)]
+        if batches and self.drop_last and len(batches[-1]) < self.batch_size:
+            batches.pop()
         if self.shuffle:
             batches = [batches[i] for i in rng.permutation(len(batches))]
         for batch in batches:
             yield batch.tolist()
 
 
-def sorted_batches(lengths: np.ndarray, batch_size: int, drop_last: bool) -> list[np.ndarray]:
-    """The positions of `lengths` sorted by length (stably) and cut into batches; a short last one dropped if asked."""
+def sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """The positions of `lengths` sorted by length (stably) and cut into batches."""
     order = np.argsort(lengths, kind="stable")
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    if batches and drop_last and len(batches[-1]) < batch_size:
-        batches.pop()
-    return batches
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def collate_batch(examples: Sequence[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
@@ -110,7 +109,6 @@ class _BucketedStream(torch.utils.data.IterableDataset):
     shuffle: bool
     seed: int
     window: int
-    drop_last: bool
     collate: Callable[[Sequence[dict]], dict]
     epoch: int = 0
 
@@ -133,7 +131,7 @@ class _BucketedStream(torch.utils.data.IterableDataset):
             yield from self._batches(buffer, rng)
 
     def _batches(self, buffer: list, rng: np.random.Generator) -> Iterator[dict[str, torch.Tensor]]:
-        batches = sorted_batches(np.array([len(ids) for ids in buffer]), self.batch_size, self.drop_last)
+        batches = sorted_batches(np.array([len(ids) for ids in buffer]), self.batch_size)
         if self.shuffle:
             batches = [batches[i] for i in rng.permutation(len(batches))]
         for batch in batches:
@@ -159,8 +157,6 @@ def make_dataloader(
     shuffle: bool = True,
     seed: int = 0,
     bucket: bool = True,
-    drop_last: bool = False,
-    num_workers: int = 0,
     bucket_batches: int = 100,
 ) -> torch.utils.data.DataLoader:
     """A DataLoader of padded batches {"input_ids", "attention_mask"} over a tokenized split.
@@ -174,8 +170,8 @@ def make_dataloader(
     window_batches = bucket_batches if bucket else 1
     if isinstance(tokenized_ds, IterableDataset | torch.utils.data.IterableDataset):
         window = window_batches * batch_size
-        stream = _BucketedStream(tokenized_ds, batch_size, shuffle, seed, window, drop_last, collate)
-        return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=num_workers)
+        stream = _BucketedStream(tokenized_ds, batch_size, shuffle, seed, window, collate)
+        return torch.utils.data.DataLoader(stream, batch_size=None)
     columns = getattr(tokenized_ds, "column_names", None) or []
     if "length" in columns:
         lengths = column_as_array(tokenized_ds, "length")
@@ -185,6 +181,5 @@ def make_dataloader(
         lengths = [len(tokenized_ds[i]["input_ids"]) for i in range(len(tokenized_ds))]
     if "input_ids" in columns and len(columns) > 1:
         tokenized_ds = tokenized_ds.select_columns(["input_ids"])  # do not read columns we do not batch
-    sampler = LengthBucketSampler(lengths, batch_size, shuffle, seed, drop_last, chunk_batches=window_batches)
-    loader = torch.utils.data.DataLoader
-    return loader(tokenized_ds, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers)
+    sampler = LengthBucketSampler(lengths, batch_size, shuffle, seed, chunk_batches=window_batches)
+    return torch.utils.data.DataLoader(tokenized_ds, batch_sampler=sampler, collate_fn=collate)
