@@ -124,19 +124,19 @@ def clear(folder: Path) -> None:
             entry.unlink()
 
 
-def check_writable(folder: Path, option: str = "--output-dir") -> None:
+def check_writable(folder: Path) -> None:
     """Refuse an output folder that cannot be written, before any time is spent on data. The folder itself, or
     where it would be created, is tried with an invisible temporary file."""
     folder = Path(folder)
     existing = next(path for path in (folder, *folder.parents) if path.exists())  # "/" or "." at the latest
     if not existing.is_dir():
-        raise RunFolderError(f"{option} {folder}: {existing} is a file, not a folder; pass a folder path")
+        raise RunFolderError(f"--output-dir {folder}: {existing} is a file, not a folder; pass a folder path")
     try:
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as error:
         raise RunFolderError(
-            f"{option} {folder}: cannot write in {existing} ({error.strerror}); choose a writable folder"
+            f"--output-dir {folder}: cannot write in {existing} ({error.strerror}); choose a writable folder"
         ) from None
 
 
