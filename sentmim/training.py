@@ -318,7 +318,7 @@ class SentenceMIMTrainer:
         state, accelerator = self.state, self.accelerator
         accelerator.wait_for_everyone()
         if self.main:
-            if self.validation_loader is None or state.best_val_loss is None:
+            if state.best_val_loss is None:  # no validation ran: the last model is the run's
                 checkpointing.publish_model(self.output_dir, self.unwrapped, self.tokenizer)
             self.fit_aggregate_posterior()
             results = {"step": state.step, "epoch": state.epoch, "best_val_loss": state.best_val_loss,
