@@ -41,15 +41,12 @@ _BINARY_FORMATS = {"parquet", "arrow"}  # no UTF-8 check for these
 # in memory. Their default 10 MB chunk made a stream's memory grow with the file up to that size and sit ~100 MB above
 # the rest; 1 MB chunks keep streaming memory flat and small (benchmarks/data_pipeline) at no measurable cost in speed.
 _STREAM_CHUNK_BYTES = 1 << 20
-# Split names of Hub datasets that mean one of ours.
+# Split names of Hub datasets that mean one of ours (train, validation, test).
 SPLIT_ALIASES = {
-    "train": "train",
     "training": "train",
     "valid": "validation",
-    "validation": "validation",
     "val": "validation",
     "dev": "validation",
-    "test": "test",
     "testing": "test",
 }
 _LOCAL_HELP = (
