@@ -25,7 +25,7 @@ from .backbones import load_backbone_tokenizer, lowercased
 from .configuration import SentenceMIMConfig
 from .console import is_main_process
 from .data import DataError, load_text_dataset
-from .files import read_json
+from .files import first_line, read_json
 from .model_folder import load_config, load_model
 from .modeling import SentenceMIMModel
 from .options import NOT_CONFIG_FIELDS, DataOptions, DatasetOptions, ModelOptions, TokenizerOptions, TrainingOptions
@@ -121,10 +121,9 @@ def build_tokenizer(data: DataOptions, options: TokenizerOptions, model: ModelOp
             lowercase=data.lowercase, model_max_length=data.max_length,
         )
     except Exception as error:  # `tokenizers` raises bare Exception / ZeroDivisionError for a too small vocabulary
-        reason = (str(error).strip().splitlines() or [""])[0]
         raise ValueError(
             f"--vocab-size {options.vocab_size}: cannot train a {options.tokenizer} tokenizer "
-            f"({type(error).__name__}: {reason}); use a larger vocabulary (byte-level BPE needs more than 260)"
+            f"({first_line(error)}); use a larger vocabulary (byte-level BPE needs more than 260)"
         ) from error
 
 

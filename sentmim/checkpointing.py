@@ -22,7 +22,7 @@ from safetensors import SafetensorError
 
 from . import lora, run_folder
 from .aggregate_posterior import AGGREGATE_POSTERIOR_FILE
-from .files import TMP_PREFIX, read_json, replace_durably, write_json_atomic, write_text_atomic
+from .files import TMP_PREFIX, first_line, read_json, replace_durably, write_json_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 LATEST = "latest"
@@ -34,10 +34,6 @@ ADAPTER_FOLDER = "adapter"  # beside a LoRA run's published (merged) model: its 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used, with a one-line message saying which and what to do."""
-
-
-def first_line(error: BaseException) -> str:
-    return f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:200]}"
 
 
 def staging_dir(checkpoints_dir: Path, step: int) -> Path:

@@ -22,6 +22,8 @@ from pathlib import Path
 from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict, Value, load_dataset, load_from_disk
 from datasets.data_files import DataFilesDict, get_data_patterns
 
+from .files import first_line
+
 logger = logging.getLogger(__name__)
 
 # File extension -> (name of the `datasets` packaged builder, extra arguments for it).
@@ -71,11 +73,6 @@ NAMED_DATASETS: dict[str, Callable[[], DatasetDict]] = {}
 def register_dataset(name: str, load: Callable[[], DatasetDict]) -> None:
     """Make `load_text_dataset(name)` (and `--dataset NAME`) load the DatasetDict that `load()` returns."""
     NAMED_DATASETS[name] = load
-
-
-def _one_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 
 
 # =====================================================================================================================
@@ -176,7 +173,7 @@ def _load_local(path: Path, split: str | None, streaming: bool) -> AnyDatasetDic
     try:
         loaded = load_dataset(builder, data_files=data_files, split=split, streaming=streaming, **options)
     except Exception as error:  # datasets raises many types; the user needs the file and the reason
-        raise DataError(f"could not read {str(path)!r} as {builder} data: {_one_line(error)}") from error
+        raise DataError(f"could not read {str(path)!r} as {builder} data: {first_line(error)}") from error
     return _as_dict(loaded, split)
 
 
@@ -247,7 +244,7 @@ def _load_saved(path: Path, split: str | None) -> DatasetDict:
     try:
         loaded = load_from_disk(str(path))
     except Exception as error:
-        raise DataError(f"could not load the save_to_disk folder {str(path)!r}: {_one_line(error)}") from error
+        raise DataError(f"could not load the save_to_disk folder {str(path)!r}: {first_line(error)}") from error
     return _select_splits(_as_dict(loaded, None), split, str(path))
 
 
@@ -261,7 +258,7 @@ def _select_splits(splits: DatasetDict, split: str | None, source: str) -> Datas
         instructions = ReadInstruction.from_spec(split).to_absolute({key: len(ds) for key, ds in splits.items()})
     except (ValueError, AssertionError) as error:
         raise DataError(
-            f"bad split {split!r} for {source!r} (splits: {', '.join(splits)}): {_one_line(error)}"
+            f"bad split {split!r} for {source!r} (splits: {', '.join(splits)}): {first_line(error)}"
         ) from error
     parts = [splits[i.splitname].select(range(i.from_, i.to)) for i in instructions]
     return DatasetDict({_split_name(split): parts[0] if len(parts) == 1 else concatenate_datasets(parts)})
@@ -289,7 +286,7 @@ def _load_hub(name: str, config: str | None, split: str | None, streaming: bool)
                 f"{name!r} is not a local file or folder, and the Hugging Face Hub is unreachable ({why}), "
                 f"so it cannot be downloaded: to use local data, {_LOCAL_HELP}; or use 'builtin'"
             ) from error
-        raise DataError(f"could not load {name!r} from the Hugging Face Hub: {_one_line(error)}") from error
+        raise DataError(f"could not load {name!r} from the Hugging Face Hub: {first_line(error)}") from error
     return _as_dict(loaded, split)
 
 

@@ -1,5 +1,5 @@
 """Small, careful file operations: atomic and durable replacement, JSON and JSON-lines reads whose errors name the
-file, and file names made from user text.
+file, file names made from user text, and a library's exception as part of such a one-line error.
 
 A file replaced with `os.replace` is seen by readers as either the old or the new version, never a mix. Flushing the
 new file to disk before the rename keeps that true across a power loss, not only across a killed process.
@@ -92,6 +92,12 @@ def read_jsonl(path: Path, what_to_do: str = "delete that line") -> list[dict]:
             raise ValueError(f"{path} line {number} is not JSON ({error.msg}): {what_to_do}") from None
         records.append(record)
     return records
+
+
+def first_line(error: BaseException) -> str:
+    """An exception as part of a one-line message: its type and its text's first line (at most 200 characters)."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__
 
 
 def file_safe(text: str) -> str:

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-from .files import read_json
+from .files import first_line, read_json
 
 PAD_TOKEN, UNK_TOKEN, BOS_TOKEN, EOS_TOKEN = "<pad>", "<unk>", "<s>", "</s>"
 SPECIAL_TOKENS = [PAD_TOKEN, UNK_TOKEN, BOS_TOKEN, EOS_TOKEN]  # this order fixes the ids 0, 1, 2, 3
@@ -142,9 +142,8 @@ def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerFast:
     try:
         return PreTrainedTokenizerFast.from_pretrained(path, trust_remote_code=False, local_files_only=True)
     except Exception as error:  # noqa: BLE001 - `tokenizers` raises plain Exceptions for a malformed tokenizer.json
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
         raise ValueError(
-            f"{path}: the tokenizer could not be loaded ({reason}); copy the folder again or retrain"
+            f"{path}: the tokenizer could not be loaded ({first_line(error)}); copy the folder again or retrain"
         ) from None
 
 
