@@ -150,8 +150,11 @@ def mutual_information_with_se(
 
 @torch.no_grad()
 def active_units(means: torch.Tensor, threshold: float = 0.01) -> int:
-    """Number of latent dims whose posterior-mean variance across the N >= 2 rows of ``means`` [N, d] (a split's
-    posterior means; unbiased, N - 1) is >= threshold."""
+    """Number of latent dims whose posterior-mean variance across the N rows of ``means`` [N, d] (a split's
+    posterior means; unbiased, N - 1) is >= threshold. One row shows no variation: 0 (a one-sentence validation
+    split), where the unbiased variance would be NaN with a warning from torch."""
+    if means.shape[0] < 2:
+        return 0
     variance = means.double().var(dim=0, unbiased=True)
     return int((variance >= threshold).sum())
 

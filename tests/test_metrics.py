@@ -3,6 +3,7 @@ called directly, closed forms). Tiny stub models stand in for SentenceMIMModel: 
 ``model.encode`` and ``model.log_likelihood``."""
 
 import math
+import warnings
 from collections import Counter
 
 import pytest
@@ -266,6 +267,13 @@ def test_active_units_counts_dims_by_unbiased_variance():
     assert metrics.active_units(means.float()) == 4
     assert metrics.active_units(means, threshold=0.5) == 2
     assert metrics.active_units(means, threshold=0.0099 * 0.999) == 5
+
+
+def test_active_units_of_one_sentence_is_zero_without_a_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns about var() of one row; that must not reach a user
+        assert metrics.active_units(torch.full((1, 3), 5.0)) == 0
+    assert metrics.active_units(torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.1]])) == 1  # two rows: counted as before
 
 
 def test_active_units_relative_divides_by_the_mean_posterior_variance():
