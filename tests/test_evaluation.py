@@ -258,6 +258,8 @@ def test_iw_zero_and_no_tokenizer_skip_those_metrics_and_training_mode_is_restor
     assert "skipped" in format_results(results)
     with pytest.raises(ValueError, match="at least 2 sentences"):
         evaluate(model, [{"input_ids": input_ids[:1], "attention_mask": attention_mask[:1]}], progress=False)
+    with pytest.raises(ValueError, match="iw_samples=-1: must be >= 0"):
+        evaluate(model, [{"input_ids": input_ids, "attention_mask": attention_mask}], iw_samples=-1, progress=False)
 
 
 def test_encode_split_without_likelihood_skips_only_the_decoder_column(trained, tokenizer):
@@ -301,8 +303,10 @@ def test_the_widened_iw_nll_takes_its_width_from_the_heldout_sentences_only(trai
     assert given["iw_proposal_width"] == 0.3 and given["iw_proposal_width_chosen_on"] == "given"
     assert evaluate(trained, scored, tokenizer, iw_samples=6, bleu=False, progress=False)["iw_nll_wide"] is None
     trained.config.objective = "ae"
-    assert evaluate(trained, scored, tokenizer, iw_samples=6, bleu=False, progress=False,
-                    heldout_batches=heldout)["iw_proposal_width"] is None
+    skipped = evaluate(trained, scored, tokenizer, iw_samples=6, bleu=False, progress=False, heldout_batches=heldout)
+    width_keys = ("iw_proposal_width", "iw_proposal_width_chosen_on", "iw_proposal_width_bounds",
+                  "iw_proposal_width_samples")
+    assert {key: skipped[key] for key in width_keys} == dict.fromkeys(width_keys)  # the same keys, all None
 
 
 def test_the_share_of_reconstructions_ending_with_eos_is_that_of_the_greedy_decodings(trained, tokenizer):

@@ -34,7 +34,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 # module -> (test files that exercise its wiring, sample size). Files missing at a --ref are left out.
 MODULES = {
     "objectives": (["tests/test_objectives.py", "tests/test_modeling.py", "tests/test_training.py",
-                    "tests/test_wiring_training.py"], 200),
+                    "tests/test_wiring_training.py", "tests/test_mim_warmup.py"], 200),
     "training": (["tests/test_training.py", "tests/test_training_options.py", "tests/test_streaming_training.py",
                   "tests/test_wiring_training.py", "tests/test_wiring_distributed.py", "tests/test_resume_safety.py",
                   "tests/test_bad_input.py", "tests/test_run_folder.py"], 60),
@@ -43,7 +43,8 @@ MODULES = {
     "pipeline": (["tests/test_pipeline.py", "tests/test_cli.py", "tests/test_wiring_generation.py",
                   "tests/test_wiring_pipeline.py", "tests/test_bad_input.py"], 60),
     "evaluation": (["tests/test_evaluation.py", "tests/test_recipes_eval.py", "tests/test_cli_evaluate.py",
-                    "tests/test_wiring_evaluation.py"], 70),
+                    "tests/test_wiring_evaluation.py", "tests/test_unknown_tokens.py",
+                    "tests/test_widened_importance_sampling.py", "tests/test_length_rule.py"], 70),
     # test_cli_demo.py is left out: it takes seconds and every parser mutant would run it; the demo's flags are
     # covered by test_cli_arguments.py
     "cli": (["tests/test_cli.py", "tests/test_cli_evaluate.py", "tests/test_cli_arguments.py",
