@@ -415,7 +415,8 @@ def prepare_output_dir(options: TrainingOptions, dataset: str | None = None) -> 
 def nothing_to_resume(output_dir: Path) -> str:
     """Why --resume cannot start, and what to do, never advising a deletion of checkpoints that exist."""
     checkpoints = output_dir / "checkpoints"
-    partial = sorted(p for p in checkpoints.glob("step_*") if p.is_dir()) if checkpoints.is_dir() else []
+    steps = [p for p in checkpoints.glob("step_*") if p.is_dir() and checkpointing.checkpoint_step(p) is not None]
+    partial = sorted(steps, key=checkpointing.checkpoint_step)  # by number: step_10 is newer than step_9
     if partial:
         lacking = checkpointing.missing_files(partial[-1])
         return (f"--resume: no complete checkpoint in {checkpoints} ({partial[-1].name} lacks {', '.join(lacking)}); "

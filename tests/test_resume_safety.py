@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from sentmim import SentenceMIMConfig, SentenceMIMModel, checkpointing
 from sentmim.cli import main
 from sentmim.options import TrainingOptions
-from sentmim.training import train
+from sentmim.training import nothing_to_resume, train
 from tests.conftest import TINY_TRAIN, cli_error_line, run_cli
 from tests.test_training import interrupt_after_checkpoint
 
@@ -215,6 +215,14 @@ def test_resume_falls_back_to_the_newest_complete_checkpoint(damage, builtin_spl
     assert all(torch.equal(a, b) for a, b in zip(resumed.parameters(), reference.parameters(), strict=True))
     final = load_file(checkpoints / "step_8" / "model.safetensors")
     assert all(torch.equal(final[name], tensor) for name, tensor in reference.state_dict().items() if name in final)
+
+
+def test_nothing_to_resume_names_the_newest_partial_checkpoint_by_step_number(tmp_path):
+    for step in (2, 9, 10):  # by name step_9 would sort last
+        (tmp_path / "checkpoints" / f"step_{step}").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "step_10" / "model.safetensors").write_bytes(b"")
+    message = nothing_to_resume(tmp_path)
+    assert "(step_10 lacks" in message and "model.safetensors," not in message
 
 
 def test_no_advice_to_delete_checkpoints_that_exist(cli_run, corpus_file, tmp_path, capsys):
