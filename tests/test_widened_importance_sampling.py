@@ -161,7 +161,9 @@ def test_widened_proposal_equal_to_the_true_posterior_is_exact_for_any_k():
         got = metrics.importance_weighted_nll(LinearGaussian(shrink), x, num_samples=num_samples,
                                               proposal_width=width)
         torch.testing.assert_close(got, exact, rtol=0, atol=1e-9)
-    assert (metrics.importance_weighted_nll(LinearGaussian(shrink), x, num_samples=5) - exact > 1.0).all()
+    unwidened = metrics.importance_weighted_nll(LinearGaussian(shrink), x, num_samples=5,
+                                                generator=torch.Generator().manual_seed(2))  # not the global RNG
+    assert (unwidened - exact > 1.0).all()
 
 
 def test_choose_proposal_width_uses_only_held_out_sentences_and_the_same_noise_for_every_width():
