@@ -23,6 +23,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from .evaluation import eval_mode
 from .files import TMP_PREFIX, replace_durably
 
 AGGREGATE_POSTERIOR_FILE = "aggregate_posterior.safetensors"
@@ -178,13 +179,9 @@ def fit_aggregate_posterior(
     """
     if include_posterior_variance is None:
         include_posterior_variance = model.config.objective != "ae"
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         posteriors = (
             model.encode(batch["input_ids"].to(model.device), batch["attention_mask"].to(model.device))
             for batch in tqdm(batches, desc="aggregate posterior", disable=not progress, unit="batch")
         )
         return fit_from_posteriors(posteriors, include_posterior_variance)
-    finally:
-        model.train(was_training)

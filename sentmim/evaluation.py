@@ -28,7 +28,6 @@ import torch
 from tqdm.auto import tqdm
 
 from . import gaussian, metrics
-from .pipeline import max_sentence_length
 from .preprocessing import distinct_unknown_id
 from .tokenization import decode_keep_unknown, unknown_words_warning
 
@@ -58,6 +57,17 @@ def eval_mode(model):
         yield model
     finally:
         model.train(was_training)
+
+
+def max_sentence_length(config, tokenizer=None) -> int:
+    """The longest tokenized sentence, BOS and EOS included, that a model with this config takes: its
+    max_position_embeddings, bounded by the tokenizer's model_max_length (a tokenizer without a limit reports a huge
+    sentinel). Decoding generates at most this minus one tokens: BOS is given, never generated."""
+    limit = config.max_position_embeddings
+    tokenizer_limit = getattr(tokenizer, "model_max_length", None)
+    if tokenizer_limit and tokenizer_limit < 1_000_000:
+        limit = min(limit, tokenizer_limit)
+    return limit
 
 
 def default_decode_length(model, tokenizer=None) -> int:

@@ -28,6 +28,7 @@ from transformers import Pipeline
 from . import gaussian
 from .aggregate_posterior import AGGREGATE_POSTERIOR_FILE, AggregatePosterior
 from .batching import collate_batch
+from .evaluation import max_sentence_length
 from .generation import decode_latents
 from .model_folder import load_model
 from .modeling import SentenceMIMModel
@@ -51,17 +52,6 @@ def slerp(start: torch.Tensor, end: torch.Tensor, fractions: torch.Tensor) -> to
     weights_start = torch.sin((1 - fractions) * angle) / torch.sin(angle)
     weights_end = torch.sin(fractions * angle) / torch.sin(angle)
     return weights_start[:, None] * start[None] + weights_end[:, None] * end[None]
-
-
-def max_sentence_length(config, tokenizer=None) -> int:
-    """The longest tokenized sentence, BOS and EOS included, that a model with this config takes: its
-    max_position_embeddings, bounded by the tokenizer's model_max_length (a tokenizer without a limit reports a huge
-    sentinel). Decoding generates at most this minus one tokens: BOS is given, never generated."""
-    limit = config.max_position_embeddings
-    tokenizer_limit = getattr(tokenizer, "model_max_length", None)
-    if tokenizer_limit and tokenizer_limit < 1_000_000:
-        limit = min(limit, tokenizer_limit)
-    return limit
 
 
 def model_folder_of(model: SentenceMIMModel) -> Path:
