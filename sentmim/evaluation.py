@@ -265,14 +265,13 @@ def _summarize(model, per_sentence, hypotheses, references, melbo_n, iw_samples,
     count = per_sentence["mean"].shape[0]
     total_targets = int(per_sentence["num_targets"].sum())
 
-    def nll_and_ppl(key: str) -> tuple[float, float]:
-        values = per_sentence[key]
-        return float(values.mean()), metrics.perplexity(float(values.sum()), total_targets)
+    def nll_and_ppl(key: str) -> dict:
+        """{"..._nll": mean per sentence, "..._ppl": its perplexity}; both None when that NLL was not computed."""
+        values = per_sentence.get(key)
+        nll = None if values is None else float(values.mean())
+        ppl = None if values is None else metrics.perplexity(float(values.sum()), total_targets)
+        return {key: nll, key.replace("nll", "ppl"): ppl}
 
-    iw_nll, iw_ppl = nll_and_ppl("iw_nll") if iw_samples > 0 else (None, None)
-    iw_nll_wide, iw_ppl_wide = nll_and_ppl("iw_nll_wide") if "iw_nll_wide" in per_sentence else (None, None)
-    elbo_nll, elbo_ppl = nll_and_ppl("elbo_nll")
-    melbo_nll, melbo_ppl = nll_and_ppl("melbo_nll")
     means, logvars, z = per_sentence["mean"], per_sentence["logvar"], per_sentence["z"]
     # The first MI draw and the per-batch MI use the z of ELBO / MELBO, so the whole-split and per-batch numbers
     # differ only in the set (and the S - 1 further draws).
@@ -295,17 +294,13 @@ def _summarize(model, per_sentence, hypotheses, references, melbo_n, iw_samples,
         "num_targets": total_targets,
         "seed": seed,
         "iw_samples": iw_samples,
-        "iw_nll": iw_nll,
-        "iw_ppl": iw_ppl,
-        "elbo_nll": elbo_nll,
-        "elbo_ppl": elbo_ppl,
-        "melbo_nll": melbo_nll,
-        "melbo_ppl": melbo_ppl,
+        **nll_and_ppl("iw_nll"),  # and iw_ppl: both None when iw_samples is 0
+        **nll_and_ppl("elbo_nll"),
+        **nll_and_ppl("melbo_nll"),
         "melbo_num_sentences": melbo_n,
         "recon_nll_mean_z": float(per_sentence["recon_nll_mean_z"].mean()),
         "recon_nll_sample_z": float(per_sentence["recon_nll_sample_z"].mean()),
-        "iw_nll_wide": iw_nll_wide,
-        "iw_ppl_wide": iw_ppl_wide,
+        **nll_and_ppl("iw_nll_wide"),
         "kl": float(per_sentence["kl"].mean()),
         "kl_code_energy": float(per_sentence["kl_code_energy"].mean()),
         "kl_variance_part": float(per_sentence["kl_variance_part"].mean()),
