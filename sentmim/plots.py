@@ -141,9 +141,8 @@ def plot_latent_projection(
             ax.scatter(coordinates[chosen, 0], coordinates[chosen, 1], s=6, alpha=0.7, label=str(value))
         ax.legend(title=label_name, markerscale=3, fontsize="small")
     shown = f"{len(points)} of {total} sentences" if len(points) < total else f"{total} sentences"
-    ax.set_title(f"Posterior means E[z|x], {method.upper()} projection ({shown})")
-    ax.set_xlabel(axis_names[0])
-    ax.set_ylabel(axis_names[1])
+    ax.set(title=f"Posterior means E[z|x], {method.upper()} projection ({shown})", xlabel=axis_names[0],
+           ylabel=axis_names[1])
     save_figure(figure, path)
     return coordinates
 
@@ -163,10 +162,8 @@ def plot_kl_per_dimension(mean, logvar, path) -> dict[str, np.ndarray]:
     figure, axes = new_figure(2, 1, size=(7.0, 6.4))
     top, bottom = axes[0, 0], axes[1, 0]
     top.bar(ranks, kl[order].numpy())
-    top.set_title(
-        f"KL(q(z_d|x) || N(0, 1)) per dimension, mean over sentences\n(sum over dimensions {kl.sum():.3f} nats)"
-    )
-    top.set_ylabel("KL (nats)")
+    top.set(title=f"KL(q(z_d|x) || N(0, 1)) per dimension, mean over sentences\n(sum over dimensions {kl.sum():.3f} "
+            "nats)", ylabel="KL (nats)")
     # A log axis drops zeros (a collapsed dimension has Var_x E[z_d|x] = 0): draw them at 1e-12 instead.
     floor = 1e-12
     bottom.plot(ranks, posterior_variance[order].clamp(min=floor).numpy(), "o-", markersize=3,
@@ -174,9 +171,7 @@ def plot_kl_per_dimension(mean, logvar, path) -> dict[str, np.ndarray]:
     bottom.plot(ranks, mean_variance[order].clamp(min=floor).numpy(), "s-", markersize=3,
                 label="Var_x E[z_d|x] (active units)")
     bottom.axhline(0.01, color="grey", linestyle="--", label="active-unit threshold 0.01")
-    bottom.set_yscale("log")
-    bottom.set_xlabel("latent dimension, sorted by KL")
-    bottom.set_ylabel("variance")
+    bottom.set(yscale="log", xlabel="latent dimension, sorted by KL", ylabel="variance")
     bottom.legend(fontsize="small")
     save_figure(figure, path)
     return {"kl": kl.numpy(), "posterior_variance": posterior_variance.numpy(), "mean_variance": mean_variance.numpy()}
@@ -191,9 +186,7 @@ def plot_log_likelihood_histogram(
     ax = axes[0, 0]
     ax.hist(values, bins=bins)
     ax.axvline(values.mean(), color="black", linestyle="--", label=f"mean {values.mean():.2f}")
-    ax.set_title(f"Per-sentence log-likelihood, {len(values)} sentences")
-    ax.set_xlabel(label)
-    ax.set_ylabel("sentences")
+    ax.set(title=f"Per-sentence log-likelihood, {len(values)} sentences", xlabel=label, ylabel="sentences")
     ax.legend()
     return save_figure(figure, path)
 
@@ -250,8 +243,7 @@ def plot_training_curves(jsonl_path, path, keys=DEFAULT_CURVE_KEYS) -> list[str]
                 # One colour per run; validation points dashed with markers, training curves solid.
                 style = dict(linestyle="--", marker="o", markersize=3) if part == "val" else {}
                 ax.plot(steps, values, color=f"C{index}", label=f"{label} {part}".strip(), **style)
-        ax.set_title(CURVE_LABELS.get(key, key))
-        ax.set_ylabel(key)
+        ax.set(title=CURVE_LABELS.get(key, key), ylabel=key)
         ax.legend(fontsize="small")
     axes[-1, 0].set_xlabel("training step")
     save_figure(figure, path)
