@@ -144,7 +144,7 @@ def fit_from_posteriors(
     the running ones with Chan et al.'s pairwise update, in float64: no sum of squares of raw codes, so codes far
     from the origin lose no precision, and memory stays O(d^2) whatever the corpus size.
     """
-    count, mean, scatter, variance_sum = 0, None, None, None
+    count, mean, scatter, variance_sum = 0, 0.0, 0.0, 0.0  # the first batch's merge gives its own exactly
     for batch_mean, batch_logvar in posteriors:
         codes = batch_mean.detach().double()
         size = codes.shape[0]
@@ -152,15 +152,10 @@ def fit_from_posteriors(
             continue
         centre = codes.mean(dim=0)
         deviations = codes - centre
-        batch_scatter = deviations.T @ deviations
-        variance = batch_logvar.detach().double().exp().sum(dim=0)
-        if count == 0:
-            mean, scatter, variance_sum = centre, batch_scatter, variance
-        else:
-            delta, total = centre - mean, count + size
-            mean = mean + delta * (size / total)
-            scatter = scatter + batch_scatter + torch.outer(delta, delta) * (count * size / total)
-            variance_sum = variance_sum + variance
+        delta, total = centre - mean, count + size
+        mean = mean + delta * (size / total)
+        scatter = scatter + deviations.T @ deviations + torch.outer(delta, delta) * (count * size / total)
+        variance_sum = variance_sum + batch_logvar.detach().double().exp().sum(dim=0)
         count += size
     if count < 2:
         raise ValueError(f"the aggregate posterior needs the codes of at least 2 sentences, got {count}")
