@@ -260,11 +260,8 @@ def write_evaluation_plots(model, batches, out_dir: str | os.PathLike) -> dict[s
     log_likelihood_histogram.png (log p(x|z = posterior mean)) for a split; returns their paths."""
     out_dir = Path(out_dir)
     split = encode_split(model, batches)
-    paths = {
-        "latent_projection": out_dir / "latent_projection.png",
-        "kl_per_dimension": out_dir / "kl_per_dimension.png",
-        "log_likelihood_histogram": out_dir / "log_likelihood_histogram.png",
-    }
+    paths = {name: out_dir / f"{name}.png" for name in ("latent_projection", "kl_per_dimension",
+                                                         "log_likelihood_histogram")}
     plot_latent_projection(split["mean"], labels=split["num_targets"].numpy(), path=paths["latent_projection"],
                            label_name="sentence length (predicted targets)")
     plot_kl_per_dimension(split["mean"], split["logvar"], paths["kl_per_dimension"])
