@@ -141,12 +141,8 @@ class SentenceMIMPipeline(Pipeline):
         if unknown:
             raise TypeError(f"{TASK}: unknown option(s) {', '.join(unknown)}: pass mode, noise or options of "
                             f"SentenceMIMModel.decode ({', '.join(sorted(DECODE_OPTIONS))})")
-        forward_options = dict(decode_options)
-        if mode is not None:
-            forward_options["mode"] = mode
-        if noise is not None:
-            forward_options["noise"] = noise
-        return {}, forward_options, {}
+        given = {name: value for name, value in (("mode", mode), ("noise", noise)) if value is not None}
+        return {}, {**decode_options, **given}, {}
 
     def preprocess(self, sentence: str) -> dict[str, torch.Tensor]:
         if not isinstance(sentence, str):
