@@ -286,7 +286,7 @@ def _summarize(model, per_sentence, hypotheses, references, melbo_n, iw_samples,
     collapse_units = active if model.config.objective == "ae" else active_relative
     ended = per_sentence.get("reconstruction_ended")
 
-    results = {
+    return {
         "objective": model.config.objective,
         "architecture": model.config.architecture,
         "latent_size": model.config.latent_size,
@@ -314,9 +314,9 @@ def _summarize(model, per_sentence, hypotheses, references, melbo_n, iw_samples,
         "active_units_threshold": ACTIVE_UNIT_THRESHOLD,
         "active_units_relative": active_relative,
         "active_units_relative_threshold": ACTIVE_UNIT_THRESHOLD,
-        "bleu4_corpus": None,
-        "bleu_signature": None,
-        "bleu1_sentence_mean": None,
+        "bleu4_corpus": metrics.corpus_bleu(hypotheses, references) if hypotheses else None,
+        "bleu_signature": metrics.bleu_signature() if hypotheses else None,
+        "bleu1_sentence_mean": metrics.mean_sentence_bleu1(hypotheses, references) if hypotheses else None,
         "reconstruction_eos_share": None if ended is None else float(ended.double().mean()),
         # The relative rule (absolute for an AE): MIM's near-delta posteriors have means that vary by less than
         # the absolute 0.01 and still tell sentences apart.
@@ -326,11 +326,6 @@ def _summarize(model, per_sentence, hypotheses, references, melbo_n, iw_samples,
         # IW-NLL, ELBO-NLL and KL then describe an arbitrary q, not the model.
         "likelihoods_meaningful": model.config.objective != "ae",
     }
-    if hypotheses:
-        results["bleu4_corpus"] = metrics.corpus_bleu(hypotheses, references)
-        results["bleu_signature"] = metrics.bleu_signature()
-        results["bleu1_sentence_mean"] = metrics.mean_sentence_bleu1(hypotheses, references)
-    return results
 
 
 @torch.no_grad()
