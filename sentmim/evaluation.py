@@ -219,8 +219,7 @@ def evaluate(
         raise ValueError("evaluate needs at least 2 sentences (MI and active units are statistics of a split)")
     results = _summarize(model, per_sentence, hypotheses, references, num_sentences, iw_samples, mi_batch_size, seed,
                          mi_samples)
-    results.update(_unknown_tokens(per_sentence, unknown_in_text))
-    return {**results, **width}
+    return {**results, **_unknown_tokens(per_sentence, unknown_in_text), **width}
 
 
 def _unknown_tokens(per_sentence, unknown_in_text: int | None) -> dict:
