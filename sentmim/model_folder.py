@@ -12,7 +12,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from .configuration import SentenceMIMConfig
-from .files import read_json
+from .files import first_line, read_json
 from .modeling import SentenceMIMModel
 
 WEIGHTS = "model.safetensors"
@@ -24,13 +24,13 @@ def load_config(folder: str | Path) -> SentenceMIMConfig:
     if not path.is_file():
         raise ValueError(f"{folder}: no config.json here; pass a folder written by `sentmim train` or save_pretrained")
     fields = read_json(path, "the folder's model description is damaged; copy the folder again or retrain")
-    if not isinstance(fields, dict) or fields.get("model_type") != SentenceMIMConfig.model_type:
-        kind = fields.get("model_type") if isinstance(fields, dict) else None
+    kind = fields.get("model_type") if isinstance(fields, dict) else None
+    if kind != SentenceMIMConfig.model_type:
         raise ValueError(f"{path}: model_type is {kind!r}, not {SentenceMIMConfig.model_type!r}: not a sentmim model")
     try:
         return SentenceMIMConfig.from_pretrained(folder, trust_remote_code=False, local_files_only=True)
     except (ValueError, TypeError) as error:
-        raise ValueError(f"{path}: {(str(error).strip().splitlines() or [''])[0]}") from None
+        raise ValueError(f"{path}: {first_line(error)}") from None
 
 
 def weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
@@ -39,9 +39,8 @@ def weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
         with safe_open(path, framework="pt") as weights:
             return {name: tuple(weights.get_slice(name).get_shape()) for name in weights.keys()}  # noqa: SIM118
     except (SafetensorError, OSError) as error:
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise ValueError(
-            f"{path} is damaged or not a safetensors file ({reason}): copy it again, or retrain the model"
+            f"{path} is damaged or not a safetensors file ({first_line(error)}): copy it again, or retrain the model"
         ) from None
 
 
@@ -90,8 +89,9 @@ def load_model(folder: str | Path, config: SentenceMIMConfig | None = None) -> S
             folder, config=config, use_safetensors=True, trust_remote_code=False, local_files_only=True
         )
     except (SafetensorError, OSError, RuntimeError) as error:  # the data past the header may still be damaged
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise ValueError(f"{weights} could not be loaded ({reason}): copy it again, or retrain the model") from None
+        raise ValueError(
+            f"{weights} could not be loaded ({first_line(error)}): copy it again, or retrain the model"
+        ) from None
 
 
 class AutoSentenceMIMModel:
