@@ -40,11 +40,6 @@ def staging_dir(checkpoints_dir: Path, step: int) -> Path:
     return checkpoints_dir / f"{TMP_PREFIX}step_{step}"
 
 
-def clear_staging(staging: Path) -> None:
-    """Remove what an interrupted save left in a staging folder (never a published checkpoint)."""
-    shutil.rmtree(staging, ignore_errors=True)
-
-
 def checkpoint_step(folder: Path) -> int | None:
     prefix, _, number = folder.name.partition("_")
     return int(number) if prefix == "step" and number.isdigit() else None
@@ -54,12 +49,15 @@ def missing_files(folder: Path) -> list[str]:
     return [name for name in CHECKPOINT_FILES if not (folder / name).is_file()]
 
 
+def step_folders(checkpoints_dir: Path) -> list[Path]:
+    """The step_N folders, complete or not, oldest first (by number: step_10 is newer than step_9)."""
+    found = [p for p in checkpoints_dir.glob("step_*") if p.is_dir() and checkpoint_step(p) is not None]
+    return sorted(found, key=checkpoint_step)
+
+
 def complete_checkpoints(checkpoints_dir: Path) -> list[Path]:
     """The step_N folders that hold every checkpoint file, oldest first."""
-    if not checkpoints_dir.is_dir():
-        return []
-    found = [p for p in checkpoints_dir.iterdir() if p.is_dir() and checkpoint_step(p) is not None]
-    return sorted((p for p in found if not missing_files(p)), key=checkpoint_step)
+    return [folder for folder in step_folders(checkpoints_dir) if not missing_files(folder)]
 
 
 def publish(checkpoints_dir: Path, step: int, keep: int) -> Path:
@@ -146,9 +144,8 @@ def publish_model(output_dir: Path, model, tokenizer) -> None:
     fitted to the previous weights is removed first: it describes another model's codes (training fits a new one
     at the end of the run).
 
-    A LoRA model (sentmim.lora) is published with its adapters merged in, a plain sentmim model folder, and its
-    adapters alone in adapter/ (peft's files, a few MB), which replaces the previous adapter/ whole just before the
-    weights move."""
+    A LoRA model is published merged, with its adapters alone in adapter/ (docs/backbones.md), which replaces the
+    previous adapter/ whole just before the weights move."""
     output_dir = Path(output_dir)
     adapters = model if lora.is_lora_model(model) else None
     model = lora.merged_copy(model)

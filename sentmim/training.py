@@ -16,6 +16,7 @@ import itertools
 import json
 import logging
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,8 +130,8 @@ class SentenceMIMTrainer:
             logger.info("resumed from %s at step %d", folder, self.state.step)
         # Loss sums stay on the device between log lines: reading a number back every step would stall a GPU.
         self.running = torch.tensor([self.state.running[term] for term in RUNNING_TERMS], device=accelerator.device)
-        self.log = JsonlLog(self.output_dir / "log.jsonl", self.state.step if options.resume else None) if self.main \
-            else None
+        resumed_step = self.state.step if options.resume else None
+        self.log = JsonlLog(self.output_dir / "log.jsonl", resumed_step) if self.main else None
         if options.report_to == "tensorboard":
             accelerator.init_trackers("sentmim", config={k: str(v) for k, v in dataclasses.asdict(options).items()})
 
@@ -301,8 +302,8 @@ class SentenceMIMTrainer:
         """A complete checkpoint in a staging folder, then renamed into place (checkpointing.publish)."""
         self.check_finite()  # never checkpoint weights that a NaN step has already spoilt
         staging = checkpointing.staging_dir(self.checkpoints_dir, self.state.step)
-        if self.main:
-            checkpointing.clear_staging(staging)
+        if self.main:  # what an interrupted save left there (never a published checkpoint)
+            shutil.rmtree(staging, ignore_errors=True)
         self.accelerator.wait_for_everyone()
         self.state.train_seconds = time.time() - self.started
         sums = dict(zip(RUNNING_TERMS, self.running.tolist(), strict=True))
@@ -323,7 +324,7 @@ class SentenceMIMTrainer:
             self.fit_aggregate_posterior()
             results = {"step": state.step, "epoch": state.epoch, "best_val_loss": state.best_val_loss,
                        "stopped_early": self.stop, "train_seconds": round(time.time() - self.started, 1)}
-            write_text_atomic(self.output_dir / "train_results.json", json.dumps(results, indent=2))
+            write_json_atomic(self.output_dir / "train_results.json", results)
         accelerator.wait_for_everyone()
         accelerator.end_training()
         return {"step": state.step, "best_val_loss": state.best_val_loss, "stopped_early": self.stop}
@@ -354,10 +355,8 @@ def make_accelerator(options: TrainingOptions) -> Accelerator:
 def fused_adam_supported(device: torch.device) -> bool:
     """Whether Adam/AdamW have a fused kernel here: CUDA, and CPU since torch 2.4, where one fused step of an 11M
     parameter model takes ~21 ms against ~90 ms for the default (benchmarks/throughput)."""
-    if device.type == "cuda":
-        return True
-    major, minor = (int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
-    return device.type == "cpu" and (major, minor) >= (2, 4)
+    torch_version = tuple(int(part) for part in torch.__version__.split(".")[:2])
+    return device.type == "cuda" or (device.type == "cpu" and torch_version >= (2, 4))
 
 
 def build_optimizer(model, options: TrainingOptions, fused: bool) -> torch.optim.Optimizer:
@@ -415,8 +414,7 @@ def prepare_output_dir(options: TrainingOptions, dataset: str | None = None) -> 
 def nothing_to_resume(output_dir: Path) -> str:
     """Why --resume cannot start, and what to do, never advising a deletion of checkpoints that exist."""
     checkpoints = output_dir / "checkpoints"
-    steps = [p for p in checkpoints.glob("step_*") if p.is_dir() and checkpointing.checkpoint_step(p) is not None]
-    partial = sorted(steps, key=checkpointing.checkpoint_step)  # by number: step_10 is newer than step_9
+    partial = checkpointing.step_folders(checkpoints)
     if partial:
         lacking = checkpointing.missing_files(partial[-1])
         return (f"--resume: no complete checkpoint in {checkpoints} ({partial[-1].name} lacks {', '.join(lacking)}); "
@@ -439,7 +437,7 @@ def check_num_processes(checkpoint: Path, num_processes: int) -> None:
 
 
 @torch.no_grad()
-def validation_metrics(model, loader, kl_weight: float = 1.0, seed: int = 0) -> dict:
+def validation_metrics(model, loader, seed: int = 0) -> dict:
     """Validation loss terms per sentence, KL, whole-split MI (He et al.) and active units, in eval mode.
 
     Its z samples come from a forked, seeded random state: validation numbers are reproducible, and how often a run
@@ -448,18 +446,18 @@ def validation_metrics(model, loader, kl_weight: float = 1.0, seed: int = 0) -> 
         torch.manual_seed(seed)
         model.eval()
         try:
-            return _validation_metrics(model, loader, kl_weight)
+            return _validation_metrics(model, loader)
         finally:
             model.train()
 
 
-def _validation_metrics(model, loader, kl_weight: float) -> dict:
+def _validation_metrics(model, loader) -> dict:
     totals = {"loss": 0.0, "recon_nll": 0.0, "kl": 0.0}
     means, logvars, samples = [], [], []
     count, targets = 0, 0
     for batch in loader:
         batch = {name: tensor.to(model.device) for name, tensor in batch.items()}
-        out = model(**batch, kl_weight=kl_weight, return_logits=False)
+        out = model(**batch, return_logits=False)  # kl_weight 1: the full objective
         size = batch["input_ids"].size(0)
         totals["loss"] += out.loss.item() * size
         totals["recon_nll"] += -out.log_likelihood.sum().item()
