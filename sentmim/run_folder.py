@@ -83,15 +83,10 @@ def is_marked(folder: Path) -> bool:
     return (folder / MARKER).is_file() or legacy
 
 
-def is_inside(path: Path, folder: Path) -> bool:
-    path, folder = Path(path).resolve(), Path(folder).resolve()
-    return path == folder or folder in path.parents
-
-
 def check_overwrite(folder: Path, layout: dict, dataset: str | None = None, marked: bool | None = None) -> None:
     """Refuse (deleting nothing) to overwrite a folder that holds anything a run did not write, or the dataset."""
     folder = Path(folder)
-    if dataset and Path(dataset).exists() and is_inside(dataset, folder):
+    if dataset and Path(dataset).exists() and Path(dataset).resolve().is_relative_to(folder.resolve()):
         raise RunFolderError(
             f"--overwrite would delete the dataset being read: {dataset} is inside --output-dir {folder}; "
             "keep data and runs in separate folders"
