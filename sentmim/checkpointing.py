@@ -12,6 +12,7 @@ untouched; resume ignores unfinished folders, and when `latest` names a folder t
 back to the newest complete step_N folder.
 """
 
+import contextlib
 import logging
 import os
 import shutil
@@ -101,18 +102,23 @@ def saved_num_processes(folder: Path) -> int:
     return len(list(folder.glob("random_states_*.pkl")))
 
 
+@contextlib.contextmanager
+def full_disk_as_oserror(what: str, note: str = ""):
+    """A failed write (a full disk, whichever library meets it: torch reports one as a RuntimeError) as a one-line
+    OSError saying what could not be written."""
+    try:
+        yield
+    except (OSError, RuntimeError, SafetensorError) as error:
+        raise OSError(f"could not write {what} ({first_line(error)}); free disk space, then --resume{note}") from None
+
+
 def save_checkpoint(accelerator, folder: Path, trainer_state: dict) -> None:
     """accelerate's `save_state` into `folder` (every process calls it: each writes its own random state), then the
     trainer state (main process). A full disk, whichever library meets it, ends in a one-line OSError."""
-    try:
+    with full_disk_as_oserror(f"checkpoint {folder}", " (the previous checkpoint is intact)"):
         accelerator.save_state(str(folder))
         if accelerator.is_main_process:
             write_json_atomic(folder / TRAINER_STATE, trainer_state)
-    except (OSError, RuntimeError, SafetensorError) as error:  # torch reports a full disk as a RuntimeError
-        raise OSError(
-            f"could not write checkpoint {folder} ({first_line(error)}); free disk space, then --resume "
-            "(the previous checkpoint is intact)"
-        ) from None
 
 
 def load_checkpoint(accelerator, folder: Path) -> dict:
@@ -151,15 +157,11 @@ def publish_model(output_dir: Path, model, tokenizer) -> None:
     model = lora.merged_copy(model)
     staging = output_dir / MODEL_STAGING
     shutil.rmtree(staging, ignore_errors=True)
-    try:
+    with full_disk_as_oserror(f"the model into {staging}"):
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         if adapters is not None:
             adapters.save_pretrained(staging / ADAPTER_FOLDER)
-    except (OSError, RuntimeError, SafetensorError) as error:
-        raise OSError(
-            f"could not write the model into {staging} ({first_line(error)}); free disk space, then --resume"
-        ) from None
     files = sorted(item for item in staging.iterdir() if item.is_file())
     weights = [item for item in files if item.name.endswith(".safetensors")]
     if not weights:
