@@ -172,15 +172,15 @@ class RunLock:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         descriptor = os.open(self.folder / MARKER, os.O_RDWR | os.O_CREAT, 0o644)
-        for attempt in range(20):  # another process may be checking the folder this very moment (a shared lock)
+        for _ in range(20):  # another process may be checking the folder this very moment (a shared lock)
             try:
                 fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                if attempt == 19:
-                    os.close(descriptor)
-                    raise _busy(self.folder) from None
                 time.sleep(0.05)
+        else:
+            os.close(descriptor)
+            raise _busy(self.folder)
         self.descriptor = descriptor
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
         os.ftruncate(descriptor, 0)
