@@ -454,7 +454,7 @@ def validation_metrics(model, loader, seed: int = 0) -> dict:
 def _validation_metrics(model, loader) -> dict:
     totals = {"loss": 0.0, "recon_nll": 0.0, "kl": 0.0}
     means, logvars, samples = [], [], []
-    count, targets = 0, 0
+    targets = 0
     for batch in loader:
         batch = {name: tensor.to(model.device) for name, tensor in batch.items()}
         out = model(**batch, return_logits=False)  # kl_weight 1: the full objective
@@ -466,9 +466,8 @@ def _validation_metrics(model, loader) -> dict:
         means.append(out.mean.float().cpu())
         logvars.append(out.logvar.float().cpu())
         samples.append(out.z.float().cpu() if model.config.objective != "ae" else None)
-        count += size
-    result = {f"val_{name}": value / count for name, value in totals.items()}
     mean, logvar = torch.cat(means), torch.cat(logvars)
+    result = {f"val_{name}": value / len(mean) for name, value in totals.items()}
     z = None if samples[0] is None else torch.cat(samples)
     result["val_recon_ppl"] = math.exp(totals["recon_nll"] / targets)
     result["val_mi_whole_split"] = metrics.mutual_information(mean, logvar, z=z)
