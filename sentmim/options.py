@@ -13,7 +13,7 @@ What a resumed run may change is decided here too (`check_resume`; the rule and 
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Literal, get_args, get_origin
+from typing import ClassVar, Literal, get_args, get_origin
 
 
 class OptionError(ValueError):
@@ -76,8 +76,23 @@ def check_choices(options) -> None:
             raise ValueError(f"{item.name}={value!r} is invalid: use one of {', '.join(map(str, allowed))}")
 
 
+# The ranges most options share.
+COUNT, POSITIVE, SEED = (0, None, "int"), (1, None, "int"), (0, 2**32 - 1, "int")
+RATE = (0, ("below", 1), "float")
+
+
+class Options:
+    """Base of the option dataclasses: constructing one checks its Literal choices and its `ranges`."""
+
+    ranges: ClassVar[dict] = {}
+
+    def __post_init__(self):
+        check_choices(self)
+        check_ranges(self, self.ranges)
+
+
 @dataclass
-class DatasetOptions:
+class DatasetOptions(Options):
     """Which text: a dataset and, optionally, one of its splits and its text column."""
 
     dataset: str = option(
@@ -96,7 +111,7 @@ class DatasetOptions:
 
 
 @dataclass
-class DataOptions:
+class DataOptions(Options):
     """How training reads its text and turns sentences into examples."""
 
     lowercase: bool = option(False, "lowercase the text (and the tokenizer)")
@@ -109,14 +124,12 @@ class DataOptions:
     max_validation_sentences: int = option(
         5000, "streams only: validate on the first N validation sentences (a stream is re-read at each evaluation)")
 
-    def __post_init__(self):
-        check_choices(self)
-        check_ranges(self, {"max_length": (3, None, "int"), "validation_fraction": (0, ("below", 1), "float"),
-                            "max_validation_sentences": (1, None, "int")})
+    ranges: ClassVar[dict] = {"max_length": (3, None, "int"), "validation_fraction": RATE,
+                              "max_validation_sentences": POSITIVE}
 
 
 @dataclass
-class TokenizerOptions:
+class TokenizerOptions(Options):
     """The vocabulary a new model is trained with (a fine-tuned model keeps its own, extended when asked; a resumed run
     keeps the run's)."""
 
@@ -130,14 +143,11 @@ class TokenizerOptions:
         0, "fine-tuning a word-level model (--init-from): add up to N of the words of the new training data that its "
         "vocabulary lacks, most frequent first, and grow the embedding and output layers (0: keep the vocabulary)")
 
-    def __post_init__(self):
-        check_choices(self)
-        check_ranges(self, {"vocab_size": (5, None, "int"), "min_frequency": (0, None, "int"),
-                            "extend_vocabulary": (0, None, "int")})
+    ranges: ClassVar[dict] = {"vocab_size": (5, None, "int"), "min_frequency": COUNT, "extend_vocabulary": COUNT}
 
 
 @dataclass
-class ModelOptions:
+class ModelOptions(Options):
     """The model to train; an option left at None takes SentenceMIMConfig's default (or, with --init-from, the
     trained model's value)."""
 
@@ -180,13 +190,14 @@ class ModelOptions:
         "names of the backbone's modules LoRA adapts (default: peft's for the backbone's model type, e.g. q_proj "
         "v_proj for Llama and BART, c_attn for GPT-2)")})
 
+    ranges: ClassVar[dict] = {
+        **dict.fromkeys(("latent_size", "hidden_size", "embedding_size", "num_layers", "num_attention_heads",
+                         "num_memory_slots", "lora_r", "lora_alpha"), POSITIVE),
+        **dict.fromkeys(("dropout", "embedding_dropout", "word_dropout", "lora_dropout"), RATE),
+    }
+
     def __post_init__(self):
-        check_choices(self)
-        sizes = ("latent_size", "hidden_size", "embedding_size", "num_layers", "num_attention_heads",
-                 "num_memory_slots", "lora_r", "lora_alpha")
-        rates = ("dropout", "embedding_dropout", "word_dropout", "lora_dropout")
-        check_ranges(self, {**{name: (1, None, "int") for name in sizes},
-                            **{name: (0, ("below", 1), "float") for name in rates}})
+        super().__post_init__()
         if self.backbone is not None:
             if self.init_from:
                 raise ValueError("--backbone and --init-from exclude each other: a trained model keeps its backbone "
@@ -228,7 +239,7 @@ NOT_CONFIG_FIELDS = ("init_from", "backbone", *LORA_OPTIONS)
 
 
 @dataclass
-class TrainingOptions:
+class TrainingOptions(Options):
     """How to train: the loop, its schedules, checkpoints and logs."""
 
     output_dir: str = option(help="folder of the run: the best model, checkpoints/, log.jsonl")
@@ -287,20 +298,19 @@ class TrainingOptions:
         0, "MIM: steps over which the weight of the two prior terms rises linearly from 0 to 1, after which the "
         "objective is the paper's (0: the paper's objective from the first step; docs/objectives.md)")
 
-    def __post_init__(self):
-        check_choices(self)
-        positive_ints = ("batch_size", "eval_batch_size", "max_steps", "plateau_patience",
+    ranges: ClassVar[dict] = {
+        **dict.fromkeys(("batch_size", "eval_batch_size", "max_steps", "plateau_patience",
                          "gradient_accumulation_steps", "eval_steps", "save_steps", "save_total_limit",
-                         "logging_steps", "kl_anneal_steps", "kl_cycle_steps")
-        check_ranges(self, {
-            **{name: (1, None, "int") for name in positive_ints},
-            **{name: (("above", 0), None, "float") for name in ("epochs", "learning_rate", "max_grad_norm")},
-            **{name: (0, None, "float") for name in ("weight_decay", "kl_weight", "kl_logistic_k", "free_bits")},
-            "warmup_steps": (0, None, "int"), "early_stopping_patience": (0, None, "int"),
-            "mim_warmup_steps": (0, None, "int"),
-            "plateau_factor": (("above", 0), 1, "float"), "kl_cycle_ratio": (("above", 0), 1, "float"),
-            "kl_logistic_x0": (None, None, "int"), "seed": (0, 2**32 - 1, "int"),
-        })
+                         "logging_steps", "kl_anneal_steps", "kl_cycle_steps"), POSITIVE),
+        **dict.fromkeys(("warmup_steps", "early_stopping_patience", "mim_warmup_steps"), COUNT),
+        **dict.fromkeys(("epochs", "learning_rate", "max_grad_norm"), (("above", 0), None, "float")),
+        **dict.fromkeys(("weight_decay", "kl_weight", "kl_logistic_k", "free_bits"), (0, None, "float")),
+        **dict.fromkeys(("plateau_factor", "kl_cycle_ratio"), (("above", 0), 1, "float")),
+        "kl_logistic_x0": (None, None, "int"), "seed": SEED,
+    }
+
+    def __post_init__(self):
+        super().__post_init__()
         if self.resume and self.overwrite:
             raise ValueError("--resume and --overwrite exclude each other: resume continues a run, overwrite ends it")
         if self.lr_scheduler == "plateau" and self.warmup_steps:
@@ -308,7 +318,7 @@ class TrainingOptions:
 
 
 @dataclass
-class EvaluationOptions:
+class EvaluationOptions(Options):
     """How a trained model is scored on a split (docs/metrics.md)."""
 
     batch_size: int = option(
@@ -320,29 +330,26 @@ class EvaluationOptions:
         aliases=("--output_file", "--output-file"))
     disable_tqdm: bool = option(False, "no progress bar")
 
-    def __post_init__(self):
-        check_ranges(self, {"batch_size": (1, None, "int"), "max_sentences": (1, None, "int"),
-                            "seed": (0, 2**32 - 1, "int")})
+    ranges: ClassVar[dict] = {"batch_size": POSITIVE, "max_sentences": POSITIVE, "seed": SEED}
 
 
 @dataclass
-class LikelihoodOptions:
+class LikelihoodOptions(Options):
     iw_samples: int = option(500, "importance samples K of IW-NLL (0 skips it)")
     width_sentences: int = option(
         200, "held-out sentences on which the widened IW proposal's width is chosen: the first N of the validation "
         "split (of train when validation is scored); 0 skips the widened IW-NLL")
 
-    def __post_init__(self):
-        check_ranges(self, {"iw_samples": (0, None, "int"), "width_sentences": (0, None, "int")})
+    ranges: ClassVar[dict] = {"iw_samples": COUNT, "width_sentences": COUNT}
 
 
 @dataclass
-class PlotOptions:
+class PlotOptions(Options):
     plots: str | None = option(None, "write PNG plots (latent projection, KL per dimension, ...) into this folder")
 
 
 @dataclass
-class ModelFolderOptions:
+class ModelFolderOptions(Options):
     """A trained model folder (the recipes; the CLI takes it as its first argument)."""
 
     model_name_or_path: str = option(help="folder with the model and its tokenizer")
@@ -355,7 +362,7 @@ class ModelFolderOptions:
 
 
 @dataclass
-class TestEvaluationOptions:
+class TestEvaluationOptions(Options):
     """After training (recipes/train.py, the benchmark): score the best model on a test split."""
 
     test_split: str = option("test", "split the trained model is scored on ('' skips it)")
@@ -364,41 +371,35 @@ class TestEvaluationOptions:
         200, "validation sentences on which the widened IW proposal's width is chosen (0 skips the widened IW-NLL)")
     max_eval_sentences: int | None = option(None, "score the first N test sentences only")
 
-    def __post_init__(self):
-        check_ranges(self, {"iw_samples": (0, None, "int"), "max_eval_sentences": (1, None, "int"),
-                            "width_sentences": (0, None, "int")})
+    ranges: ClassVar[dict] = {"iw_samples": COUNT, "max_eval_sentences": POSITIVE, "width_sentences": COUNT}
 
 
 @dataclass
-class TextInputOptions:
+class TextInputOptions(Options):
     """Sentences from a file, besides those given as arguments."""
 
     input: str | None = option(None, "a UTF-8 text file with one sentence per line")
 
 
 @dataclass
-class ReconstructOptions:
+class ReconstructOptions(Options):
     mode: Literal["mean", "sample", "perturb"] = option(
         "mean", "decode the posterior mean, a posterior sample, or the mean plus a little noise")
     num_beams: int = option(1, "beam search with this many beams (1: greedy)")
 
-    def __post_init__(self):
-        check_choices(self)
-        check_ranges(self, {"num_beams": (1, None, "int")})
+    ranges: ClassVar[dict] = {"num_beams": POSITIVE}
 
 
 @dataclass
-class InterpolateOptions:
+class InterpolateOptions(Options):
     steps: int = option(8, "points strictly between the two sentences")
     method: Literal["linear", "slerp"] = option("linear", "straight line, or spherical interpolation")
 
-    def __post_init__(self):
-        check_choices(self)
-        check_ranges(self, {"steps": (0, None, "int")})
+    ranges: ClassVar[dict] = {"steps": COUNT}
 
 
 @dataclass
-class SampleOptions:
+class SampleOptions(Options):
     num_samples: int = option(10, "sentences to sample", aliases=("-n",))
     temperature: float = option(1.0, "token sampling temperature (0: greedy)")
     seed: int | None = option(None, "seed of the latents and the tokens (default: fresh randomness)")
@@ -409,15 +410,12 @@ class SampleOptions:
     repetition_penalty: float = option(1.0, "divide the logits of tokens already in the sentence by this (1: off)")
     no_repeat_ngram_size: int = option(0, "never repeat an n-gram of this size within a sentence (0: off)")
 
-    def __post_init__(self):
-        check_choices(self)
-        check_ranges(self, {"num_samples": (1, None, "int"), "temperature": (0, None, "float"),
-                            "seed": (0, 2**32 - 1, "int"), "repetition_penalty": (("above", 0), None, "float"),
-                            "no_repeat_ngram_size": (0, None, "int")})
+    ranges: ClassVar[dict] = {"num_samples": POSITIVE, "temperature": (0, None, "float"), "seed": SEED,
+                              "repetition_penalty": (("above", 0), None, "float"), "no_repeat_ngram_size": COUNT}
 
 
 @dataclass
-class EncodeOptions:
+class EncodeOptions(Options):
     output: str = option(help="where to write the [N, latent] float32 array (.npy)")
 
 
