@@ -28,18 +28,21 @@ from transformers import (
 from transformers.modeling_outputs import BaseModelOutput
 
 from .configuration import SentenceMIMConfig
+from .files import first_line
 from .tokenization import fast_tokenizer
 
 # Sentences of a backbone without position embeddings (T5's relative positions) are limited to this many tokens.
 DEFAULT_MAX_LENGTH = 512
 
 
+def _auto_class(backbone_config):
+    return AutoModelForSeq2SeqLM if backbone_config.is_encoder_decoder else AutoModelForCausalLM
+
+
 def build_backbone(config) -> PreTrainedModel:
     """A randomly initialised backbone from `config.backbone_config` (weights are loaded afterwards)."""
-    backbone_config = config.backbone_config
-    auto_class = AutoModelForSeq2SeqLM if backbone_config.is_encoder_decoder else AutoModelForCausalLM
     # The backbone shares the config object, so that what changes it (resize_token_embeddings) reaches config.json.
-    return auto_class.from_config(backbone_config, trust_remote_code=False)
+    return _auto_class(config.backbone_config).from_config(config.backbone_config, trust_remote_code=False)
 
 
 def build_latent_layers(config, backbone: PreTrainedModel) -> "LatentLayers":
@@ -240,7 +243,7 @@ def _load_tokenizer(name_or_path: str):
     try:
         return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False)
     except (OSError, ValueError) as error:
-        raise OSError(f"backbone {name_or_path!r}: its tokenizer could not be loaded ({_first_line(error)}); a "
+        raise OSError(f"backbone {name_or_path!r}: its tokenizer could not be loaded ({first_line(error)}); a "
                       "backbone folder holds the tokenizer's files beside config.json") from error
 
 
@@ -257,12 +260,12 @@ def load_backbone_config(name_or_path: str):
     except OSError as error:
         raise OSError(
             f"backbone {name_or_path!r}: neither a local folder with a config.json nor a model transformers could "
-            f"fetch from the Hugging Face Hub ({_first_line(error)})"
+            f"fetch from the Hugging Face Hub ({first_line(error)})"
         ) from error
     except ValueError as error:  # custom code (auto_map), or a model type this transformers does not know
         raise ValueError(
             f"backbone {name_or_path!r}: not a model type of this transformers installation; sentmim never runs "
-            f"code shipped with a model ({_first_line(error)})"
+            f"code shipped with a model ({first_line(error)})"
         ) from error
 
 
@@ -275,9 +278,7 @@ def from_backbone(model_class, name_or_path: str, tokenizer=None, **config_kwarg
 
     `tokenizer`: the backbone's own tokenizer (an object, or a folder / Hub id to load it from; default: the one at
     `name_or_path`). The model follows `adapt_tokenizer(tokenizer)`."""
-    backbone_config = load_backbone_config(name_or_path)
-    auto_class = AutoModelForSeq2SeqLM if backbone_config.is_encoder_decoder else AutoModelForCausalLM
-    backbone = auto_class.from_pretrained(name_or_path, trust_remote_code=False)
+    backbone = _auto_class(load_backbone_config(name_or_path)).from_pretrained(name_or_path, trust_remote_code=False)
     if tokenizer is None or isinstance(tokenizer, str):
         tokenizer = _load_tokenizer(tokenizer or name_or_path)
     adapted, added = _adapt_tokenizer(tokenizer)
@@ -312,10 +313,6 @@ def from_backbone(model_class, name_or_path: str, tokenizer=None, **config_kwarg
     model = model_class(SentenceMIMConfig(**{**settings, **config_kwargs}))
     model.backbone.load_state_dict(backbone.state_dict())
     return model
-
-
-def _first_line(error: Exception) -> str:
-    return (str(error).strip().splitlines() or [""])[0]
 
 
 def _make_room_for_tokens(backbone, tokenizer, added: dict[str, int], trained_rows: int) -> None:
