@@ -48,18 +48,16 @@ class Parser(HfArgumentParser):
         kwargs = {**kwargs, "help": help_with_one_default(worded_help, kwargs.get("default"))}
         long_names = [name for name in names if name.startswith("--")]
         if len(long_names) < 2:
-            return self.remember_worded_help(super().add_argument(*names, **kwargs), worded_help)
-        shown = one_spelling("/".join(long_names))  # only long names here: the documented one
-        required = kwargs.pop("required", False)
-        visible = [name for name in names if name == shown or not name.startswith("--")]
-        action = super().add_argument(*visible, **kwargs, **({"default": None} if required else {}))
-        if required:  # argparse would count an option given under another spelling as missing
-            self.required_options[action.dest] = shown
-        hidden = {**kwargs, "help": argparse.SUPPRESS, "default": argparse.SUPPRESS, "dest": action.dest}
-        super().add_argument(*[name for name in long_names if name != shown], **hidden)
-        return self.remember_worded_help(action, worded_help)
-
-    def remember_worded_help(self, action, worded_help):
+            action = super().add_argument(*names, **kwargs)
+        else:
+            shown = one_spelling("/".join(long_names))  # only long names here: the documented one
+            required = kwargs.pop("required", False)
+            visible = [name for name in names if name == shown or not name.startswith("--")]
+            action = super().add_argument(*visible, **kwargs, **({"default": None} if required else {}))
+            if required:  # argparse would count an option given under another spelling as missing
+                self.required_options[action.dest] = shown
+            hidden = {**kwargs, "help": argparse.SUPPRESS, "default": argparse.SUPPRESS, "dest": action.dest}
+            super().add_argument(*[name for name in long_names if name != shown], **hidden)
         self.worded_helps[action.dest] = (action, worded_help)
         return action
 
@@ -126,14 +124,15 @@ def run_train(args) -> None:
 
 # -- evaluation and text tools ----------------------------------------------------------------------------------------
 
+EVALUATE_OPTIONS = (opts.DatasetOptions, opts.EvaluationOptions, opts.LikelihoodOptions, opts.PlotOptions)
+
 
 def run_evaluate(args) -> None:
     from .evaluate_folder import evaluate_folder
     from .files import write_json_atomic
     from .reporting import format_results
 
-    dataset, evaluation = options_from(args, opts.DatasetOptions), options_from(args, opts.EvaluationOptions)
-    likelihood, plots = options_from(args, opts.LikelihoodOptions), options_from(args, opts.PlotOptions)
+    dataset, evaluation, likelihood, plots = (options_from(args, cls) for cls in EVALUATE_OPTIONS)
     results = evaluate_folder(
         args.model_dir, dataset.dataset, dataset_config=dataset.dataset_config, split=dataset.split,
         text_column=dataset.text_column, batch_size=evaluation.batch_size, iw_samples=likelihood.iw_samples,
@@ -247,8 +246,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     add_command(commands, "demo", run_demo, (DemoOptions,), "MIM vs VAE on the built-in corpus, minutes on a CPU")
     add_command(commands, "train", run_train, TRAIN_OPTIONS, "train or fine-tune a model on a dataset")
-    evaluate = add_command(commands, "evaluate", run_evaluate,
-                           (opts.DatasetOptions, opts.EvaluationOptions, opts.LikelihoodOptions, opts.PlotOptions),
+    evaluate = add_command(commands, "evaluate", run_evaluate, EVALUATE_OPTIONS,
                            "every metric of a model on a split (IW-NLL, ELBO, MI, BLEU, ...)", ("model_dir",))
     evaluate.set_defaults(split="test")
     add_command(commands, "reconstruct", run_reconstruct, (opts.TextInputOptions, opts.ReconstructOptions),
