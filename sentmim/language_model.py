@@ -94,18 +94,9 @@ def perplexity_on(model: GRULanguageModel, batches) -> float:
 
 
 def train_language_model(
-    train_split,
-    validation_split,
-    vocab_size: int,
-    pad_token_id: int,
-    embedding_size: int = 128,
-    hidden_size: int = 256,
-    max_steps: int = 2000,
-    batch_size: int = 20,
-    learning_rate: float = 2e-3,
-    eval_steps: int = 400,
-    max_grad_norm: float = 5.0,
-    seed: int = 0,
+    train_split, validation_split, vocab_size: int, pad_token_id: int, embedding_size: int = 128,
+    hidden_size: int = 256, max_steps: int = 2000, batch_size: int = 20, learning_rate: float = 2e-3,
+    eval_steps: int = 400, max_grad_norm: float = 5.0, seed: int = 0,
 ) -> tuple[GRULanguageModel, dict]:
     """Train on a tokenized split ("input_ids" column) with Adam for max_steps, validating every eval_steps; returns
     the model with the best validation perplexity and {"steps", "best_step", "validation_ppl"}."""
@@ -120,7 +111,7 @@ def train_language_model(
         train_loader.batch_sampler.set_epoch(epoch)
         for batch in train_loader:
             model.train()
-            targets = (batch["attention_mask"][:, 1:].sum()).clamp(min=1)
+            targets = batch["attention_mask"][:, 1:].sum().clamp(min=1)
             loss = -model.log_likelihood(batch["input_ids"], batch["attention_mask"]).sum() / targets
             optimizer.zero_grad()
             loss.backward()
