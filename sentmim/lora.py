@@ -49,11 +49,7 @@ def add_lora(model, r: int = 8, alpha: int = 16, dropout: float = 0.0, target_mo
     if not targeted:
         raise ValueError(f"target_modules={names}: no module of the backbone has one of these names")
     lora_config = peft.LoraConfig(
-        r=r,
-        lora_alpha=alpha,
-        lora_dropout=dropout,
-        target_modules=targets,
-        modules_to_save=LATENT_LAYERS,
+        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, modules_to_save=LATENT_LAYERS,
         # GPT-2's attention projections are Conv1D layers, which store their weight transposed.
         fan_in_fan_out=isinstance(targeted[0], Conv1D),
     )
