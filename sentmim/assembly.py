@@ -21,7 +21,7 @@ from accelerate.utils import set_seed
 
 from . import lora
 from . import options as opts
-from .backbones import load_backbone_tokenizer, lowercased
+from .backbones import adapt_tokenizer, load_backbone_tokenizer
 from .configuration import SentenceMIMConfig
 from .console import is_main_process
 from .data import DataError, load_text_dataset
@@ -110,7 +110,7 @@ def build_tokenizer(data: DataOptions, options: TokenizerOptions, model: ModelOp
         logger.info("the tokenizer of %s is used (--tokenizer, --vocab-size and --min-frequency do not apply)",
                     model.backbone)
         tokenizer = load_backbone_tokenizer(model.backbone)
-        return lowercased(tokenizer) if data.lowercase else tokenizer
+        return adapt_tokenizer(tokenizer, lowercase=True) if data.lowercase else tokenizer
     if model.init_from:
         tokenizer = load_tokenizer(model.init_from)
         tokenizer.model_max_length = data.max_length  # saved with the model: the limit this run trains with

@@ -185,15 +185,12 @@ class CausalLatentLayers(LatentLayers):
 # Tokenizer: the backbone's, with distinct pad / BOS / EOS and a "BOS sentence EOS" template
 
 
-def adapt_tokenizer(tokenizer) -> PreTrainedTokenizerFast:
-    """The backbone's tokenizer following sentmim's conventions (docs/backbones.md, "Tokens"). Idempotent."""
-    return _adapt_tokenizer(tokenizer)[0]
+def adapt_tokenizer(tokenizer, lowercase: bool = False) -> PreTrainedTokenizerFast:
+    """The backbone's tokenizer following sentmim's conventions (docs/backbones.md, "Tokens"). Idempotent.
 
-
-def lowercased(tokenizer) -> PreTrainedTokenizerFast:
-    """A copy of an adapted tokenizer that lowercases text before its own normalizer (for lowercased training text,
-    so that text given to the trained model later is lowercased the same way)."""
-    return _adapt_tokenizer(tokenizer, lowercase=True)[0]
+    lowercase: lowercase text before the tokenizer's own normalizer (for lowercased training text, so that text given
+    to the trained model later is lowercased the same way)."""
+    return _adapt_tokenizer(tokenizer, lowercase)[0]
 
 
 def _adapt_tokenizer(tokenizer, lowercase: bool = False) -> tuple[PreTrainedTokenizerFast, dict[str, int]]:
