@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from datasets import IterableDataset
+from datasets import Dataset, IterableDataset
 
 from .data import DataError
 from .preprocessing import column_as_array
@@ -57,9 +57,7 @@ class LengthBucketSampler(torch.utils.data.Sampler[list[int]]):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        if self.drop_last:
-            return len(self.lengths) // self.batch_size
-        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
+        return len(self.lengths) // self.batch_size if self.drop_last else -(-len(self.lengths) // self.batch_size)
 
     def __iter__(self) -> Iterator[list[int]]:
         rng = np.random.default_rng([self.seed, self.epoch])
@@ -72,8 +70,7 @@ class LengthBucketSampler(torch.utils.data.Sampler[list[int]]):
             batches.pop()
         if self.shuffle:
             batches = [batches[i] for i in rng.permutation(len(batches))]
-        for batch in batches:
-            yield batch.tolist()
+        yield from (batch.tolist() for batch in batches)
 
 
 def sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
@@ -104,7 +101,7 @@ class _BucketedStream(torch.utils.data.IterableDataset):
     Only one window is held at a time, so memory stays flat however large the stream is.
     """
 
-    dataset: IterableDataset | torch.utils.data.IterableDataset
+    dataset: IterableDataset
     batch_size: int
     shuffle: bool
     seed: int
@@ -118,7 +115,7 @@ class _BucketedStream(torch.utils.data.IterableDataset):
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         rng = np.random.default_rng([self.seed, self.epoch])
         source = self.dataset
-        if self.shuffle and isinstance(source, IterableDataset):
+        if self.shuffle:
             source = _shuffle_stream(source, self.seed, self.window)  # shuffles shards and examples
             source.set_epoch(self.epoch)
         buffer: list[list[int]] = []
@@ -151,7 +148,7 @@ def _shuffle_stream(stream: IterableDataset, seed: int, buffer_size: int) -> Ite
 
 
 def make_dataloader(
-    tokenized_ds,
+    tokenized_ds: Dataset | IterableDataset,
     batch_size: int,
     pad_token_id: int,
     shuffle: bool = True,
@@ -168,18 +165,13 @@ def make_dataloader(
     """
     collate = functools.partial(collate_batch, pad_token_id=pad_token_id)
     window_batches = bucket_batches if bucket else 1
-    if isinstance(tokenized_ds, IterableDataset | torch.utils.data.IterableDataset):
-        window = window_batches * batch_size
-        stream = _BucketedStream(tokenized_ds, batch_size, shuffle, seed, window, collate)
+    if isinstance(tokenized_ds, IterableDataset):
+        stream = _BucketedStream(tokenized_ds, batch_size, shuffle, seed, window_batches * batch_size, collate)
         return torch.utils.data.DataLoader(stream, batch_size=None)
-    columns = getattr(tokenized_ds, "column_names", None) or []
-    if "length" in columns:
+    if "length" in tokenized_ds.column_names:
         lengths = column_as_array(tokenized_ds, "length")
-    elif "input_ids" in columns:
-        lengths = [len(ids) for ids in tokenized_ds["input_ids"][:]]
     else:
-        lengths = [len(tokenized_ds[i]["input_ids"]) for i in range(len(tokenized_ds))]
-    if "input_ids" in columns and len(columns) > 1:
-        tokenized_ds = tokenized_ds.select_columns(["input_ids"])  # do not read columns we do not batch
+        lengths = [len(ids) for ids in tokenized_ds["input_ids"][:]]
+    tokenized_ds = tokenized_ds.select_columns(["input_ids"])  # do not read columns we do not batch
     sampler = LengthBucketSampler(lengths, batch_size, shuffle, seed, chunk_batches=window_batches)
     return torch.utils.data.DataLoader(tokenized_ds, batch_sampler=sampler, collate_fn=collate)
