@@ -160,29 +160,19 @@ class _Tokenize:
         lengths = [len(ids) for ids in input_ids]
         kept = range(len(texts))
         if lengths and max(lengths) > self.max_length:  # the rare batch with an overlong sentence
-            input_ids, kept = self._apply_policy(input_ids, lengths)
+            kept = [row for row, length in enumerate(lengths) if self.truncate or length <= self.max_length]
+            input_ids = [truncate_keeping_eos(input_ids[row], self.max_length, self.eos_token_id) for row in kept]
         columns = {"input_ids": input_ids, "length": [len(ids) for ids in input_ids]}
         if self.count:
             columns.update(
                 original_length=[lengths[row] for row in kept],
                 kept_chars=[self._kept_chars(texts[row], lengths[row], ids)
                             for row, ids in zip(kept, input_ids, strict=True)],
-                unknown=[ids.count(self.unknown_id) if self.unknown_id is not None else 0 for ids in input_ids],
+                unknown=[ids.count(self.unknown_id) for ids in input_ids],  # 0 when the id is None
                 unknown_in_text=[texts[row].count(self.tokenizer.unk_token) if self.unknown_id is not None else 0
                                  for row in kept],
             )
         return columns
-
-    def _apply_policy(self, encoded: list[list[int]], lengths: list[int]) -> tuple[list[list[int]], list[int]]:
-        kept_ids, kept = [], []
-        for row, (ids, num_tokens) in enumerate(zip(encoded, lengths, strict=True)):
-            if num_tokens > self.max_length:
-                if not self.truncate:
-                    continue
-                ids = truncate_keeping_eos(ids, self.max_length, self.eos_token_id)
-            kept_ids.append(ids)
-            kept.append(row)
-        return kept_ids, kept
 
     def _kept_chars(self, text: str, num_tokens: int, ids: list[int]) -> int:
         """Characters of `text` that its kept tokens cover: all of them, unless the sentence was truncated."""
