@@ -198,11 +198,10 @@ def encode_batch(tokenizer, texts: Sequence[str]) -> list[list[int]]:
     texts = list(texts)
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if (
-        backend is None
-        or not hasattr(backend, "encode_batch_fast")
+        backend is None  # a slow tokenizer
         or backend.truncation is not None  # the tokenizer call turns these off; do the same for the same ids
         or backend.padding is not None
-        or backend.encode_special_tokens != getattr(tokenizer, "split_special_tokens", False)
+        or backend.encode_special_tokens != tokenizer.split_special_tokens
     ):
         return tokenizer(texts, add_special_tokens=True, verbose=False)["input_ids"]
     return [encoding.ids for encoding in backend.encode_batch_fast(texts, add_special_tokens=True)]
