@@ -166,7 +166,7 @@ class _Tokenize:
         if self.count:
             columns.update(
                 original_length=[lengths[row] for row in kept],
-                kept_chars=[self._kept_chars(texts[row], lengths[row], ids)
+                chars_kept=[self._kept_chars(texts[row], lengths[row], ids)
                             for row, ids in zip(kept, input_ids, strict=True)],
                 unknown=[ids.count(self.unknown_id) for ids in input_ids],  # 0 when the id is None
                 unknown_in_text=[texts[row].count(self.tokenizer.unk_token) if self.unknown_id is not None else 0
@@ -230,7 +230,8 @@ def tokenize_dataset(
     return _tokenize_split(ds, "data", tokenizer, max_length, overlong, num_proc)
 
 
-COUNTED_COLUMNS = ("original_length", "kept_chars", "unknown", "unknown_in_text")  # summed into stats, removed
+# Per-row counts, removed after use: original_length gives num_truncated, the others are summed into num_<name>.
+COUNTED_COLUMNS = ("original_length", "chars_kept", "unknown", "unknown_in_text")
 STATS_KEYS = ("num_sentences", "num_overlong", "num_dropped", "num_truncated", "num_tokens", "num_chars",
               "num_chars_kept", "num_unknown", "num_unknown_in_text")
 
@@ -252,11 +253,9 @@ def _tokenize_split(ds: AnyDataset, key: str, tokenizer, max_length: int, overlo
 
 
 def _tokenized_with_stats(ds: Dataset, tokenized: Dataset, key: str, max_length: int, overlong: str):
-    sums = {name: int(column_as_array(tokenized, name).sum()) for name in COUNTED_COLUMNS}
     num_dropped = len(ds) - len(tokenized)
     num_truncated = int((column_as_array(tokenized, "original_length") > max_length).sum())
     num_overlong = num_dropped + num_truncated
-    tokenized = tokenized.remove_columns(list(COUNTED_COLUMNS))
     stats = {
         "num_sentences": len(ds),
         "num_overlong": num_overlong,
@@ -264,13 +263,11 @@ def _tokenized_with_stats(ds: Dataset, tokenized: Dataset, key: str, max_length:
         "num_truncated": num_truncated,
         "num_tokens": int(column_as_array(tokenized, "length").sum()),
         "num_chars": text_length(ds),  # of the text before the length rule; num_chars_kept: after it
-        "num_chars_kept": sums["kept_chars"],
-        "num_unknown": sums["unknown"],
-        "num_unknown_in_text": sums["unknown_in_text"],
+        **{f"num_{name}": int(column_as_array(tokenized, name).sum()) for name in COUNTED_COLUMNS[1:]},
     }
     done = "dropped" if overlong == "drop" else "truncated"
     logger.info("tokenize %s: %d sentences, %d longer than %d tokens %s", key, len(ds), num_overlong, max_length, done)
-    return tokenized, stats
+    return tokenized.remove_columns(list(COUNTED_COLUMNS)), stats
 
 
 def text_length(ds: Dataset) -> int:
