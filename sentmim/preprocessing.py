@@ -139,11 +139,10 @@ def truncate_keeping_eos(ids: list[int], max_length: int, eos_token_id: int) -> 
 class _Tokenize:
     """Batched map function: text -> input_ids (BOS ... EOS) and length, applying the overlong policy.
 
-    Overlong sentences are dropped inside the map, which keeps the result a plain table (a filter would leave an
-    index mapping that slows every later read); the caller counts them from the number of rows. For data in memory it
-    also returns, per kept sentence, what the caller sums into the split's counts and then removes: its length before
-    truncation, the characters of its text that the kept tokens cover, its unknown tokens, and how many of those are
-    written as the unknown token in the text itself (PTB's and WikiText's "<unk>").
+    Overlong sentences are dropped inside the map, as `_clean_batch` drops blank lines and for the same reason; the
+    caller counts them from the number of rows. For data in memory it also returns, per kept sentence, the
+    COUNTED_COLUMNS: its length before truncation, the characters of its text that the kept tokens cover, its unknown
+    tokens, and how many of those are written as the unknown token in the text itself (PTB's and WikiText's "<unk>").
     """
 
     def __init__(self, tokenizer, max_length: int, overlong: str, streaming: bool):

@@ -4,9 +4,8 @@
     sentences, counts = split_dataset(raw["train"])                  # counts: {"num_rows": ..., "num_sentences": ...}
 
 A row is cut at blank lines first (paragraphs, headings), then each paragraph is segmented by nupunkt, an offline
-Punkt segmenter whose model ships inside its wheel (why nupunkt, measured against six others: docs/finetuning.md).
-Text without sentence punctuation is never split; the length rule that follows (`--max-length`, `--overlong`) deals
-with it. A single newline is whitespace (hard-wrapped prose); only a blank line always ends a sentence.
+Punkt segmenter (why nupunkt, and what is left to the length rule: docs/finetuning.md). A single newline is
+whitespace (hard-wrapped prose); only a blank line always ends a sentence.
 """
 
 from __future__ import annotations
