@@ -5,6 +5,7 @@ command line -> library wiring in milliseconds; the end-to-end runs are in test_
 
 
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -215,6 +216,17 @@ def test_the_benchmark_preset_on_the_command_given_sets_its_defaults():
     args = build_parser(argv).parse_args(argv)
     assert (args.max_steps, args.dataset, args.latent_sizes) == (
         PRESETS["smoke"]["max_steps"], PRESETS["smoke"]["dataset"], PRESETS["smoke"]["latent_sizes"])
+
+
+def test_the_console_script_takes_the_benchmark_preset_from_its_command_line(monkeypatch):
+    """The installed `sentmim` calls main() with no argv: the preset then comes from sys.argv."""
+    from sentmim.apps.benchmark_settings import PRESETS
+    from sentmim.cli import build_parser
+
+    argv = ["benchmark", "--preset", "smoke", "--output-dir", "out"]
+    monkeypatch.setattr(sys, "argv", ["sentmim", *argv])
+    args = build_parser().parse_args(argv)
+    assert args.max_steps == PRESETS["smoke"]["max_steps"] != PRESETS["cpu"]["max_steps"]
 
 
 def test_a_word_where_a_number_goes_is_named_in_one_line(capsys):

@@ -37,7 +37,7 @@ MODULES = {
                     "tests/test_wiring_training.py", "tests/test_mim_warmup.py"], 200),
     "training": (["tests/test_training.py", "tests/test_training_options.py", "tests/test_streaming_training.py",
                   "tests/test_wiring_training.py", "tests/test_wiring_distributed.py", "tests/test_resume_safety.py",
-                  "tests/test_bad_input.py", "tests/test_run_folder.py"], 60),
+                  "tests/test_bad_input.py", "tests/test_run_folder.py", "tests/test_mim_warmup.py"], 60),
     "generation": (["tests/test_generation.py", "tests/test_pipeline.py", "tests/test_wiring_generation.py",
                     "tests/test_wiring_pipeline.py"], 80),
     "pipeline": (["tests/test_pipeline.py", "tests/test_cli.py", "tests/test_wiring_generation.py",
@@ -48,7 +48,7 @@ MODULES = {
     # test_cli_demo.py is left out: it takes seconds and every parser mutant would run it; the demo's flags are
     # covered by test_cli_arguments.py
     "cli": (["tests/test_cli.py", "tests/test_cli_evaluate.py", "tests/test_cli_arguments.py",
-             "tests/test_bad_input.py", "tests/test_resume_safety.py"], 60),
+             "tests/test_bad_input.py", "tests/test_resume_safety.py", "tests/test_unknown_tokens.py"], 60),
 }
 PYTEST_ARGS = ["-p", "no:cacheprovider", "-x", "-q", "-m", "not slow"]
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
