@@ -16,6 +16,8 @@ from pathlib import Path
 
 from transformers import Conv1D
 
+from .options import LORA_ALPHA, LORA_DROPOUT
+
 LATENT_LAYERS = ["to_posterior", "latent_to_memory", "latent_to_input"]
 
 
@@ -27,7 +29,8 @@ def _peft():
     return peft
 
 
-def add_lora(model, r: int = 8, alpha: int = 16, dropout: float = 0.0, target_modules: list[str] | None = None):
+def add_lora(model, r: int = 8, alpha: int = LORA_ALPHA, dropout: float = LORA_DROPOUT,
+             target_modules: list[str] | None = None):
     """Wrap a backbone SentenceMIMModel in a peft model with LoRA adapters on its backbone."""
     if model.config.architecture != "backbone":
         raise ValueError(

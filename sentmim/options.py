@@ -80,6 +80,10 @@ def check_choices(options) -> None:
 COUNT, POSITIVE, SEED = (0, None, "int"), (1, None, "int"), (0, 2**32 - 1, "int")
 RATE = (0, ("below", 1), "float")
 
+# LoRA's defaults, here so that the options' help, lora_settings and lora.add_lora state the same values
+LORA_ALPHA = 16
+LORA_DROPOUT = 0.0
+
 
 class Options:
     """Base of the option dataclasses: constructing one checks its Literal choices and its `ranges`."""
@@ -184,8 +188,8 @@ class ModelOptions(Options):
         None, "fine-tune the backbone through LoRA adapters of this rank (peft); its own weights stay, the latent "
         "layers train in full, and the published model has the adapters merged in (default: no LoRA)")
     lora_alpha: int | None = option(
-        None, "LoRA scaling: the adapters' update is lora_alpha / lora_r x B A (default: 16)")
-    lora_dropout: float | None = option(None, "dropout on the LoRA adapters' input (default: 0)")
+        None, f"LoRA scaling: the adapters' update is lora_alpha / lora_r x B A (default: {LORA_ALPHA})")
+    lora_dropout: float | None = option(None, f"dropout on the LoRA adapters' input (default: {LORA_DROPOUT:g})")
     lora_target_modules: list[str] | None = field(default=None, metadata={"help": (
         "names of the backbone's modules LoRA adapts (default: peft's for the backbone's model type, e.g. q_proj "
         "v_proj for Llama and BART, c_attn for GPT-2)")})
@@ -226,8 +230,9 @@ class ModelOptions(Options):
         """add_lora's keyword arguments (r, alpha, dropout, target_modules), or None without --lora-r."""
         if self.lora_r is None:
             return None
-        return {"r": self.lora_r, "alpha": 16 if self.lora_alpha is None else self.lora_alpha,
-                "dropout": self.lora_dropout or 0.0, "target_modules": self.lora_target_modules}
+        return {"r": self.lora_r, "alpha": LORA_ALPHA if self.lora_alpha is None else self.lora_alpha,
+                "dropout": LORA_DROPOUT if self.lora_dropout is None else self.lora_dropout,
+                "target_modules": self.lora_target_modules}
 
 
 # With --backbone these come from the backbone's own config, so the command line may not set them.

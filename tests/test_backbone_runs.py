@@ -3,6 +3,7 @@
 (LoRA included), the published model and the `sentmim` commands on it, and the backbone's decoded text (what BLEU
 reads). Tiny random backbones are built here (tests/backbone_helpers.py); no network."""
 
+import inspect
 import json
 import logging
 import shutil
@@ -19,7 +20,7 @@ from sentmim.assembly import build_model, build_tokenizer, train_from_options
 from sentmim.backbones import load_backbone_tokenizer
 from sentmim.console import configure_console
 from sentmim.evaluation import reconstruct_batch
-from sentmim.lora import is_lora_model, load_lora, merged_copy
+from sentmim.lora import add_lora, is_lora_model, load_lora, merged_copy
 from sentmim.options import DataOptions, DatasetOptions, ModelOptions, TokenizerOptions, TrainingOptions
 from sentmim.tokenization import decode_keep_unknown, load_tokenizer
 from tests.backbone_helpers import FAMILIES, SENTENCES, save_backbone
@@ -127,6 +128,9 @@ def test_every_backbone_flag_reaches_the_model_options(monkeypatch):
     assert ModelOptions().lora_settings() is None
     assert ModelOptions(backbone="b", lora_r=2).lora_settings() == dict(r=2, alpha=16, dropout=0.0,
                                                                         target_modules=None)
+    defaults = inspect.signature(add_lora).parameters  # the CLI's defaults are add_lora's own
+    assert ModelOptions(backbone="b", lora_r=2).lora_settings() == dict(
+        r=2, alpha=defaults["alpha"].default, dropout=defaults["dropout"].default, target_modules=None)
 
 
 def test_lowercase_reaches_the_backbones_tokenizer(backbones, tmp_path):
