@@ -128,6 +128,8 @@ def test_every_backbone_flag_reaches_the_model_options(monkeypatch):
     assert ModelOptions().lora_settings() is None
     assert ModelOptions(backbone="b", lora_r=2).lora_settings() == dict(r=2, alpha=16, dropout=0.0,
                                                                         target_modules=None)
+    assert ModelOptions(backbone="b", lora_r=2, lora_alpha=4, lora_dropout=0.1).lora_settings() == dict(
+        r=2, alpha=4, dropout=0.1, target_modules=None)
     defaults = inspect.signature(add_lora).parameters  # the CLI's defaults are add_lora's own
     assert ModelOptions(backbone="b", lora_r=2).lora_settings() == dict(
         r=2, alpha=defaults["alpha"].default, dropout=defaults["dropout"].default, target_modules=None)

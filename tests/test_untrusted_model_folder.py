@@ -112,6 +112,7 @@ def test_weights_that_are_not_safetensors(cli_run, tmp_path, capsys):
     (folder / "model.safetensors").write_bytes(b"\x00" * 1000)
     line = cli_error_line(capsys, "sample", folder)
     assert str(folder / "model.safetensors") in line
+    assert "not a safetensors file (SafetensorError: " in line  # the library's reason, with its type
 
 
 def disk_full(*args, **kwargs):
@@ -125,6 +126,7 @@ def test_disk_full_during_a_checkpoint(corpus_file, tmp_path, monkeypatch, capsy
     monkeypatch.setattr("accelerate.utils.other.safe_save_file", disk_full)  # how accelerate's save_state writes
     line = cli_error_line(capsys, "train", "--dataset", corpus_file, "--output-dir", tmp_path / "run", *TINY_TRAIN)
     assert "could not write checkpoint" in line and "No space left on device" in line and "--resume" in line
+    assert "the previous checkpoint is intact" in line
 
 
 def test_disk_full_during_the_best_model_publication(corpus_file, tmp_path, monkeypatch, capsys):

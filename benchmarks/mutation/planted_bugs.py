@@ -1,5 +1,6 @@
-"""The wiring bugs of issue #14, planted one at a time in a throw-away copy of the repository: for each, the tests
-that must now fail are run and must fail, and the tests that existed before them are run and reported.
+"""The wiring bugs of issue #14, and of the code #15 rewrote, planted one at a time in a throw-away copy of the
+repository: for each, the tests that must now fail are run and must fail, and the tests that existed before them
+are run and reported.
 
     .venv/bin/python benchmarks/mutation/planted_bugs.py              # the current tree
     .venv/bin/python benchmarks/mutation/planted_bugs.py --old-tests  # also show that the old suite missed each
@@ -58,6 +59,38 @@ BUGS = [
      "make_dataloader(split, options.batch_size,",
      "make_dataloader(split, options.batch_size // accelerator.num_processes,",
      ["tests/test_training.py::test_two_processes_on_cpu"]),
+    # The wiring that issue #15's slimming rewrote (the Options base class, shared helpers, moved code)
+    ("TrainingOptions skips the shared range check", "sentmim/options.py",
+     "    def __post_init__(self):\n        super().__post_init__()\n        if self.resume and self.overwrite:",
+     "    def __post_init__(self):\n        if self.resume and self.overwrite:",
+     ["tests/test_bad_input.py::test_train_states_the_valid_range_before_reading_data"]),
+    ("ModelOptions skips the shared range check", "sentmim/options.py",
+     "    def __post_init__(self):\n        super().__post_init__()\n        if self.backbone is not None:",
+     "    def __post_init__(self):\n        if self.backbone is not None:",
+     ["tests/test_backbone_runs.py::test_option_combinations_that_cannot_work_are_refused"]),
+    ("SampleOptions' ranges table not read", "sentmim/options.py",
+     '    ranges: ClassVar[dict] = {"num_samples": POSITIVE,',
+     '    ranges_: ClassVar[dict] = {"num_samples": POSITIVE,',
+     ["tests/test_bad_input.py::test_text_commands_state_the_valid_range"]),
+    ("--lora-dropout not passed on to add_lora", "sentmim/options.py",
+     '"dropout": LORA_DROPOUT if self.lora_dropout is None else self.lora_dropout,', '"dropout": LORA_DROPOUT,',
+     ["tests/test_backbone_runs.py::test_every_backbone_flag_reaches_the_model_options"]),
+    ("checkpoint folders sorted by name", "sentmim/checkpointing.py",
+     "    return sorted(found, key=checkpoint_step)", "    return sorted(found)",
+     ["tests/test_resume_safety.py::test_nothing_to_resume_names_the_newest_partial_checkpoint_by_step_number"]),
+    ("aggregate posterior fitted in train mode", "sentmim/aggregate_posterior.py",
+     "    with eval_mode(model):\n", "    if True:\n",
+     ["tests/test_aggregate_posterior.py::test_fit_from_a_model_encodes_in_eval_mode_and_is_stored_beside_it"]),
+    ("widened IW-NLL keys dropped from the results", "sentmim/evaluation.py",
+     '        **nll_and_ppl("iw_nll_wide"),\n', "",
+     ["tests/test_evaluation.py::test_the_widened_iw_nll_takes_its_width_from_the_heldout_sentences_only"]),
+    ("checkpoint full-disk error loses its reassurance", "sentmim/checkpointing.py",
+     'full_disk_as_oserror(f"checkpoint {folder}", " (the previous checkpoint is intact)")',
+     'full_disk_as_oserror(f"checkpoint {folder}")',
+     ["tests/test_untrusted_model_folder.py::test_disk_full_during_a_checkpoint"]),
+    ("the pipeline drops the latent mode", "sentmim/pipeline.py",
+     '(("mode", mode), ("noise", noise))', '(("noise", noise),)',
+     ["tests/test_transformers_pipeline.py::test_the_latent_mode_and_noise_reach_the_model"]),
 ]
 
 
