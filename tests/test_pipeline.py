@@ -145,3 +145,9 @@ def test_evaluation_decodes_exactly_as_long_as_the_pipeline(tiny_config):
     hypotheses, _ = reconstruct_split(model, [batch], tokenizer, progress=False)
     assert hypotheses == pipe.reconstruct(SENTENCES)
     assert [len(text.split()) for text in hypotheses] == [MAX_LENGTH - 1] * len(SENTENCES)
+
+
+def test_sample_latents_defaults_to_ten_codes_of_the_standard_prior(pipe):
+    latent_size = pipe.model.config.latent_size
+    codes = pipe.sample_latents(generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(codes, torch.randn(10, latent_size, generator=torch.Generator().manual_seed(3)))
